@@ -1,0 +1,41 @@
+"""Atomic writers in jointsparse.utils."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from jointsparse.utils import atomic_torch_save, atomic_write_bytes, atomic_write_text
+
+
+def test_atomic_write_bytes_creates_parents_and_replaces(tmp_path):
+    target = tmp_path / "a" / "b" / "file.bin"
+    atomic_write_bytes(target, b"first")
+    assert target.read_bytes() == b"first"
+    atomic_write_bytes(target, b"second, longer")
+    assert target.read_bytes() == b"second, longer"
+    assert sorted(os.listdir(target.parent)) == ["file.bin"]  # no temp files left
+
+
+def test_atomic_write_text_roundtrip(tmp_path):
+    target = tmp_path / "t.txt"
+    atomic_write_text(target, "héllo\n")
+    assert target.read_text(encoding="utf-8") == "héllo\n"
+
+
+def test_atomic_write_rejects_non_bytes_and_keeps_old_file(tmp_path):
+    target = tmp_path / "keep.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(TypeError, match="needs bytes"):
+        atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["keep.bin"]
+
+
+def test_atomic_torch_save_loads_weights_only(tmp_path):
+    obj = {"w": torch.arange(6.0).reshape(2, 3), "step": 7, "name": "x", "items": [1.5, None]}
+    path = atomic_torch_save(obj, tmp_path / "ckpt.pt")
+    back = torch.load(path, weights_only=True)
+    assert torch.equal(back["w"], obj["w"]) and back["step"] == 7 and back["items"] == [1.5, None]
