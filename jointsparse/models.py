@@ -1,0 +1,223 @@
+"""Model zoo: the architectures the paper and its baselines use, in their reference layouts.
+
+Every model built by :func:`get_model` carries ``model.jointsparse_arch = {"name", "kwargs"}`` so
+that a compressed file can name the architecture it decodes into and rebuild it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import OrderedDict
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+class ModelError(ValueError):
+    """An unknown architecture name or a factory that cannot be imported."""
+
+
+class LeNet5(nn.Module):
+    """Caffe's LeNet-5 (20-50-500-10), 28x28 input (at least 16 px).
+
+    An adaptive pool before ``fc1`` keeps the 800-input FC layer for larger inputs.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 20, 5)
+        self.conv2 = nn.Conv2d(20, 50, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.fit = nn.AdaptiveMaxPool2d((4, 4))
+        self.fc1 = nn.Linear(800, 500)
+        self.fc2 = nn.Linear(500, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fit(self.pool(self.conv2(self.pool(self.conv1(x)))))
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+class AlexNet(nn.Module):
+    """Caffe/BVLC AlexNet: 96-256-384-384-256 with groups=2 in conv2, conv4 and conv5.
+
+    At 227x227 the layers have exactly the Caffe shapes (conv1 out 55x55, pool5 out 6x6, fc6 with
+    9,216 inputs). Caffe's pools round up (``ceil_mode=True``). An adaptive average pool before
+    fc6 lets smaller inputs run; below 211 px it copies values (SPEC section 10), which
+    :func:`alexnet_pool_copy_factor` reports.
+    """
+
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5, lrn: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 96, 11, stride=4)
+        self.conv2 = nn.Conv2d(96, 256, 5, padding=2, groups=2)
+        self.conv3 = nn.Conv2d(256, 384, 3, padding=1)
+        self.conv4 = nn.Conv2d(384, 384, 3, padding=1, groups=2)
+        self.conv5 = nn.Conv2d(384, 256, 3, padding=1, groups=2)
+        self.fc6 = nn.Linear(256 * 6 * 6, 4096)
+        self.fc7 = nn.Linear(4096, 4096)
+        self.fc8 = nn.Linear(4096, num_classes)
+        self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.norm = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if lrn else nn.Identity()
+        self.fit = nn.AdaptiveAvgPool2d((6, 6))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        relu = torch.relu
+        x = self.pool(self.norm(relu(self.conv1(x))))
+        x = self.pool(self.norm(relu(self.conv2(x))))
+        x = relu(self.conv4(relu(self.conv3(x))))
+        x = self.fit(self.pool(relu(self.conv5(x))))
+        x = self.dropout(relu(self.fc6(torch.flatten(x, 1))))
+        x = self.dropout(relu(self.fc7(x)))
+        return self.fc8(x)
+
+
+def alexnet_pool_copy_factor(input_size: int) -> float:
+    """How many times, on average, the adaptive pool before fc6 copies each pool5 value.
+
+    1.0 means fc6 sees 36 distinct values per channel, as on ImageNet at 227 px.
+    """
+    side = input_size
+    side = (side - 11) // 4 + 1  # conv1
+    for _ in range(3):  # pool1, pool2 (conv2-5 keep the size), pool5; Caffe rounds up
+        if side < 3:
+            raise ValueError(f"AlexNet needs at least 63 px of input, got {input_size}")
+        side = -(-(side - 3) // 2) + 1
+    return 36 / min(side, 6) ** 2
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.downsample(x))
+
+
+class ResNet(nn.Module):
+    """ResNet with basic blocks: the ImageNet stem (7x7/2 conv and a max pool) or the CIFAR stem (one 3x3 conv)."""
+
+    def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...], num_classes: int, in_channels: int, imagenet_stem: bool) -> None:
+        super().__init__()
+        if imagenet_stem:
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)
+            self.stem_pool: nn.Module = nn.MaxPool2d(3, 2, padding=1)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+            self.stem_pool = nn.Identity()
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages: list[nn.Module] = []
+        in_planes = widths[0]
+        for index, (count, planes) in enumerate(zip(blocks, widths)):
+            stride = 1 if index == 0 else 2
+            layers = [BasicBlock(in_planes if i == 0 else planes, planes, stride if i == 0 else 1) for i in range(count)]
+            stages.append(nn.Sequential(*layers))
+            in_planes = planes
+        self.layer1, self.layer2, self.layer3 = stages[:3]
+        self.layer4 = stages[3] if len(stages) > 3 else nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_pool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class VGGSmall(nn.Module):
+    """A small VGG-style net of 3x3 convs (with BatchNorm) for 8-32 px inputs.
+
+    ``width`` scales every layer's channels; the default suits 28-32 px data.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: float = 1.0, hidden: int = 256) -> None:
+        super().__init__()
+        plan: list[int | str] = [32, 32, "M", 64, 64, "M", 128, 128]
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        channels, conv_index, pool_index = in_channels, 0, 0
+        for item in plan:
+            if item == "M":
+                pool_index += 1
+                layers[f"pool{pool_index}"] = nn.MaxPool2d(2)
+                continue
+            conv_index += 1
+            out = max(1, round(int(item) * width))
+            layers[f"conv{conv_index}"] = nn.Conv2d(channels, out, 3, padding=1, bias=False)
+            layers[f"bn{conv_index}"] = nn.BatchNorm2d(out)
+            layers[f"relu{conv_index}"] = nn.ReLU(inplace=True)
+            channels = out
+        layers["fit"] = nn.AdaptiveAvgPool2d((2, 2))
+        self.features = nn.Sequential(layers)
+        self.fc1 = nn.Linear(channels * 4, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(torch.flatten(self.features(x), 1))))
+
+
+def lenet5(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return LeNet5(num_classes, in_channels)
+
+
+def alexnet(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5, lrn: bool = True) -> nn.Module:
+    return AlexNet(num_classes, in_channels, dropout, lrn)
+
+
+def resnet18(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+    return ResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes, in_channels, imagenet_stem=True)
+
+
+def resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return ResNet((3, 3, 3), (16, 32, 64), num_classes, in_channels, imagenet_stem=False)
+
+
+def vgg_small(num_classes: int = 10, in_channels: int = 1, width: float = 1.0, hidden: int = 256) -> nn.Module:
+    return VGGSmall(num_classes, in_channels, width, hidden)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet5": lenet5,
+    "alexnet": alexnet,
+    "resnet18": resnet18,
+    "resnet20": resnet20,
+    "vgg_small": vgg_small,
+}
+
+
+def _import_factory(reference: str) -> Callable[..., nn.Module]:
+    module_name, _, attribute = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ModelError(f"cannot import module {module_name!r} for model {reference!r}: {error}") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ModelError(f"module {module_name!r} has no callable {attribute!r}")
+    return factory
+
+
+def get_model(name_or_path: str, **kwargs: Any) -> nn.Module:
+    """Build a model by registry name (``alexnet``, ...) or a user factory ``package.module:factory``."""
+    if ":" in name_or_path:
+        factory = _import_factory(name_or_path)
+    elif name_or_path in MODELS:
+        factory = MODELS[name_or_path]
+    else:
+        raise ModelError(f"unknown model {name_or_path!r}; known: {', '.join(sorted(MODELS))}, or package.module:factory")
+    try:
+        model = factory(**kwargs)
+    except TypeError as error:
+        raise ModelError(f"model {name_or_path!r} does not accept {sorted(kwargs)}: {error}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"factory {name_or_path!r} returned {type(model).__name__}, not an nn.Module")
+    model.jointsparse_arch = {"name": name_or_path, "kwargs": dict(kwargs)}
+    return model
