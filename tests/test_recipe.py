@@ -1,0 +1,49 @@
+import pytest
+
+from jointsparse.recipe import Recipe, RecipeError, dump_recipe, load_recipe, parse_recipe
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_stage_defaults_are_kept(tmp_path):
+    recipe = load_recipe(write(tmp_path, "[retrain]\nlr = 0.05\n[sparsity.spatial]\n'*' = 0.8\n'fc*' = 0.95\n"))
+    assert recipe.retrain.lr == 0.05 and recipe.retrain.epochs == Recipe().retrain.epochs
+    assert recipe.finetune == Recipe().finetune
+    assert recipe.sparsity.spatial == {"*": 0.8, "fc*": 0.95}
+    assert recipe.sparsity.winograd == {"*": 0.7}
+    assert load_recipe(None) == Recipe()
+
+
+def test_dump_round_trips(tmp_path):
+    recipe = parse_recipe({"quantize": {"bits": {"fc8": 6}}, "winograd": {"layers": {"conv2": 2}}, "sparsity": {"spatial": {"fc*": 0.9}}})
+    again = load_recipe(write(tmp_path, dump_recipe(recipe)))
+    assert again == recipe
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[retrain]\nepochs = -1\n", "retrain.epochs = -1 must be >= 0"),
+        ("[sparsity.spatial]\nconv1 = 1.5\n", "sparsity.spatial"),
+        ("[quantize]\nconv_bits = 17\n", "quantize.conv_bits = 17 must be in 1..16"),
+        ("[quantize]\nbits = { fc6 = 0 }\n", "quantize.bits"),
+        ("[retrain]\nepoch = 3\n", "unknown key 'retrain.epoch'"),
+        ("[retrian]\nepochs = 3\n", "unknown key 'retrian'"),
+        ("[regularizer]\nmode = 'both'\n", "regularizer.mode"),
+        ("[retrain]\nlr = 'fast'\n", "retrain.lr = 'fast' has the wrong type"),
+        ("[retrain]\nepochs = true\n", "wrong type"),
+        ("[retrain\n", "not valid TOML"),
+    ],
+)
+def test_bad_recipes_name_the_key(tmp_path, text, message):
+    with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        load_recipe(write(tmp_path, text))
+
+
+def test_missing_recipe(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.toml")
