@@ -45,7 +45,7 @@ class StageConfig:
 
     _checks = {
         "epochs": (lambda v: v >= 0, "must be >= 0"),
-        "lr": (lambda v: v >= 0 and math.isfinite(v), "must be a finite number >= 0"),
+        "lr": (lambda v: v > 0 and math.isfinite(v), "must be a finite number > 0"),
         "optimizer": (lambda v: v in ("sgd", "adam"), "must be 'sgd' or 'adam'"),
         "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
         "weight_decay": (lambda v: v >= 0, "must be >= 0"),
@@ -133,7 +133,28 @@ class CodingConfig:
 
 
 @dataclass
+class DataConfig:
+    """Data options; the command line's flags override them. ``name`` None: give ``--data``."""
+
+    name: str | None = None
+    resize: int | None = None
+    channels: int | None = None
+    subset: int | None = None
+    batch_size: int = 128
+    eval_batch_size: int = 256
+
+    _checks = {
+        "resize": (lambda v: v is None or v >= 1, "must be >= 1"),
+        "channels": (lambda v: v is None or v in (1, 3), "must be 1 or 3"),
+        "subset": (lambda v: v is None or v >= 1, "must be >= 1"),
+        "batch_size": (lambda v: v >= 1, "must be >= 1"),
+        "eval_batch_size": (lambda v: v >= 1, "must be >= 1"),
+    }
+
+
+@dataclass
 class Recipe:
+    data: DataConfig = field(default_factory=DataConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     retrain: StageConfig = field(default_factory=lambda: StageConfig(epochs=4, lr=0.01))

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up, then run the whole pipeline end to end on the embedded digits data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+jointsparse demo --out "${1:-demo-out}"
