@@ -269,7 +269,7 @@ class JointSparsity:
     def coefficients(self) -> dict[str, float]:
         if not self.learnable:
             return dict(self.fixed)
-        return {domain: math.exp(float(rho)) for domain, rho in self.log_coefficients.items()}
+        return {domain: math.exp(float(rho.detach())) for domain, rho in self.log_coefficients.items()}
 
     def penalty(self) -> torch.Tensor:
         """The cost term to add to the loss, ``-a rho`` terms included."""
@@ -410,7 +410,5 @@ def winograd_prune(model: nn.Module, sparsity: SparsitySpec | None = None, *, th
     for name, module in list(pruned.named_modules()):
         if name in used and has_winograd_form(module):
             keep = filter_to_winograd(module.weight.detach().double(), m).abs() > used[name]
-            parent_name, _, child = name.rpartition(".")
-            parent = pruned.get_submodule(parent_name) if parent_name else pruned
-            setattr(parent, child, WinogradConv2d.from_conv(module, m=m, winograd_mask=keep))
+            pruned.set_submodule(name, WinogradConv2d.from_conv(module, m=m, winograd_mask=keep))
     return pruned, used
