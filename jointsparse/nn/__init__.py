@@ -1,0 +1,30 @@
+"""Runtime layers for compressed models: sparse Winograd and sparse spatial convolution, sparse FC.
+
+All of them are inference modules (weights are buffers) that pick a dense or a CSR product by
+weight density; pass ``sparse=True``/``False`` to override. See ``_kernel`` for the thresholds.
+"""
+
+from ._kernel import (
+    LINEAR_SPARSE_THRESHOLD,
+    SPATIAL_SPARSE_THRESHOLD,
+    WINOGRAD_SPARSE_THRESHOLD,
+    BlockDiagonalKernel,
+    block_diagonal_csr,
+    density,
+)
+from .spatial import SparseConv2d, SparseLinear, im2col
+from .winograd import WinogradConv2d, winograd_form_problem
+
+__all__ = [
+    "LINEAR_SPARSE_THRESHOLD",
+    "SPATIAL_SPARSE_THRESHOLD",
+    "WINOGRAD_SPARSE_THRESHOLD",
+    "BlockDiagonalKernel",
+    "block_diagonal_csr",
+    "density",
+    "SparseConv2d",
+    "SparseLinear",
+    "im2col",
+    "WinogradConv2d",
+    "winograd_form_problem",
+]

@@ -1,0 +1,107 @@
+"""The one matrix product every runtime layer is built on: ``blockdiag(blocks) @ x``.
+
+A grouped convolution, a Winograd layer (one block per tile position and group) and a linear
+layer (one block) all multiply a block-diagonal weight matrix by a dense matrix of columns. Dense
+blocks go through ``torch.bmm``; sparse ones through ONE CSR matrix holding every block, built
+once, because on this machine a single CSR product beat one product per block (SPEC section 10).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+#: Default switch points: a layer runs its sparse product when its weight density is at or below
+#: the threshold. Measured with ``experiments/bench_conv.py`` and single-layer sweeps on a 2-core
+#: AMD EPYC (AVX2), torch 2.13.0, one thread: torch's CSR product ran at roughly 2-3.5 GMAC/s,
+#: dense bmm/conv2d/linear at 15-40 GMAC/s, so sparse only wins well below 0.5.
+WINOGRAD_SPARSE_THRESHOLD = 0.2
+SPATIAL_SPARSE_THRESHOLD = 0.1
+LINEAR_SPARSE_THRESHOLD = 0.3
+
+_INT32_MAX = 2**31 - 1
+
+
+def density(tensor: torch.Tensor) -> float:
+    """Fraction of non-zero entries (1.0 for an empty tensor, which has nothing to skip)."""
+    return float(torch.count_nonzero(tensor)) / tensor.numel() if tensor.numel() else 1.0
+
+
+def block_diagonal_csr(blocks: torch.Tensor) -> torch.Tensor:
+    """CSR matrix ``blockdiag(blocks[0], ..., blocks[B-1])`` of shape [B*R, B*C], zeros dropped.
+
+    Indices are int32 when they fit: torch otherwise converts int64 indices to MKL's int32 on
+    every product, which cost about a fifth of the product's time in measurements.
+    """
+    count, rows, cols = blocks.shape
+    block, row, col = blocks.nonzero(as_tuple=True)
+    # nonzero() enumerates in row-major order, so (block*R + row) is already sorted: CSR order.
+    row_index = block * rows + row
+    col_index = block * cols + col
+    shape = (count * rows, count * cols)
+    crow = torch.zeros(shape[0] + 1, dtype=torch.int64, device=blocks.device)
+    crow[1:] = torch.bincount(row_index, minlength=shape[0]).cumsum(0)
+    index_dtype = torch.int32 if max(shape[1], row_index.numel()) <= _INT32_MAX else torch.int64
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(
+            crow.to(index_dtype),
+            col_index.to(index_dtype),
+            blocks[block, row, col],
+            shape,
+            check_invariants=True,
+        )
+
+
+def resolve_sparse(sparse: bool | None, weight_density: float, threshold: float) -> bool:
+    """The explicit choice if given, else sparse exactly when density <= threshold."""
+    if sparse is None:
+        return weight_density <= threshold
+    if not isinstance(sparse, bool):
+        raise TypeError(f"sparse must be True, False or None, got {sparse!r}")
+    return sparse
+
+
+class BlockDiagonalKernel(nn.Module):
+    """Base for the runtime layers: holds block-diagonal weights and multiplies by them.
+
+    Subclasses keep the dense weight as a persistent buffer and say, via :meth:`weight_blocks`,
+    how it splits into diagonal blocks [B, R, C]. The CSR copy is a non-persistent buffer derived
+    from it: rebuilt after ``load_state_dict`` and moved along by ``.to()``; after editing the
+    weight buffer in place, call :meth:`refresh`.
+    """
+
+    sparse_threshold: float = WINOGRAD_SPARSE_THRESHOLD
+
+    def _init_kernel(self, sparse: bool | None) -> None:
+        self.sparse_requested = sparse
+        resolve_sparse(sparse, 1.0, self.sparse_threshold)  # validate the argument early
+        self.register_buffer("_csr", None, persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh())
+        self.refresh()
+
+    def weight_blocks(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        """Re-derive density, the dense/sparse choice and the CSR matrix from the weights."""
+        blocks = self.weight_blocks()
+        self._density = density(blocks)
+        self.uses_sparse = resolve_sparse(self.sparse_requested, self._density, self.sparse_threshold)
+        self._csr = block_diagonal_csr(blocks.detach()) if self.uses_sparse else None
+
+    def block_matmul(self, columns: torch.Tensor) -> torch.Tensor:
+        """``blockdiag(blocks) @ columns``: [B*C, P] -> [B*R, P]."""
+        if self._csr is not None:
+            return self._csr @ columns
+        blocks = self.weight_blocks()
+        count, rows, cols = blocks.shape
+        if count == 1:
+            return blocks[0] @ columns
+        return torch.bmm(blocks, columns.reshape(count, cols, -1)).reshape(count * rows, -1)
+
+    def _check_input_dtype(self, x: torch.Tensor, weight: torch.Tensor) -> None:
+        if x.dtype != weight.dtype:
+            raise TypeError(f"{type(self).__name__} holds {weight.dtype} weights but got a {x.dtype} input")
