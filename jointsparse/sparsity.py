@@ -79,6 +79,12 @@ def resolve_per_layer(spec: SparsitySpec, names: Iterable[str], what: str) -> di
     return resolved
 
 
+def pruned_count(fraction: float, numel: int) -> int:
+    """How many of ``numel`` weights a target sparsity removes, rounded to the nearest count
+    (``ceil`` would turn 0.07 * 100 = 7.000000000000001 into 8)."""
+    return min(numel, max(0, round(fraction * numel)))
+
+
 def magnitude_quantile(values: torch.Tensor, fraction: float, generator: torch.Generator | None = None) -> float:
     """The ``fraction``-quantile of ``|values|`` (the largest of the smallest ``fraction`` share).
 
@@ -343,7 +349,7 @@ class JointSparsity:
                 if target <= 0:
                     continue
                 magnitude = layer.weight.abs()
-                k = math.ceil(target * magnitude.numel())
+                k = pruned_count(target, magnitude.numel())
                 order = torch.argsort(magnitude.flatten(), stable=True)
                 keep = torch.ones(magnitude.numel(), dtype=torch.bool, device=magnitude.device)
                 keep[order[:k]] = False
@@ -389,7 +395,7 @@ def winograd_thresholds(model: nn.Module, sparsity: SparsitySpec, m: int = 2) ->
     with torch.no_grad():
         for name, module in layers.items():
             big = filter_to_winograd(module.weight.double(), m).abs().flatten()
-            k = math.ceil(targets[name] * big.numel())
+            k = pruned_count(targets[name], big.numel())
             out[name] = float(big.kthvalue(k).values) if k > 0 else 0.0
     return out
 
