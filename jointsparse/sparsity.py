@@ -97,7 +97,7 @@ def magnitude_quantile(values: torch.Tensor, fraction: float, generator: torch.G
     if flat.numel() > QUANTILE_SAMPLE:
         index = torch.randint(flat.numel(), (QUANTILE_SAMPLE,), generator=generator, device="cpu").to(flat.device)
         flat = flat[index]
-    k = max(1, min(flat.numel(), math.ceil(fraction * flat.numel())))
+    k = max(1, pruned_count(fraction, flat.numel()))
     return float(flat.float().kthvalue(k).values)
 
 
