@@ -211,7 +211,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python experiments/bench_conv.py" + ("" if argv is None and len(sys.argv) <= 1 else " " + " ".join(sys.argv[1:] if argv is None else argv))
+    command = " ".join(["python experiments/bench_conv.py", *(sys.argv[1:] if argv is None else argv)])
     load_before = os.getloadavg()
     rows, names = run(args.shapes, args.batches, args.repeats, args.m, args.seed)
     table = markdown(rows, names, command, args.threads, args.m, load_before, os.getloadavg())

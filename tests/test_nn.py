@@ -14,7 +14,10 @@ from jointsparse.nn import (
     SparseConv2d,
     SparseLinear,
     WinogradConv2d,
+    EMBEDDING_BAG_MIN_COLUMNS,
+    LINEAR_SPARSE_THRESHOLD,
     block_diagonal_csr,
+    csr_matmul,
     im2col,
     winograd_form_problem,
 )
@@ -353,6 +356,15 @@ def test_im2col_matches_unfold():
     assert torch.equal(cols, unfolded.transpose(0, 1).reshape(cols.shape))
 
 
+@pytest.mark.parametrize("columns", [1, 5, EMBEDDING_BAG_MIN_COLUMNS, 40])  # both kernels
+@pytest.mark.parametrize("keep", [0.0, 0.3])  # 0.3 leaves some rows empty
+def test_csr_matmul_both_kernels(columns, keep):
+    blocks = torch.randn(2, 6, 4) * random_mask((2, 6, 4), keep, 3)
+    x = torch.randn(8, columns)
+    got = csr_matmul(block_diagonal_csr(blocks), x)
+    assert_rel_close(got, torch.block_diag(*blocks).double() @ x.double(), rtol=1e-6)
+
+
 def test_block_diagonal_csr_matches_dense_block_diag():
     blocks = torch.randn(3, 4, 5) * random_mask((3, 4, 5), 0.4, 0)
     csr = block_diagonal_csr(blocks)
@@ -371,7 +383,7 @@ def test_sparse_linear_matches_linear(sparse, shape):
     x = torch.randn(*shape)
     with torch.no_grad():
         assert_rel_close(layer(x), F.linear(x.double(), linear.weight.double(), linear.bias.double()))
-    assert layer.uses_sparse is (sparse if sparse is not None else True)
+    assert layer.uses_sparse is (sparse if sparse is not None else layer.density <= LINEAR_SPARSE_THRESHOLD)
 
 
 def test_sparse_linear_bad_inputs_and_no_bias():

@@ -5,17 +5,21 @@ weight density; pass ``sparse=True``/``False`` to override. See ``_kernel`` for 
 """
 
 from ._kernel import (
+    EMBEDDING_BAG_MIN_COLUMNS,
     LINEAR_SPARSE_THRESHOLD,
     SPATIAL_SPARSE_THRESHOLD,
     WINOGRAD_SPARSE_THRESHOLD,
     BlockDiagonalKernel,
     block_diagonal_csr,
+    csr_matmul,
     density,
 )
 from .spatial import SparseConv2d, SparseLinear, im2col
 from .winograd import WinogradConv2d, winograd_form_problem
 
 __all__ = [
+    "EMBEDDING_BAG_MIN_COLUMNS",
+    "csr_matmul",
     "LINEAR_SPARSE_THRESHOLD",
     "SPATIAL_SPARSE_THRESHOLD",
     "WINOGRAD_SPARSE_THRESHOLD",

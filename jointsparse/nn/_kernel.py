@@ -3,7 +3,8 @@
 A grouped convolution, a Winograd layer (one block per tile position and group) and a linear
 layer (one block) all multiply a block-diagonal weight matrix by a dense matrix of columns. Dense
 blocks go through ``torch.bmm``; sparse ones through ONE CSR matrix holding every block, built
-once, because on this machine a single CSR product beat one product per block (SPEC section 10).
+once, because a single sparse product beat one product per block (SPEC section 10). The CSR
+matrix is multiplied by ``F.embedding_bag`` (FBGEMM) or torch's CSR matmul, see ``csr_matmul``.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 #: Default switch points: a layer runs its sparse product when its weight density is at or below
-#: the threshold. Measured with ``experiments/bench_conv.py`` and single-layer sweeps on a 2-core
-#: AMD EPYC (AVX2), torch 2.13.0, one thread: torch's CSR product ran at roughly 2-3.5 GMAC/s,
-#: dense bmm/conv2d/linear at 15-40 GMAC/s, so sparse only wins well below 0.5.
-WINOGRAD_SPARSE_THRESHOLD = 0.2
+#: the threshold. Measured on a 2-core AMD EPYC (AVX2), torch 2.13.0, one thread, random masks
+#: (sweeps over the AlexNet conv2-5 and ResNet-18 shapes at batch 1 and 8, and fc6 at batch 1-64):
+#: sparse Winograd beat our dense Winograd from density 0.3-0.45 down; sparse spatial beat dense
+#: conv2d from 0.3 down at batch 1 on small maps but only from about 0.1 down at batch 8 on 27x27
+#: and larger maps; sparse FC beat F.linear from about 0.2 down at batch 1 and 8.
+WINOGRAD_SPARSE_THRESHOLD = 0.3
 SPATIAL_SPARSE_THRESHOLD = 0.1
-LINEAR_SPARSE_THRESHOLD = 0.3
+LINEAR_SPARSE_THRESHOLD = 0.2
+#: Fewest dense columns for which ``csr_matmul`` uses ``F.embedding_bag`` instead of CSR matmul.
+EMBEDDING_BAG_MIN_COLUMNS = 12
 
 _INT32_MAX = 2**31 - 1
 
@@ -53,6 +59,27 @@ def block_diagonal_csr(blocks: torch.Tensor) -> torch.Tensor:
             shape,
             check_invariants=True,
         )
+
+
+def csr_matmul(csr: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``csr @ columns`` for a CSR matrix [R, K] and a dense [K, P], by the faster of two kernels.
+
+    With P >= ``EMBEDDING_BAG_MIN_COLUMNS`` each output row is a weighted sum of rows of
+    ``columns``, which is exactly ``F.embedding_bag`` (mode 'sum', per-sample weights = the CSR
+    values, offsets = the row pointers). Its FBGEMM kernel measured about 2x faster than torch's
+    CSR matmul for P of 16 to 800 here. For fewer columns (an FC layer at batch 1) its per-index
+    overhead dominates and the CSR matmul wins.
+    """
+    if columns.shape[1] < EMBEDDING_BAG_MIN_COLUMNS:
+        return csr @ columns
+    return F.embedding_bag(
+        csr.col_indices(),
+        columns.contiguous(),
+        csr.crow_indices(),
+        mode="sum",
+        per_sample_weights=csr.values(),
+        include_last_offset=True,
+    )
 
 
 def resolve_sparse(sparse: bool | None, weight_density: float, threshold: float) -> bool:
@@ -95,7 +122,7 @@ class BlockDiagonalKernel(nn.Module):
     def block_matmul(self, columns: torch.Tensor) -> torch.Tensor:
         """``blockdiag(blocks) @ columns``: [B*C, P] -> [B*R, P]."""
         if self._csr is not None:
-            return self._csr @ columns
+            return csr_matmul(self._csr, columns)
         blocks = self.weight_blocks()
         count, rows, cols = blocks.shape
         if count == 1:

@@ -115,7 +115,9 @@ class WinogradConv2d(BlockDiagonalKernel):
         """Winograd layer equal to ``conv`` (up to rounding), optionally pruned in the Winograd domain.
 
         ``winograd_mask``: bool [Cout, Cin/groups, t, t], True where a Winograd weight is kept;
-        the others become exactly zero. Raises ``ValueError`` if ``conv`` has no Winograd form.
+        the others become exactly zero. ``sparse=None`` still picks the product by the resulting
+        density, so a mask that keeps most weights runs dense (faster there); ``sparse=True``
+        forces the CSR product. Raises ``ValueError`` if ``conv`` has no Winograd form.
         """
         problem = winograd_form_problem(conv)
         if problem is not None:
