@@ -1,0 +1,227 @@
+"""Model-level encode and decode: one ``.jsz`` file, two deployments (SPEC sections 1, 4, 5).
+
+``encode`` quantizes a (pruned) model as it is, stores a per-layer Winograd threshold for every
+layer with a Winograd form, and writes the file. ``decode`` rebuilds the architecture named in the
+file and swaps in the sparse runtime layers of :mod:`jointsparse.nn` for the chosen domain.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from ..transforms import filter_to_winograd, has_winograd_form
+from .container import DEFAULT_MAX_EXPANSION, JszContents, StoredLayer, load, planned_bytes, save
+from .entropy import DEFAULT_CODER
+from .errors import FormatError
+from .quantize import BitsSpec, QuantizedLayer, compressible_layers, quantize_model
+
+__all__ = ["DOMAINS", "encode", "decode", "decode_state", "deploy", "winograd_mask"]
+
+DOMAINS = ("spatial", "winograd")
+
+WinogradSpec = Union[None, float, Mapping[str, float]]
+
+
+def _check_quantized(quantized: Mapping[str, QuantizedLayer], layers: Mapping[str, tuple[nn.Module, str]]) -> None:
+    missing, extra = sorted(set(layers) - set(quantized)), sorted(set(quantized) - set(layers))
+    if missing or extra:
+        raise ValueError(f"quantized layers do not match the model's conv/linear weights (missing {missing}, extra {extra})")
+    for name, layer in quantized.items():
+        if tuple(layer.shape) != tuple(layers[name][0].weight.shape):
+            raise ValueError(f"{name}: quantized shape {tuple(layer.shape)} differs from the weight's {tuple(layers[name][0].weight.shape)}")
+
+
+def _winograd_entries(
+    model: nn.Module, quantized: Mapping[str, QuantizedLayer], winograd_sparsity: WinogradSpec, m: int
+) -> dict[str, dict]:
+    """Per Winograd-form layer: ``{"m", "r", "threshold", "sparsity"}`` on the quantized weights."""
+    from ..sparsity import resolve_per_layer, winograd_thresholds
+
+    winograd_layers = {name: module for name, (module, _) in compressible_layers(model).items() if has_winograd_form(module)}
+    if not winograd_layers:
+        if winograd_sparsity is not None and isinstance(winograd_sparsity, Mapping) and winograd_sparsity:
+            raise ValueError("winograd_sparsity names layers, but the model has no layer with a Winograd form")
+        return {}
+    if winograd_sparsity is None:
+        thresholds = {name: 0.0 for name in winograd_layers}
+        targets: dict[str, Optional[float]] = {name: None for name in winograd_layers}
+    else:
+        module_names = [name[: -len(".weight")] for name in winograd_layers]
+        targets = {f"{k}.weight": v for k, v in resolve_per_layer(winograd_sparsity, module_names, "winograd_sparsity").items()}
+        # The thresholds are quantiles of |G w_q G^T| of the QUANTIZED weights: swap them in
+        # (Winograd-form convs only, so this costs conv-sized memory), compute, swap back.
+        originals = {name: module.weight.detach().clone() for name, module in winograd_layers.items()}
+        try:
+            with torch.no_grad():
+                for name, module in winograd_layers.items():
+                    module.weight.copy_(quantized[name].dequantize().to(module.weight.dtype))
+            by_module = winograd_thresholds(model, winograd_sparsity, m)
+        finally:
+            with torch.no_grad():
+                for name, module in winograd_layers.items():
+                    module.weight.copy_(originals[name])
+        thresholds = {f"{k}.weight": v for k, v in by_module.items()}
+    return {
+        name: {"m": m, "r": module.kernel_size[0], "threshold": thresholds[name], "sparsity": targets[name]}
+        for name, module in winograd_layers.items()
+    }
+
+
+def encode(
+    model: nn.Module,
+    path: Union[str, os.PathLike],
+    *,
+    quantizer: str = "kmeans",
+    bits: BitsSpec = None,
+    winograd_sparsity: WinogradSpec = None,
+    m: int = 2,
+    quantized: Optional[Mapping[str, QuantizedLayer]] = None,
+    coder: Optional[str] = None,
+    recipe: Optional[Mapping[str, Any]] = None,
+    arch: Optional[Mapping[str, Any]] = None,
+    seed: int = 0,
+) -> dict:
+    """Quantize ``model`` as it is (or take the already fine-tuned ``quantized`` layers), code it,
+    write ``path`` atomically and return :func:`jointsparse.codecs.report` of the file.
+
+    The model's exact zeros are the pruned weights. ``winograd_sparsity`` (a float, or a dict of
+    module names/globs) sets each Winograd-form layer's stored threshold to that quantile of
+    ``|G w_q G^T|``; None stores threshold 0 (keep every non-zero). ``arch`` defaults to
+    ``model.jointsparse_arch``. Biases, BatchNorm parameters and buffers are stored losslessly.
+    """
+    from .report import report
+
+    if m < 1:
+        raise ValueError(f"Winograd output tile m must be >= 1, got {m}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    layers = compressible_layers(model)
+    if quantized is None:
+        quantized = quantize_model(model, quantizer, bits, seed)
+    else:
+        _check_quantized(quantized, layers)
+    quantized = {name: quantized[name] for name in layers}  # model order
+    arch = arch if arch is not None else getattr(model, "jointsparse_arch", None)
+    raw = {name: tensor for name, tensor in model.state_dict().items() if name not in quantized}
+    winograd = _winograd_entries(model, quantized, winograd_sparsity, m)
+    original = sum(p.numel() for p in model.parameters())
+    written = save(
+        path,
+        quantized,
+        raw,
+        arch=arch,
+        original_parameter_count=original,
+        coder=coder or DEFAULT_CODER,
+        winograd=winograd,
+        recipe=recipe,
+    )
+    size = os.path.getsize(written)
+    planned = planned_bytes(
+        [{"parameter_count": q.numel, "nnz": q.nnz} for q in quantized.values()],
+        [{"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for t in raw.values()],
+    )
+    if planned > DEFAULT_MAX_EXPANSION * size:
+        warnings.warn(f"{written} decodes to {planned} bytes, more than load()'s default cap; decode it with max_expansion=None", stacklevel=2)
+    return report(written)
+
+
+def decode_state(path: Union[str, os.PathLike], *, max_expansion: Optional[float] = DEFAULT_MAX_EXPANSION) -> tuple[Optional[dict], dict[str, torch.Tensor], dict]:
+    """``(arch, state_dict, manifest)``: the spatial weights (exactly the quantized values, float32)
+    and the losslessly stored tensors, ready for ``load_state_dict`` or a plain checkpoint."""
+    contents = load(path, max_expansion=max_expansion)
+    return contents.arch, _state_dict(contents), contents.manifest
+
+
+def _state_dict(contents: JszContents) -> dict[str, torch.Tensor]:
+    state = {name: stored.quantized.dequantize() for name, stored in contents.layers.items()}
+    state.update(contents.raw)
+    return state
+
+
+def _build_model(arch: Optional[dict], state: Mapping[str, torch.Tensor], allow_imports: bool) -> nn.Module:
+    from ..models import get_model
+
+    if arch is None:
+        raise FormatError("file has no architecture reference; use decode_state() and build the model yourself")
+    if ":" in arch["name"] and not allow_imports:
+        raise FormatError(
+            f"file names the factory {arch['name']!r}, which decode would import and call; "
+            "pass allow_imports=True only for files you trust"
+        )
+    try:
+        # Build on the meta device first: a file must not make us allocate a model it cannot fill.
+        with torch.device("meta"):
+            probe = get_model(arch["name"], **arch["kwargs"])
+        expected = {name: tuple(t.shape) for name, t in probe.state_dict().items()}
+        stored = {name: tuple(t.shape) for name, t in state.items()}
+        if expected != stored:
+            missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+            wrong = sorted(n for n in set(expected) & set(stored) if expected[n] != stored[n])
+            raise FormatError(f"file does not fit architecture {arch['name']!r}: missing {missing[:5]}, extra {extra[:5]}, wrong shape {wrong[:5]}")
+        model = get_model(arch["name"], **arch["kwargs"])
+    except FormatError:
+        raise
+    except Exception as error:  # unknown model name, bad kwargs: the file references what we cannot build
+        raise FormatError(f"cannot build architecture {arch['name']!r}: {error}") from None
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def winograd_mask(weight: torch.Tensor, m: int, threshold: float) -> torch.Tensor:
+    """``|G w G^T| > threshold`` in float64, the decoder's Winograd pruning (SPEC section 1)."""
+    return filter_to_winograd(weight.detach().to(torch.float64), m).abs() > threshold
+
+
+def deploy(model: nn.Module, layers: Mapping[str, StoredLayer], domain: str) -> nn.Module:
+    """Swap each compressed layer of ``model`` for its sparse runtime form, in place.
+
+    ``spatial``: ``SparseConv2d`` / ``SparseLinear``. ``winograd``: ``WinogradConv2d`` with the
+    stored threshold where the layer has a Winograd form, spatial sparse elsewhere.
+    """
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; use one of {DOMAINS}")
+    from ..nn import SparseConv2d, SparseLinear, WinogradConv2d
+
+    for stored in layers.values():
+        module = model.get_submodule(stored.module)
+        if domain == "winograd" and stored.winograd is not None and has_winograd_form(module):
+            m = stored.winograd["m"]
+            mask = winograd_mask(module.weight, m, stored.winograd["threshold"])
+            replacement = WinogradConv2d.from_conv(module, m=m, winograd_mask=mask)
+        elif isinstance(module, nn.Conv2d):
+            replacement = SparseConv2d.from_conv(module)
+        elif isinstance(module, nn.Linear):
+            replacement = SparseLinear.from_linear(module)
+        else:
+            raise FormatError(f"layer {stored.module!r} is a {type(module).__name__}, not a Conv2d or Linear")
+        parent_name, _, child = stored.module.rpartition(".")
+        if not child:
+            raise FormatError("the model itself is a compressed layer; wrap it in a container module")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+    return model
+
+
+def decode(
+    path: Union[str, os.PathLike],
+    domain: str = "spatial",
+    *,
+    allow_imports: bool = False,
+    max_expansion: Optional[float] = DEFAULT_MAX_EXPANSION,
+) -> nn.Module:
+    """Rebuild the model stored in ``path`` for the ``spatial`` or ``winograd`` deployment (eval mode).
+
+    The architecture comes from ``jointsparse.models.get_model``; a file naming a
+    ``package.module:factory`` is refused unless ``allow_imports=True``, because building it
+    imports and calls code named by the file.
+    """
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; use one of {DOMAINS}")
+    contents = load(path, max_expansion=max_expansion)
+    model = _build_model(contents.arch, _state_dict(contents), allow_imports)
+    deploy(model, contents.layers, domain)
+    return model.eval()

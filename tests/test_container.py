@@ -1,0 +1,261 @@
+"""jointsparse.codecs.container: the .jsz frame, manifest validation, hostile files."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import struct
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from jointsparse.codecs import FormatError, load, loads, save
+from jointsparse.codecs.container import MAGIC, RAW_DTYPES, pack, planned_bytes, unpack
+from jointsparse.codecs.quantize import quantize_weight
+
+
+def _layers(seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    conv = torch.randn(6, 3, 3, 3, generator=generator) * (torch.rand(6, 3, 3, 3, generator=generator) < 0.5)
+    fc = torch.randn(10, 24, generator=generator) * (torch.rand(10, 24, generator=generator) < 0.3)
+    return {
+        "conv.weight": quantize_weight(conv, "kmeans", 4, kind="conv"),
+        "fc.weight": quantize_weight(fc, "universal", 3, kind="linear", seed=7),
+    }
+
+
+def _raw() -> dict:
+    return {
+        "conv.bias": torch.linspace(-1, 1, 6),
+        "bn.running_var": torch.rand(6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+        "bn.num_batches_tracked": torch.tensor(12345, dtype=torch.int64),
+        "half": torch.tensor([1.5, -2.25], dtype=torch.float16),
+        "brain": torch.tensor([0.5, 3.0], dtype=torch.bfloat16),
+        "flags": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 4),
+    }
+
+
+@pytest.fixture()
+def small_file(tmp_path):
+    path = tmp_path / "small.jsz"
+    winograd = {"conv.weight": {"m": 2, "r": 3, "threshold": 0.05, "sparsity": 0.5}}
+    save(path, _layers(), _raw(), arch={"name": "tiny", "kwargs": {"width": 6}}, winograd=winograd, recipe={"stage": "test"})
+    return path
+
+
+@pytest.mark.parametrize("coder", ["ans", "zstd"])
+def test_save_load_round_trip_is_exact(tmp_path, coder):
+    path = tmp_path / "model.jsz"
+    layers, raw = _layers(), _raw()
+    save(path, layers, raw, arch={"name": "tiny", "kwargs": {"width": 6}}, coder=coder, original_parameter_count=999)
+    contents = load(path)
+    assert contents.arch == {"name": "tiny", "kwargs": {"width": 6}}
+    assert contents.manifest["original_parameter_count"] == 999
+    for name, layer in layers.items():
+        stored = contents.layers[name].quantized
+        assert torch.equal(stored.dequantize(), layer.dequantize())
+        np.testing.assert_array_equal(stored.codebook, layer.codebook)
+        assert (stored.quantizer, stored.bits, stored.kind, stored.dither_seed) == (layer.quantizer, layer.bits, layer.kind, layer.dither_seed)
+        assert contents.layers[name].positions.coder == coder
+    for name, tensor in raw.items():
+        assert contents.raw[name].dtype == tensor.dtype and torch.equal(contents.raw[name], tensor)
+    assert os.listdir(tmp_path) == ["model.jsz"]  # no temp file left behind
+
+
+def test_same_input_gives_identical_bytes(tmp_path):
+    save(tmp_path / "a.jsz", _layers(), _raw())
+    save(tmp_path / "b.jsz", _layers(), _raw())
+    assert (tmp_path / "a.jsz").read_bytes() == (tmp_path / "b.jsz").read_bytes()
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    layers = _layers()
+    with pytest.raises(ValueError, match="both compressed and raw"):
+        save(tmp_path / "x.jsz", layers, {"fc.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="cannot store"):
+        save(tmp_path / "x.jsz", layers, {"c": torch.zeros(2, dtype=torch.complex64)})
+    with pytest.raises(ValueError, match="not plain JSON"):
+        save(tmp_path / "x.jsz", layers, recipe={"lr": float("nan")})
+    with pytest.raises(ValueError, match="'<module>.weight'"):
+        save(tmp_path / "x.jsz", {"conv": layers["conv.weight"]})
+    broken = copy.copy(layers["conv.weight"])
+    broken.indices = broken.indices.copy()
+    broken.indices[0] = 200
+    with pytest.raises(ValueError, match="beyond the codebook"):
+        save(tmp_path / "x.jsz", {"conv.weight": broken})
+    assert not (tmp_path / "x.jsz").exists()
+
+
+def _reframed(path, mutate) -> bytes:
+    """Unpack a valid file, let ``mutate(manifest, sections)`` change it, re-pack with valid CRCs."""
+    manifest, sections = unpack(path.read_bytes())
+    sections = [bytes(s) for s in sections]
+    mutate(manifest, sections)
+    return pack(manifest, sections)
+
+
+def test_each_kind_of_damage_has_its_own_message(small_file):
+    data = small_file.read_bytes()
+    cases = {
+        "bad magic": b"PK\x03\x04" + data[4:],
+        "unknown .jsz version 7": data[:8] + struct.pack("<H", 7) + data[10:],
+        "truncated": data[:-10],
+        "truncated file: 3 bytes": data[:3],
+        "after its declared end": data + b"\x00",
+        "file checksum mismatch": data[:100] + bytes([data[100] ^ 1]) + data[101:],
+        "unsupported .jsz flags": data[:10] + struct.pack("<H", 6) + data[12:],
+    }
+    for message, damaged in cases.items():
+        with pytest.raises(FormatError, match=message):
+            loads(damaged)
+    # A consistent frame around inconsistent contents: checksums pass, validation must not.
+    def bigger_nnz(m, s):
+        m["layers"][0]["nnz"] += 1
+
+    def shared_section(m, s):
+        m["layers"][1]["indices"]["section"] = m["layers"][0]["indices"]["section"]
+
+    def short_raw(m, s):
+        s[m["raw"][0]["section"]] = s[m["raw"][0]["section"]][:-1]
+
+    def wrong_dtype(m, s):
+        m["raw"][0]["dtype"] = "object"
+
+    def wrong_count(m, s):
+        m["layers"][0]["parameter_count"] = 55
+
+    def huge_shape(m, s):
+        m["layers"][0]["shape"] = [2**39, 2**39, 1, 1]
+
+    def big_bits(m, s):
+        m["layers"][0]["bits"] = 17
+
+    for mutate, message in [
+        (bigger_nnz, "non-zeros|symbols"),
+        (shared_section, "section missing or shared"),
+        (short_raw, "section has"),
+        (wrong_dtype, "not allowed"),
+        (wrong_count, "does not match shape"),
+        (huge_shape, "does not match shape"),
+        (big_bits, "bits = 17"),
+    ]:
+        with pytest.raises(FormatError, match=message):
+            loads(_reframed(small_file, mutate))
+
+
+def test_memory_budget_refuses_decompression_bombs(tmp_path):
+    # An all-zero layer needs no stream bytes at all; its size must still be bounded by the file.
+    bomb = quantize_weight(torch.zeros(1 << 20), "kmeans", 4, kind="linear")
+    path = tmp_path / "bomb.jsz"
+    save(path, {"fc.weight": bomb})
+    assert path.stat().st_size < 1000
+    with pytest.raises(FormatError, match="pass max_expansion=None"):
+        load(path)
+    contents = load(path, max_expansion=None)  # the caller vouches for it
+    assert contents.layers["fc.weight"].quantized.nnz == 0
+
+
+def _random_mutation(rng: random.Random, data: bytes) -> bytes:
+    choice = rng.randrange(5)
+    buf = bytearray(data)
+    if choice == 0:  # flip bits
+        for _ in range(rng.randint(1, 4)):
+            buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+    elif choice == 1:  # truncate
+        del buf[rng.randrange(len(buf)) :]
+    elif choice == 2:  # overwrite a run with random bytes
+        start = rng.randrange(len(buf))
+        for i in range(start, min(len(buf), start + rng.randint(1, 16))):
+            buf[i] = rng.randrange(256)
+    elif choice == 3:  # insert or delete bytes in the middle
+        at = rng.randrange(len(buf))
+        if rng.random() < 0.5:
+            buf[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        else:
+            del buf[at : at + rng.randint(1, 8)]
+    else:  # flip bits, then repair the whole-file CRC so the inner checks must catch it
+        buf[rng.randrange(len(buf) - 8)] ^= 1 << rng.randrange(8)
+        buf[-8:-4] = struct.pack("<I", zlib.crc32(bytes(buf[:-8])))
+    return bytes(buf)
+
+
+_JSON_POOL = [None, True, -1, 0, 1, 3, 2**31, 2**62, 10**30, -(10**30), 1e308, 0.5, "", "x", "gaps", "bitmap", "ans", "zstd", "kmeans", [], [1], [0, 0], {}, {"a": 1}]
+
+
+def _mutate_manifest(rng: random.Random, manifest, sections):
+    """Replace one random node of the manifest, or damage one section, keeping the frame valid."""
+    if rng.random() < 0.3 and sections:
+        index = rng.randrange(len(sections))
+        section = bytearray(sections[index])
+        if section and rng.random() < 0.7:
+            section[rng.randrange(len(section))] ^= 1 << rng.randrange(8)
+        else:
+            section = section[: rng.randrange(len(section) + 1)] if rng.random() < 0.5 else section + b"\x01\x02\x03\x04"
+        sections[index] = bytes(section)
+        return
+    nodes = []
+
+    def walk(node):
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+        for key, child in children:
+            nodes.append((node, key))
+            walk(child)
+
+    walk(manifest)
+    parent, key = rng.choice(nodes)
+    if rng.random() < 0.2 and isinstance(parent, dict):
+        del parent[key]
+    else:
+        parent[key] = copy.deepcopy(rng.choice(_JSON_POOL))
+
+
+def _decoded_bytes(contents) -> int:
+    total = sum(layer.quantized.numel * 4 for layer in contents.layers.values())
+    return total + sum(t.numel() * t.element_size() for t in contents.raw.values())
+
+
+def test_fuzzed_files_give_format_error_or_valid_decode_within_memory_budget(small_file):
+    """Issue #4: thousands of flipped/truncated/re-framed files; only FormatError, no hang, and
+    memory stays within a small multiple of the file size (checked by the validation logic on
+    every decoded case, and by tracemalloc on a sample)."""
+    expansion = 64
+    original = small_file.read_bytes()
+    manifest, sections = unpack(original)
+    manifest_bytes = planned_bytes(manifest["layers"], manifest["raw"])
+    assert manifest_bytes <= expansion * len(original)  # the valid file fits the budget used below
+    rng = random.Random(1234)
+    outcomes = {"format_error": 0, "decoded": 0}
+    for case in range(3000):
+        if case % 2:
+            data = _random_mutation(rng, original)
+        else:
+            data = _reframed(small_file, lambda m, s: _mutate_manifest(rng, m, s))
+        traced = case % 40 == 0
+        if traced:
+            tracemalloc.start()
+        try:
+            contents = loads(data, max_expansion=expansion)
+        except FormatError:
+            outcomes["format_error"] += 1
+            continue
+        finally:
+            if traced:
+                _, peak = tracemalloc.get_traced_memory()
+                tracemalloc.stop()
+                # numpy and Python objects are traced; the constant covers interpreter overhead
+                assert peak <= expansion * len(data) + (256 << 10), (case, peak, len(data))
+        outcomes["decoded"] += 1
+        assert _decoded_bytes(contents) <= expansion * len(data)
+        for layer in contents.layers.values():
+            layer.quantized.dequantize()  # a "valid decode" must really decode
+    assert outcomes["format_error"] > 2000 and outcomes["decoded"] > 0, outcomes
+
+
+def test_raw_dtype_allow_list_is_what_save_writes():
+    assert set(RAW_DTYPES) >= {"float32", "float64", "float16", "bfloat16", "int64", "bool"}
+    assert MAGIC == b"\x89JSZ\r\n\x1a\n"
