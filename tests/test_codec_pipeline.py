@@ -14,7 +14,18 @@ from hypothesis import strategies as st
 from torch import nn
 
 import jointsparse
-from jointsparse.codecs import CodebookFinetuner, FormatError, decode, decode_state, encode, format_report, load, quantize_model, report
+from jointsparse.codecs import (
+    CodebookFinetuner,
+    FormatError,
+    decode,
+    decode_state,
+    encode,
+    format_report,
+    load,
+    quantize_model,
+    report,
+    winograd_weights,
+)
 from jointsparse.models import get_model
 from jointsparse.transforms import extract_tiles, filter_to_winograd, input_to_winograd, output_from_winograd, untile
 
@@ -148,6 +159,27 @@ def test_decode_spatial_and_winograd_match_references(tmp_path):
     torch.testing.assert_close(_forward(winograd, x), got, rtol=1e-4, atol=1e-5)
     kept = int(torch.count_nonzero(winograd.conv.winograd_weight))
     assert kept == report(path)["layers"][0]["winograd_nnz"]
+
+
+def test_winograd_weights_and_plain_decode_for_checkpoints(tmp_path):
+    from jointsparse.nn import WinogradConv2d
+
+    model = _tiny(0.5, conv_out=6, conv_in=3, k=3)
+    path = tmp_path / "w.jsz"
+    encode(model, path, winograd_sparsity=0.5, provenance={"command": "test"})
+    weights = winograd_weights(path)
+    assert list(weights) == ["conv"] and weights["conv"]["m"] == 2
+    big = weights["conv"]["weight"]
+    assert big.shape == (6, 3, 4, 4) and big.dtype == torch.float32
+    runtime = decode(path, "winograd", allow_imports=True).conv
+    expected = WinogradConv2d.from_conv(_quantized_reference(model, path).conv, m=2, winograd_mask=big != 0)
+    torch.testing.assert_close(runtime.winograd_weight, expected.winograd_weight, rtol=0, atol=0)
+    # The runtime layer keeps [t*t, Cout, Cin]: the same numbers as the checkpoint weights.
+    assert torch.equal(runtime.winograd_weight, big.permute(2, 3, 0, 1).reshape(16, 6, 3))
+    plain = decode(path, allow_imports=True, runtime=False)
+    assert type(plain.conv) is nn.Conv2d and type(plain.fc) is nn.Linear
+    assert torch.equal(plain.conv.weight, decode_state(path)[1]["conv.weight"])
+    assert decode_state(path)[2]["provenance"] == {"command": "test"}
 
 
 def test_lenet5_winograd_without_threshold_equals_conv2d(tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from jointsparse.codecs import FormatError, load, loads, save
+from jointsparse.codecs import FormatError, load, loads, read_manifest, save
 from jointsparse.codecs.container import MAGIC, RAW_DTYPES, pack, planned_bytes, unpack
 from jointsparse.codecs.quantize import quantize_weight
 
@@ -65,6 +65,19 @@ def test_save_load_round_trip_is_exact(tmp_path, coder):
     for name, tensor in raw.items():
         assert contents.raw[name].dtype == tensor.dtype and torch.equal(contents.raw[name], tensor)
     assert os.listdir(tmp_path) == ["model.jsz"]  # no temp file left behind
+
+
+def test_read_manifest_validates_without_decoding(tmp_path):
+    path = tmp_path / "m.jsz"
+    provenance = {"data": {"name": "digits", "input_size": [1, 8, 8]}, "command": "jointsparse compress"}
+    save(path, _layers(), _raw(), recipe={"bits": 4}, provenance=provenance)
+    manifest = read_manifest(path)
+    assert manifest["provenance"] == provenance and manifest["recipe"] == {"bits": 4}
+    assert [layer["name"] for layer in manifest["layers"]] == ["conv.weight", "fc.weight"]
+    assert load(path).manifest == manifest
+    path.write_bytes(_reframed(path, lambda m, s: m.update(provenance=[1, 2])))
+    with pytest.raises(FormatError, match="provenance"):
+        read_manifest(path)
 
 
 def test_same_input_gives_identical_bytes(tmp_path):

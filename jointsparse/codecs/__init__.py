@@ -1,15 +1,16 @@
 """Quantization, entropy coding and the ``.jsz`` file (SPEC sections 4 and 5).
 
 Public API: :func:`quantize_model` / :class:`QuantizedLayer`, :class:`CodebookFinetuner`,
-:func:`encode` / :func:`decode` / :func:`decode_state`, :func:`save` / :func:`load`,
+:func:`encode` / :func:`decode` / :func:`decode_state` / :func:`winograd_weights`,
+:func:`save` / :func:`load` / :func:`read_manifest`,
 :func:`report` / :func:`format_report`, and :class:`FormatError` for bad files.
 """
 
-from .container import DEFAULT_MAX_EXPANSION, JszContents, load, loads, save
+from .container import DEFAULT_MAX_EXPANSION, JszContents, load, loads, read_manifest, save
 from .entropy import CODERS, DEFAULT_CODER
 from .errors import FormatError
 from .finetune import CodebookFinetuner
-from .pipeline import decode, decode_state, deploy, encode
+from .pipeline import decode, decode_state, deploy, encode, winograd_weights
 from .quantize import QUANTIZERS, QuantizedLayer, kmeans_1d, quantize_model, quantize_weight
 from .report import format_report, report
 
@@ -32,6 +33,8 @@ __all__ = [
     "loads",
     "quantize_model",
     "quantize_weight",
+    "read_manifest",
     "report",
     "save",
+    "winograd_weights",
 ]

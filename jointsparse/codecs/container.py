@@ -55,6 +55,8 @@ __all__ = [
     "unpack",
     "save",
     "load",
+    "loads",
+    "read_manifest",
     "planned_bytes",
 ]
 
@@ -342,6 +344,7 @@ def save(
     coder: str = DEFAULT_CODER,
     winograd: Optional[Mapping[str, Optional[Mapping]]] = None,
     recipe: Optional[Mapping[str, Any]] = None,
+    provenance: Optional[Mapping[str, Any]] = None,
     tool_version: Optional[str] = None,
 ) -> Path:
     """Entropy-code ``layers`` and write the ``.jsz`` file atomically (temp file + ``os.replace``).
@@ -349,6 +352,8 @@ def save(
     ``raw``: tensors stored losslessly (biases, BatchNorm parameters and buffers).
     ``winograd``: per layer name, ``{"m", "r", "threshold", "sparsity"}`` for layers with a
     Winograd form. ``original_parameter_count`` defaults to the layer and raw element counts.
+    ``recipe`` and ``provenance`` (e.g. the data set and command line) are stored as given; both
+    must be plain JSON values.
     """
     _require_little_endian()
     if coder not in CODERS:
@@ -399,6 +404,7 @@ def save(
         "tool": {"name": "jointsparse", "version": tool_version or _tool_version()},
         "arch": None if arch is None else {"name": str(arch["name"]), "kwargs": dict(arch.get("kwargs", {}))},
         "recipe": None if recipe is None else dict(recipe),
+        "provenance": None if provenance is None else dict(provenance),
         "original_parameter_count": int(original_parameter_count),
         "layers": layer_entries,
         "raw": raw_entries,
@@ -557,6 +563,7 @@ def _validate_manifest(manifest: dict, sections: list[memoryview]) -> None:
         _field(arch, "name", str, "manifest arch")
         _field(arch, "kwargs", dict, "manifest arch")
     _field(manifest, "recipe", dict, "manifest", nullable=True)
+    _field(manifest, "provenance", dict, "manifest", nullable=True)
     _count(manifest, "original_parameter_count", "manifest")
     claimed: set[int] = set()
     layers = [_validate_layer(e, i, len(sections), claimed) for i, e in enumerate(_field(manifest, "layers", list, "manifest"))]
@@ -624,6 +631,13 @@ def load(path: str | os.PathLike, *, max_expansion: Optional[float] = DEFAULT_MA
     _require_little_endian()
     data = Path(path).read_bytes()
     return loads(data, max_expansion=max_expansion)
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The validated manifest of a ``.jsz`` file, without decoding any stream."""
+    manifest, sections = unpack(Path(path).read_bytes())
+    _validate_manifest(manifest, sections)
+    return manifest
 
 
 def loads(data: bytes, *, max_expansion: Optional[float] = DEFAULT_MAX_EXPANSION) -> JszContents:

@@ -20,7 +20,7 @@ from .entropy import DEFAULT_CODER
 from .errors import FormatError
 from .quantize import BitsSpec, QuantizedLayer, compressible_layers, quantize_model
 
-__all__ = ["DOMAINS", "encode", "decode", "decode_state", "deploy", "winograd_mask"]
+__all__ = ["DOMAINS", "encode", "decode", "decode_state", "deploy", "winograd_mask", "winograd_weights"]
 
 DOMAINS = ("spatial", "winograd")
 
@@ -85,6 +85,7 @@ def encode(
     recipe: Optional[Mapping[str, Any]] = None,
     arch: Optional[Mapping[str, Any]] = None,
     seed: int = 0,
+    provenance: Optional[Mapping[str, Any]] = None,
 ) -> dict:
     """Quantize ``model`` as it is (or take the already fine-tuned ``quantized`` layers), code it,
     write ``path`` atomically and return :func:`jointsparse.codecs.report` of the file.
@@ -93,6 +94,7 @@ def encode(
     module names/globs) sets each Winograd-form layer's stored threshold to that quantile of
     ``|G w_q G^T|``; None stores threshold 0 (keep every non-zero). ``arch`` defaults to
     ``model.jointsparse_arch``. Biases, BatchNorm parameters and buffers are stored losslessly.
+    ``recipe`` and ``provenance`` (plain JSON: e.g. data set, command line) go into the manifest.
     """
     from .report import report
 
@@ -119,6 +121,7 @@ def encode(
         coder=coder or DEFAULT_CODER,
         winograd=winograd,
         recipe=recipe,
+        provenance=provenance,
     )
     size = os.path.getsize(written)
     planned = planned_bytes(
@@ -172,9 +175,29 @@ def _build_model(arch: Optional[dict], state: Mapping[str, torch.Tensor], allow_
     return model
 
 
+def _winograd_float64(weight: torch.Tensor, m: int) -> torch.Tensor:
+    return filter_to_winograd(weight.detach().to(torch.float64), m)
+
+
 def winograd_mask(weight: torch.Tensor, m: int, threshold: float) -> torch.Tensor:
     """``|G w G^T| > threshold`` in float64, the decoder's Winograd pruning (SPEC section 1)."""
-    return filter_to_winograd(weight.detach().to(torch.float64), m).abs() > threshold
+    return _winograd_float64(weight, m).abs() > threshold
+
+
+def winograd_weights(path: Union[str, os.PathLike], *, max_expansion: Optional[float] = DEFAULT_MAX_EXPANSION) -> dict[str, dict]:
+    """The pruned Winograd-domain weights of every layer with a Winograd form:
+    ``{module: {"m": m, "weight": float32 [Cout, Cin/groups, t, t]}}`` with ``|G w G^T|`` at or
+    under the stored threshold set to zero (what ``WinogradConv2d.from_conv`` builds)."""
+    contents = load(path, max_expansion=max_expansion)
+    out = {}
+    for stored in contents.layers.values():
+        if stored.winograd is None:
+            continue
+        m = stored.winograd["m"]
+        big = _winograd_float64(stored.quantized.dequantize(), m)
+        pruned = big * (big.abs() > stored.winograd["threshold"])
+        out[stored.module] = {"m": m, "weight": pruned.to(torch.float32)}
+    return out
 
 
 def deploy(model: nn.Module, layers: Mapping[str, StoredLayer], domain: str) -> nn.Module:
@@ -212,8 +235,12 @@ def decode(
     *,
     allow_imports: bool = False,
     max_expansion: Optional[float] = DEFAULT_MAX_EXPANSION,
+    runtime: bool = True,
 ) -> nn.Module:
     """Rebuild the model stored in ``path`` for the ``spatial`` or ``winograd`` deployment (eval mode).
+
+    ``runtime=False`` skips the swap to sparse runtime layers: the architecture's own modules
+    carrying the decoded weights (e.g. for MAC counting); ``domain`` is then irrelevant.
 
     The architecture comes from ``jointsparse.models.get_model``; a file naming a
     ``package.module:factory`` is refused unless ``allow_imports=True``, because building it
@@ -223,5 +250,6 @@ def decode(
         raise ValueError(f"unknown domain {domain!r}; use one of {DOMAINS}")
     contents = load(path, max_expansion=max_expansion)
     model = _build_model(contents.arch, _state_dict(contents), allow_imports)
-    deploy(model, contents.layers, domain)
+    if runtime:
+        deploy(model, contents.layers, domain)
     return model.eval()
