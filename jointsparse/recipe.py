@@ -103,8 +103,10 @@ class QuantizeConfig:
     linear_bits: int = 5
     bits: dict[str, int] = field(default_factory=dict)
     seed: int = 0
+    centroid_lr: float = 0.05  # codebook fine-tuning: c_k -= centroid_lr * mean gradient of its members
 
     _checks = {
+        "centroid_lr": (lambda v: v > 0 and math.isfinite(v), "must be a finite number > 0"),
         "method": (lambda v: v in ("kmeans", "universal"), "must be 'kmeans' or 'universal'"),
         "conv_bits": (lambda v: 1 <= v <= 16, "must be in 1..16"),
         "linear_bits": (lambda v: 1 <= v <= 16, "must be in 1..16"),

@@ -231,7 +231,7 @@ class JointSparsity:
         reference = next(model.parameters())
         self.log_coefficients = {
             domain: torch.tensor(
-                init_log_coefficient if init_log_coefficient is not None else math.log(max(count, 1)) - 4.0,
+                init_log_coefficient if init_log_coefficient is not None else math.log(max(count, 1)) - 1.0,
                 device=reference.device,
                 dtype=reference.dtype,
                 requires_grad=learnable,

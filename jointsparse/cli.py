@@ -1,0 +1,453 @@
+"""The ``jointsparse`` command line.
+
+Exit codes: 0 success; 2 usage or input errors (a missing or corrupted file, a checkpoint that
+does not fit the model, a bad recipe value, an unknown dataset); 1 an internal failure. Errors
+print one line; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(ValueError):
+    """A command-line value the toolkit cannot use."""
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Every exception class that means "bad input" rather than a bug."""
+    from .checkpoint import ModelCheckpointError
+    from .codecs import FormatError
+    from .data import DataError
+    from .models import ModelError
+    from .pipeline import PipelineError
+    from .recipe import RecipeError
+    from .sparsity import SparsityConfigError
+    from .train import CheckpointError
+
+    return (
+        UsageError, FormatError, DataError, ModelError, RecipeError, SparsityConfigError,
+        CheckpointError, ModelCheckpointError, PipelineError, FileNotFoundError, IsADirectoryError, PermissionError,
+    )
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _model_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--model-arg needs KEY=VALUE, got {pair!r}")
+        kwargs[key] = _parse_value(value)
+    return kwargs
+
+
+def _data_options(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Data options: command-line flags over the given defaults (a recipe's or a file's)."""
+    merged = dict(defaults or {})
+    for key in ("name", "resize", "channels", "subset", "batch_size", "eval_batch_size", "root"):
+        flag = "data" if key == "name" else key
+        value = getattr(args, flag, None)
+        if value is not None:
+            merged[key] = value
+    if not merged.get("name"):
+        raise UsageError("no dataset: give --data NAME (digits, fashion-mnist, mnist, imagefolder:PATH)")
+    return merged
+
+
+def _loaders(options: dict[str, Any], seed: int):
+    from .data import make_loaders
+
+    return make_loaders(
+        options["name"], batch_size=options.get("batch_size") or 128, eval_batch_size=options.get("eval_batch_size") or 256,
+        seed=seed, resize=options.get("resize"), channels=options.get("channels"), subset=options.get("subset"),
+        root=options.get("root"),
+    )
+
+
+def _data_record(options: dict[str, Any], info: Any) -> dict[str, Any]:
+    record = {k: v for k, v in options.items() if v is not None}
+    record["input_size"] = [info.in_channels, *info.input_size]
+    return record
+
+
+def _write_json(path: str | None, payload: Any) -> None:
+    if path:
+        from .utils import atomic_write_text
+
+        atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _pct(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
+
+
+def _check_output(path: str, suffix: str | None = None) -> Path:
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"output {path!r} is a directory")
+    if suffix and out.suffix != suffix:
+        raise UsageError(f"output {path!r} should end in {suffix}")
+    return out
+
+
+def _load_any(path: str, domain: str | None, model_name: str | None, model_kwargs: dict[str, Any]):
+    """A runnable model from a .jsz file (decoded to ``domain``) or a checkpoint, plus where
+    its data options are recorded."""
+    from .checkpoint import load_model
+
+    if path.endswith(".jsz"):
+        from .codecs import decode, load
+
+        manifest = load(path).manifest
+        model = decode(path, domain=domain or "spatial")
+        data = (manifest.get("provenance") or {}).get("data") or {}
+        return model, data
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path!r} does not exist")
+    if domain not in (None, "dense"):
+        raise UsageError("--domain applies to .jsz files; a checkpoint runs as it was saved")
+    model, payload = load_model(path, model_name, model_kwargs)
+    return model, (payload.get("meta") or {}).get("data") or {}
+
+
+# ----------------------------------------------------------------------------------- commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .checkpoint import save_model
+    from .models import get_model
+    from .recipe import StageConfig
+    from .pipeline import train_config
+    from .train import seed_everything, train
+
+    out = _check_output(args.output)
+    options = _data_options(args)
+    seed_everything(args.seed)
+    train_loader, test_loader, info = _loaders(options, args.seed)
+    kwargs = {"num_classes": info.num_classes, "in_channels": info.in_channels, **_model_kwargs(args.model_arg)}
+    model = get_model(args.model, **kwargs)
+    stage = StageConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
+                        weight_decay=args.weight_decay, schedule=args.schedule, max_steps_per_epoch=args.max_steps or 0)
+    result = train(
+        model, train_loader, test_loader, train_config(stage, seed=args.seed, device=args.device, progress=not args.quiet),
+        checkpoint_path=f"{out}.ckpt", resume="auto" if args.resume else False, log_path=f"{out}.jsonl", stage="dense",
+    )
+    save_model(out, model.state_dict(), model.jointsparse_arch,
+               meta={"data": _data_record(options, info), "test_accuracy": result.test_accuracy, "epochs": args.epochs})
+    Path(f"{out}.ckpt").unlink(missing_ok=True)
+    print(f"dense {args.model}: test accuracy {_pct(result.test_accuracy)} after {args.epochs} epoch(s); wrote {out}")
+    return EXIT_OK
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .pipeline import compress
+    from .recipe import load_recipe
+    from .train import seed_everything
+
+    out = _check_output(args.output, ".jsz")
+    recipe = load_recipe(args.recipe)
+    model, payload = load_model(args.checkpoint, args.model, _model_kwargs(args.model_arg))
+    saved_data = {k: v for k, v in ((payload.get("meta") or {}).get("data") or {}).items() if k != "input_size"}
+    recipe_data = {k: v for k, v in vars(recipe.data).items() if v is not None}
+    options = _data_options(args, {**saved_data, **recipe_data})
+    seed_everything(args.seed)
+    train_loader, test_loader, info = _loaders(options, args.seed)
+    data_record = _data_record(options, info)
+    fingerprint = {"checkpoint": os.path.abspath(args.checkpoint), "data": data_record, "seed": args.seed}
+    result = compress(
+        model, train_loader, test_loader, recipe, out, workdir=args.workdir, resume=args.resume, device=args.device,
+        seed=args.seed, progress=not args.quiet, fingerprint=fingerprint,
+        provenance={"data": data_record, "command": " ".join(["jointsparse", *sys.argv[1:]])},
+    )
+    summary = _compress_summary(result, out)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return EXIT_OK
+
+
+def _compress_summary(result: Any, out: Path) -> dict[str, Any]:
+    total = result.report["total"]
+    return {
+        "file": str(out),
+        "bytes": out.stat().st_size,
+        "compression_ratio": total["compression_ratio"],
+        "weights_only_ratio": total["weights_only_ratio"],
+        "accuracy": result.accuracy,
+        "seconds": result.seconds,
+        "densities": result.densities,
+    }
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print()
+    print(f"{'stage':<12} {'test accuracy':>14}")
+    for stage, acc in summary["accuracy"].items():
+        print(f"{stage:<12} {_pct(acc):>14}")
+    print()
+    print(f"{'layer':<24} {'spatial density':>16} {'winograd density':>17}")
+    for name, dens in summary["densities"].items():
+        wino = "-" if dens["winograd"] is None else f"{dens['winograd']:.3f}"
+        print(f"{name:<24} {dens['spatial']:>16.3f} {wino:>17}")
+    print()
+    print(f"wrote {summary['file']}: {summary['bytes']:,} bytes, compression {summary['compression_ratio']:.1f}x "
+          f"(weights only {summary['weights_only_ratio']:.1f}x)")
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from .checkpoint import save_model
+    from .codecs import decode_state, load
+    from .codecs.pipeline import winograd_mask
+    from .transforms import filter_to_winograd
+
+    out = _check_output(args.output)
+    arch, state, manifest = decode_state(args.input)
+    meta = {"source": os.path.abspath(args.input), "data": (manifest.get("provenance") or {}).get("data")}
+    if args.domain == "winograd":
+        winograd = {}
+        for stored in load(args.input).layers.values():
+            if stored.winograd is None:
+                continue
+            weight, m = state.pop(stored.name), stored.winograd["m"]
+            keep = winograd_mask(weight, m, stored.winograd["threshold"])
+            winograd[stored.module] = {"m": m, "weight": (filter_to_winograd(weight.double(), m) * keep).float()}
+        save_model(out, state, arch, domain="winograd", winograd=winograd, meta=meta)
+    else:
+        save_model(out, state, arch, domain="spatial", meta=meta)
+    print(f"wrote {out} ({args.domain} domain; load with jointsparse.checkpoint.load_model)")
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .train import evaluate
+
+    model, recorded = _load_any(args.input, args.domain, args.model, _model_kwargs(args.model_arg))
+    recorded = {k: v for k, v in recorded.items() if k != "input_size"}
+    options = _data_options(args, recorded)
+    _, test_loader, _ = _loaders(options, 0)
+    result = evaluate(model, test_loader, args.device)
+    payload = {"input": args.input, "domain": args.domain or ("spatial" if args.input.endswith(".jsz") else "dense"),
+               "data": options["name"], **result}
+    if args.json:
+        print(json.dumps(payload))
+    else:
+        print(f"{args.input} [{payload['domain']}] on {options['name']}: accuracy {_pct(result['accuracy'])}, "
+              f"loss {result['loss']:.4f} ({result['n']} images)")
+    return EXIT_OK
+
+
+def info_payload(path: str, input_size: Sequence[int] | None = None) -> dict[str, Any]:
+    """``codecs.report`` plus MACs in both domains from ``cost.layer_costs``."""
+    from .codecs import decode, load, report
+    from .cost import layer_costs, macs_reduction, total_macs
+
+    rep = report(path)
+    manifest = load(path).manifest
+    size = list(input_size or ((manifest.get("provenance") or {}).get("data") or {}).get("input_size") or [])
+    payload = {"report": rep}
+    if size:
+        model = decode(path, domain="spatial", runtime=False)
+        rows_by_module = {row["name"].removesuffix(".weight"): row for row in rep["layers"]}
+        thresholds = {name: row["winograd_threshold"] for name, row in rows_by_module.items() if row["winograd_threshold"] is not None}
+        rows = layer_costs(model, (1, *size), m=_winograd_m(manifest), winograd_thresholds=thresholds)
+        payload["macs"] = {
+            "input_size": size,
+            "layers": [row.as_dict() for row in rows],
+            "dense": total_macs(rows, "dense"),
+            "spatial": total_macs(rows, "spatial"),
+            "winograd": total_macs(rows, "winograd"),
+            "reduction_spatial": macs_reduction(rows, "spatial"),
+            "reduction_winograd": macs_reduction(rows, "winograd"),
+        }
+    return payload
+
+
+def _winograd_m(manifest: dict[str, Any]) -> int:
+    """The file's Winograd output tile (one m per file; the cost model takes one)."""
+    tiles = {layer["winograd"]["m"] for layer in manifest.get("layers", []) if layer.get("winograd")}
+    if len(tiles) > 1:
+        raise UsageError(f"the file mixes Winograd tiles {sorted(tiles)}; the MAC table supports one")
+    return tiles.pop() if tiles else 2
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .codecs import format_report
+
+    size = [int(v) for v in args.input_size.split(",")] if args.input_size else None
+    payload = info_payload(args.input, size)
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+        return EXIT_OK
+    print(format_report(payload["report"]))
+    macs = payload.get("macs")
+    if macs:
+        print()
+        print(f"MACs per image at {'x'.join(map(str, macs['input_size']))}:")
+        print(f"{'layer':<24} {'dense':>14} {'sparse spatial':>15} {'sparse winograd':>16}")
+        for row in macs["layers"]:
+            wino = "-" if row["sparse_winograd_macs"] is None else f"{row['sparse_winograd_macs']:,}"
+            print(f"{row['name']:<24} {row['dense_macs']:>14,} {row['sparse_spatial_macs']:>15,} {wino:>16}")
+        print(f"computation reduction: spatial {macs['reduction_spatial']:.2f}x, winograd {macs['reduction_winograd']:.2f}x")
+    else:
+        print("(no input size recorded: pass --input-size C,H,W for the MAC table)")
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_file, format_bench
+
+    rows = bench_file(args.input, batch=args.batch, repeats=args.repeats, threads=args.threads,
+                      input_size=[int(v) for v in args.input_size.split(",")] if args.input_size else None)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_bench(rows, threads=args.threads, batch=args.batch))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), quiet=args.quiet)
+
+
+# ------------------------------------------------------------------------------------- parser
+
+
+def _add_data(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", required=required, help="digits, fashion-mnist, mnist or imagefolder:PATH")
+    group.add_argument("--data-root", dest="root", help="where the dataset's files are (default: the system location)")
+    group.add_argument("--resize", type=int, help="resize images to this side (pixels)")
+    group.add_argument("--channels", type=int, choices=(1, 3), help="replicate grey images to 3 channels")
+    group.add_argument("--subset", type=int, help="use only this many training images")
+    group.add_argument("--batch-size", type=int, help="training batch size (default 128)")
+    group.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default 256)")
+
+
+def _add_model(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("--model", required=required, help="lenet5, alexnet, resnet18, resnet20, vgg_small or package.module:factory")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="extra model argument (repeatable), e.g. width=0.5")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="jointsparse", description=__doc__.split("\n\n")[0], formatter_class=raw)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, example: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=f"{help_text}\n\nexample:\n  {example}", formatter_class=raw)
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("train", "train a dense baseline", "jointsparse train --model vgg_small --data digits --epochs 10 -o dense.pt", cmd_train)
+    _add_model(p, required=True)
+    _add_data(p, required=True)
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
+    p.add_argument("--max-steps", type=int, help="cap the steps per epoch (quick runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last epoch")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = command("compress", "retrain under joint sparsity, prune, quantize and code into one .jsz file",
+                "jointsparse compress dense.pt --data digits --recipe experiments/recipes/demo.toml -o model.jsz", cmd_compress)
+    p.add_argument("checkpoint", help="the trained dense model (from `jointsparse train` or a state_dict)")
+    _add_model(p)
+    _add_data(p)
+    p.add_argument("--recipe", help="TOML recipe (default: built-in defaults)")
+    p.add_argument("-o", "--output", required=True, help="the .jsz file to write")
+    p.add_argument("--workdir", help="stage checkpoints (default OUTPUT.work)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last finished epoch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = command("decode", "decode a .jsz file into a PyTorch checkpoint of one domain",
+                "jointsparse decode model.jsz --domain winograd -o model-winograd.pt", cmd_decode)
+    p.add_argument("input")
+    p.add_argument("--domain", choices=("spatial", "winograd"), default="spatial")
+    p.add_argument("-o", "--output", required=True)
+
+    p = command("evaluate", "accuracy and loss of a .jsz file (decoded) or a checkpoint",
+                "jointsparse evaluate model.jsz --domain winograd --json", cmd_evaluate)
+    p.add_argument("input", help="a .jsz file or a checkpoint")
+    p.add_argument("--domain", choices=("spatial", "winograd"), help="for .jsz files (default spatial)")
+    _add_model(p)
+    _add_data(p)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+
+    p = command("info", "per-layer sizes, densities, entropy bounds and MACs of a .jsz file", "jointsparse info model.jsz --json", cmd_info)
+    p.add_argument("input")
+    p.add_argument("--input-size", help="C,H,W for the MAC table (default: recorded in the file)")
+    p.add_argument("--json", action="store_true")
+
+    p = command("bench", "time each decoded layer in both domains against dense F.conv2d", "jointsparse bench model.jsz --batch 1 --threads 1", cmd_bench)
+    p.add_argument("input")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--input-size", help="C,H,W (default: recorded in the file)")
+    p.add_argument("--json", action="store_true")
+
+    p = command("demo", "the whole pipeline on the embedded digits data, in about a minute", "jointsparse demo --out demo-out", cmd_demo)
+    p.add_argument("--out", default="demo-out", help="directory for dense.pt, recipe.toml and model.jsz")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("jointsparse: interrupted (rerun with --resume to continue)", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place that turns errors into exit codes
+        if args.debug:
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, OSError) and error.filename is not None:
+            reason = "does not exist" if isinstance(error, FileNotFoundError) else (error.strerror or "cannot be used").lower()
+            message = f"{error.filename} {reason}"
+        if isinstance(error, _input_errors()):
+            print(f"jointsparse {args.command}: error: {message}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"jointsparse {args.command}: internal error: {type(error).__name__}: {message} (rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""The compression pipeline: regularize and retrain -> prune -> fine-tune -> quantize ->
+codebook fine-tune -> code into one ``.jsz`` file.
+
+Each stage runs through :func:`jointsparse.train.train` and leaves its results in a work
+directory, so a killed run continues with ``resume=True``: finished stages are loaded, the
+interrupted one resumes from its last epoch checkpoint. The stages only talk through the model's
+weights and the small objects each stage's API returns.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .recipe import Recipe, StageConfig
+from .sparsity import JointSparsity, PruningMasks, prunable_layers
+from .train import TrainConfig, evaluate, train
+from .transforms import has_winograd_form
+from .utils import atomic_torch_save
+
+STAGES = ("retrain", "finetune", "codebook")
+
+
+class PipelineError(ValueError):
+    """A work directory that belongs to another run, or a recipe the pipeline cannot carry out."""
+
+
+@dataclass
+class CompressResult:
+    path: Path
+    report: dict[str, Any]
+    accuracy: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    densities: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+
+def layer_bits(model: nn.Module, recipe: Recipe) -> dict[str, int]:
+    """Bits per compressed layer: the kind's default, then the first matching override."""
+    bits: dict[str, int] = {}
+    for name, module in prunable_layers(model).items():
+        value = recipe.quantize.conv_bits if isinstance(module, nn.Conv2d) else recipe.quantize.linear_bits
+        for pattern, override in recipe.quantize.bits.items():
+            if pattern == name or fnmatch.fnmatchcase(name, pattern):
+                value = override
+                break
+        bits[name] = value
+    return bits
+
+
+def winograd_targets(model: nn.Module, recipe: Recipe) -> dict[str, float]:
+    """The Winograd sparsity the file stores per Winograd-form layer (decode-time pruning)."""
+    from .sparsity import resolve_per_layer
+
+    layers = [name for name, module in prunable_layers(model).items() if has_winograd_form(module)]
+    return resolve_per_layer(recipe.sparsity.winograd, layers, "sparsity.winograd")
+
+
+def train_config(stage: StageConfig, *, seed: int, device: str, progress: bool) -> TrainConfig:
+    return TrainConfig(
+        epochs=stage.epochs,
+        lr=stage.lr,
+        optimizer=stage.optimizer,
+        momentum=stage.momentum,
+        weight_decay=stage.weight_decay,
+        schedule=stage.schedule,
+        max_steps_per_epoch=stage.max_steps_per_epoch or None,
+        seed=seed,
+        device=device,
+        progress=progress,
+        log_every=0,
+    )
+
+
+def build_regularizer(model: nn.Module, recipe: Recipe) -> Any:
+    """The retraining hook the recipe names: the paper's joint sparsity, or a baseline method."""
+    reg = recipe.regularizer
+    if reg.method == "joint_sparsity":
+        if reg.options:
+            raise PipelineError(f"regularizer.options {sorted(reg.options)} are for baseline methods, not joint_sparsity")
+        return JointSparsity(
+            model,
+            spatial_sparsity=recipe.sparsity.spatial,
+            winograd_sparsity=recipe.sparsity.winograd,
+            mode=reg.mode,
+            m=recipe.winograd.m,
+            learnable=reg.learnable,
+            a_spatial=reg.a_spatial,
+            a_winograd=reg.a_winograd,
+            init_log_coefficient=reg.init_log_coefficient,
+            lambda_spatial=reg.lambda_spatial,
+            lambda_winograd=reg.lambda_winograd,
+            update_every=reg.update_every,
+            seed=recipe.quantize.seed,
+        )
+    try:
+        from .baselines import build_method
+    except ImportError as error:  # pragma: no cover - the package ships baselines
+        raise PipelineError(f"method {reg.method!r} needs jointsparse.baselines: {error}") from None
+    return build_method(reg.method, model, **reg.options)
+
+
+def prune_after_retraining(model: nn.Module, hook: Any) -> PruningMasks:
+    """The masks that fine-tuning keeps: joint sparsity prunes to its spatial targets; a
+    baseline method finishes its own way (``finalize``) and its zeros become the mask."""
+    if isinstance(hook, JointSparsity):
+        return hook.prune()
+    if hasattr(hook, "finalize"):
+        hook.finalize()
+    masks = getattr(hook, "pruning", None)
+    if isinstance(masks, PruningMasks):
+        return masks
+    return PruningMasks(model, {name: module.weight.detach() != 0 for name, module in prunable_layers(model).items()})
+
+
+class _Stages:
+    """Stage bookkeeping in the work directory: ``<stage>.ckpt`` is the trainer's per-epoch
+    checkpoint; ``<stage>.done`` is written once the stage has finished."""
+
+    def __init__(self, workdir: Path, resume: bool, fingerprint: dict[str, Any]) -> None:
+        self.workdir = workdir
+        marker = workdir / "run.pt"
+        if resume and marker.is_file():
+            saved = torch.load(marker, weights_only=True)
+            if saved != fingerprint:
+                raise PipelineError(f"work directory {str(workdir)!r} belongs to another run (model, data or recipe differ); remove it or drop --resume")
+        elif workdir.exists() and not resume:
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(fingerprint, marker)
+        self.resume = resume
+
+    def checkpoint(self, stage: str) -> Path:
+        return self.workdir / f"{stage}.ckpt"
+
+    def done(self, stage: str) -> dict[str, Any] | None:
+        path = self.workdir / f"{stage}.done"
+        return torch.load(path, weights_only=True) if self.resume and path.is_file() else None
+
+    def finish(self, stage: str, state: dict[str, Any]) -> None:
+        atomic_torch_save(state, self.workdir / f"{stage}.done")
+
+
+def compress(
+    model: nn.Module,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    recipe: Recipe,
+    out_path: str | Path,
+    *,
+    workdir: str | Path | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    fingerprint: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> CompressResult:
+    """Run every stage of the recipe on ``model`` (trained, dense) and write ``out_path``."""
+    from . import codecs  # the coding stage; imported late so that training never needs it
+
+    out_path = Path(out_path)
+    stages = _Stages(Path(workdir or f"{out_path}.work"), resume, {"recipe": recipe.to_dict(), **(fingerprint or {})})
+    accuracy: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    arch = getattr(model, "jointsparse_arch", None)
+    model.to(device)
+
+    def run_stage(stage: str, hooks: list[Any], config: StageConfig, title: str) -> None:
+        start = time.perf_counter()
+        done = stages.done(stage)
+        if done is not None:
+            model.load_state_dict(done["model"])
+            for hook, state in zip(hooks, done["hooks"]):
+                hook.load_state_dict(state)
+            accuracy[stage] = done["accuracy"]
+            log(f"[{stage}] already done (test accuracy {100 * done['accuracy']:.2f}%)")
+            return
+        if config.epochs > 0:
+            log(f"[{stage}] {title}: {config.epochs} epoch(s), lr {config.lr}")
+            if resume and stages.checkpoint(stage).is_file():
+                saved = torch.load(stages.checkpoint(stage), map_location="cpu", weights_only=True)
+                log(f"[{stage}] resuming after epoch {saved.get('epoch')}")
+            result = train(
+                model, train_loader, test_loader, train_config(config, seed=seed, device=device, progress=progress),
+                hooks=hooks, checkpoint_path=stages.checkpoint(stage), resume="auto" if resume else False,
+                log_path=stages.workdir / f"{stage}.jsonl", stage=stage,
+            )
+            accuracy[stage] = result.test_accuracy
+        else:
+            log(f"[{stage}] skipped (0 epochs)")
+            accuracy[stage] = evaluate(model, test_loader, device)["accuracy"]
+        stages.finish(stage, {"model": model.state_dict(), "hooks": [h.state_dict() for h in hooks], "accuracy": accuracy[stage]})
+        seconds[stage] = time.perf_counter() - start
+
+    accuracy["dense"] = evaluate(model, test_loader, device)["accuracy"]
+    log(f"[dense] test accuracy {100 * accuracy['dense']:.2f}%")
+
+    regularizer = build_regularizer(model, recipe)
+    run_stage("retrain", [regularizer], recipe.retrain, f"{recipe.regularizer.method} ({recipe.regularizer.mode}) retraining")
+
+    masks = prune_after_retraining(model, regularizer)
+    accuracy["pruned"] = evaluate(model, test_loader, device)["accuracy"]
+    log(f"[prune] spatial density {_overall_density(masks):.3f}, test accuracy {100 * accuracy['pruned']:.2f}%")
+    finetune_hooks = [regularizer] if isinstance(regularizer, JointSparsity) else [masks]
+    run_stage("finetune", finetune_hooks, recipe.finetune, "masked fine-tuning")
+
+    bits = layer_bits(model, recipe)
+    start = time.perf_counter()
+    quantized = codecs.quantize_model(model, quantizer=recipe.quantize.method, bits=bits, seed=recipe.quantize.seed)
+    _load_dequantized(model, quantized)
+    seconds["quantize"] = time.perf_counter() - start
+    accuracy["quantized"] = evaluate(model, test_loader, device)["accuracy"]
+    log(f"[quantize] {recipe.quantize.method}, test accuracy {100 * accuracy['quantized']:.2f}%")
+    finetuner = codecs.CodebookFinetuner(model, quantized, lr=recipe.quantize.centroid_lr)
+    codebook_hooks = ([regularizer] if isinstance(regularizer, JointSparsity) else []) + [finetuner]
+    run_stage("codebook", codebook_hooks, recipe.codebook, "codebook fine-tuning")
+
+    start = time.perf_counter()
+    coder = None if recipe.coding.coder == "auto" else recipe.coding.coder
+    report = codecs.encode(
+        model, out_path, quantizer=recipe.quantize.method, bits=bits, winograd_sparsity=winograd_targets(model, recipe),
+        m=recipe.winograd.m, quantized=quantized,  # the fine-tuner updated these codebooks in place
+        coder=coder, recipe=recipe.to_dict(), arch=arch, provenance=provenance,
+    )
+    seconds["encode"] = time.perf_counter() - start
+    log(f"[encode] wrote {out_path} ({out_path.stat().st_size:,} bytes)")
+    densities = {
+        row["name"].removesuffix(".weight"): {"spatial": row["density"], "winograd": row["winograd_density"]} for row in report["layers"]
+    }
+    return CompressResult(out_path, report, accuracy, seconds, densities)
+
+
+def _load_dequantized(model: nn.Module, quantized: dict[str, Any]) -> None:
+    layers = prunable_layers(model)
+    with torch.no_grad():
+        for name, layer in quantized.items():
+            module = layers[name.removesuffix(".weight")]
+            module.weight.copy_(layer.dequantize().to(module.weight))
+
+
+def _overall_density(masks: PruningMasks) -> float:
+    kept = sum(int(mask.sum()) for mask in masks.masks.values())
+    total = sum(mask.numel() for mask in masks.masks.values())
+    return kept / total if total else 1.0
