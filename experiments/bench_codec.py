@@ -33,6 +33,7 @@ import zstandard
 from jointsparse.codecs import load, quantize_weight, save
 from jointsparse.codecs.entropy import order0_entropy_bits
 from jointsparse.utils import atomic_write_text
+from jointsparse.bench import cpu_model
 
 MODELS = {
     "LeNet-5": {
@@ -139,17 +140,6 @@ def bench_model(name: str, shapes: dict, repeats: int, workdir: Path) -> list[st
     return lines + summary + [""] + details + dense + [""]
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="LeNet-5 only, one repeat")
@@ -167,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{f' --repeats {args.repeats}' if args.repeats != 3 and not args.quick else ''}"
         f"{f' --threads {args.threads}' if args.threads != 1 else ''}{f' --out {args.out}' if args.out else ''}`",
         "",
-        f"Machine: {os.cpu_count()}-core {_cpu_name()} ({platform.machine()}), no GPU, shared with other jobs; "
+        f"Machine: {os.cpu_count()}-core {cpu_model()} ({platform.machine()}), no GPU, shared with other jobs; "
         f"torch {torch.__version__} (CPU, {args.threads} thread), numpy {np.__version__}, zstandard {zstandard.__version__}, "
         f"constriction {importlib.metadata.version('constriction')}, "
         f"Python {platform.python_version()}. Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}.",

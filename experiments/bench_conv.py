@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -23,11 +22,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from jointsparse.nn import SparseConv2d, WinogradConv2d
 from jointsparse.utils import atomic_write_text
+from jointsparse.bench import cpu_model
 
 
 @dataclass(frozen=True)
@@ -120,17 +119,6 @@ def check_outputs(checks: dict[str, tuple[Callable, Callable]], x: torch.Tensor,
         error = float((got - want).abs().max()) / max(float(want.abs().max()), 1e-12)
         if error > rtol:
             raise AssertionError(f"{name} differs from its reference by {error:.2e} (relative to max |output|)")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run(shape_names: list[str], batches: list[int], repeats: int, m: int, seed: int) -> tuple[list[dict], list[str]]:

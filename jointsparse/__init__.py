@@ -1,1 +1,6 @@
-from .codecs import decode, encode  # noqa: F401  (jointsparse.encode / jointsparse.decode)
+"""jointsparse: compress CNNs under joint spatial/Winograd sparsity into one file that decodes
+to a sparse spatial or a sparse Winograd convolution."""
+
+from .codecs import decode, encode
+
+__all__ = ["decode", "encode"]

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -115,9 +114,9 @@ def _load_any(path: str, domain: str | None, model_name: str | None, model_kwarg
     from .checkpoint import load_model
 
     if path.endswith(".jsz"):
-        from .codecs import decode, load
+        from .codecs import decode, read_manifest
 
-        manifest = load(path).manifest
+        manifest = read_manifest(path)
         model = decode(path, domain=domain or "spatial")
         data = (manifest.get("provenance") or {}).get("data") or {}
         return model, data
@@ -217,21 +216,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from .checkpoint import save_model
-    from .codecs import decode_state, load
-    from .codecs.pipeline import winograd_mask
-    from .transforms import filter_to_winograd
+    from .codecs import decode_state, winograd_weights
 
     out = _check_output(args.output)
     arch, state, manifest = decode_state(args.input)
     meta = {"source": os.path.abspath(args.input), "data": (manifest.get("provenance") or {}).get("data")}
     if args.domain == "winograd":
-        winograd = {}
-        for stored in load(args.input).layers.values():
-            if stored.winograd is None:
-                continue
-            weight, m = state.pop(stored.name), stored.winograd["m"]
-            keep = winograd_mask(weight, m, stored.winograd["threshold"])
-            winograd[stored.module] = {"m": m, "weight": (filter_to_winograd(weight.double(), m) * keep).float()}
+        winograd = winograd_weights(args.input)
+        for module in winograd:
+            del state[f"{module}.weight"]
         save_model(out, state, arch, domain="winograd", winograd=winograd, meta=meta)
     else:
         save_model(out, state, arch, domain="spatial", meta=meta)
@@ -259,11 +252,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def info_payload(path: str, input_size: Sequence[int] | None = None) -> dict[str, Any]:
     """``codecs.report`` plus MACs in both domains from ``cost.layer_costs``."""
-    from .codecs import decode, load, report
+    from .codecs import decode, read_manifest, report
     from .cost import layer_costs, macs_reduction, total_macs
 
     rep = report(path)
-    manifest = load(path).manifest
+    manifest = read_manifest(path)
     size = list(input_size or ((manifest.get("provenance") or {}).get("data") or {}).get("input_size") or [])
     payload = {"report": rep}
     if size:
