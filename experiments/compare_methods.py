@@ -84,7 +84,7 @@ def method_settings(method: str, model_name: str, args: argparse.Namespace) -> d
         # Channel connections only exist in convs (Changpinyo et al.); FC layers stay dense.
         "channel_sparse": {"alpha": round(1 - spatial, 4)},
         # Magnitude pruning after Bridgeout training (filter-norm pruning at 80% kills the net).
-        "bridgeout": {"p": 0.3, "q": 1.6, "prune": "magnitude", "sparsity": spatial},
+        "bridgeout": {"p": per_model(args.bridgeout_p, model_name, "--bridgeout-p"), "q": 1.6, "prune": "magnitude", "sparsity": spatial},
         "group_prox": {"lam": per_model(args.group_lam, model_name, "--group-lam")},
         "deep_compression": {"sparsity": spatial, "rounds": 3, "every": max(1, steps // 3)},
     }[method]
@@ -253,12 +253,23 @@ def markdown(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
         "for the other methods the Winograd column shows what is left after pruning their weights' "
         "Winograd transforms without ever training for it.",
         "",
+        "**Options.** Target-driven methods (joint_sparsity, l0_budget, bridgeout, deep_compression) get the same "
+        f"spatial target ({args.spatial_target} of each layer's weights removed). l1_prox and group_prox reach a sparsity "
+        "that depends on their strength `lam`, set per model after a first pass (the table shows what they reached). "
+        "channel_sparse removes input channels of conv layers only (Changpinyo et al.), so on FC-heavy nets its "
+        "whole-model density stays high. bridgeout uses magnitude pruning (filter-norm pruning of 80% of filters "
+        "is not comparable); its drop probability is per model because p = 0.3 diverged (NaN) on LeNet-5 at lr 0.02. "
+        "deep_compression quantizes with Han et al.'s 8 (conv) / 5 (FC) bits, every other method with 6 / 5.",
+        "",
     ]
     for model_name, records in results.items():
         lines += [f"## {model_name} {MODEL_KWARGS[model_name] or ''}".rstrip(), "",
                   "| method | options; bits conv/FC | dense | compressed | decoded spatial | decoded Winograd | spatial density | Winograd density | file bytes | ratio | HR bytes (ratio) | MACs dense | MACs spatial | MACs Winograd | s |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in records:
+            if "error" in r:
+                lines.append(f"| {r['method']} | {r['options']} | failed: {r['error']} |" + " |" * 12)
+                continue
             a, m = r["accuracy"], r["macs"]
             lines.append(
                 f"| {r['method']} | {_options(r)} | {_pct(a['dense'])} | {_pct(a['compressed'])} | {_pct(a['decoded_spatial'])} | "
@@ -268,9 +279,12 @@ def markdown(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
                 f"{r['seconds']:.0f} |"
             )
         lines += ["", "Per-layer spatial / Winograd density:", ""]
-        names = [row["name"] for row in records[0]["layers"]]
+        done = [r for r in records if "error" not in r]
+        if not done:
+            continue
+        names = [row["name"] for row in done[0]["layers"]]
         lines += ["| method | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
-        for r in records:
+        for r in done:
             cells = [f"{row['density']:.3f} / {'-' if row['winograd_density'] is None else format(row['winograd_density'], '.3f')}" for row in r["layers"]]
             lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -286,12 +300,15 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     markers = dict(zip(ALL_METHODS, "o s ^ v D P X".split()))
     fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 5), squeeze=False)
     for ax, (model_name, records) in zip(axes[0], results.items()):
+        records = [r for r in records if "error" not in r]
+        if not records:
+            continue
         for r in records:
             x = r["compression_ratio"]
             marker = markers.get(r["method"], "o")
-            ax.scatter(x, 100 * r["accuracy"]["decoded_spatial"], marker=marker, color="tab:blue", s=60)
+            ax.scatter(x, 100 * r["accuracy"]["decoded_spatial"], marker=marker, color="tab:blue", s=60, label=r["method"])
             ax.scatter(x, 100 * r["accuracy"]["decoded_winograd"], marker=marker, facecolors="none", edgecolors="tab:red", s=60)
-            ax.annotate(r["method"], (x, 100 * r["accuracy"]["decoded_spatial"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.legend(fontsize=8, loc="center left", title="method (marker)", title_fontsize=8)
         ax.axhline(100 * records[0]["accuracy"]["dense"], color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel("compression ratio of the .jsz file (x, log scale)")
@@ -327,6 +344,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--winograd-target", type=float, default=0.7, help="the Winograd sparsity every file stores")
     p.add_argument("--l1-lam", default="0.03", help="l1_prox strength: a number, or model=number pairs")
     p.add_argument("--group-lam", default="0.05", help="group_prox strength: a number, or model=number pairs")
+    p.add_argument("--bridgeout-p", default="0.3", help="bridgeout drop probability: a number, or model=number pairs")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -347,6 +365,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise CompareError(f"unknown model {name!r}; known: {', '.join(MODEL_KWARGS)}")
         per_model(args.l1_lam, name, "--l1-lam")  # fail before any training, not mid-run
         per_model(args.group_lam, name, "--group-lam")
+        per_model(args.bridgeout_p, name, "--bridgeout-p")
     for name in args.method_list:
         if name not in ALL_METHODS:
             raise CompareError(f"unknown method {name!r}; known: {', '.join(ALL_METHODS)}")
@@ -375,7 +394,14 @@ def main(argv: list[str] | None = None) -> int:
         args.steps_per_epoch = min(len(train_loader), args.max_steps or len(train_loader))
         loaders = (train_loader, test_loader)
         dense = train_dense(model_name, loaders, info, args, out, log)
-        results[model_name] = [run_method(method, model_name, dense, loaders, info, args, out, log) for method in args.method_list]
+        results[model_name] = []
+        for method in args.method_list:
+            try:
+                results[model_name].append(run_method(method, model_name, dense, loaders, info, args, out, log))
+            except Exception as error:  # one method's failure is a result of the comparison, not the end of it
+                log(f"[{model_name}/{method}] FAILED: {type(error).__name__}: {error}")
+                results[model_name].append({"model": model_name, "method": method, "error": f"{type(error).__name__}: {error}",
+                                            "options": build_recipe(method, model_name, args)["regularizer"].get("options", {})})
 
     header = {
         "command": " ".join(shlex.quote(a) for a in ["python", "experiments/compare_methods.py", *(argv if argv is not None else sys.argv[1:])]),
