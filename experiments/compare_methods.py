@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -35,6 +33,7 @@ import numpy as np
 import torch
 
 from jointsparse.baselines import DEEP_COMPRESSION_BITS, INDEX_BITS, METHODS, relative_index_layer_encode
+from jointsparse.bench import machine_summary
 from jointsparse.checkpoint import load_model, save_model
 from jointsparse.cli import info_payload
 from jointsparse.codecs import decode, load
@@ -204,14 +203,7 @@ def run_method(method: str, model_name: str, dense: Path, loaders: tuple, info: 
 
 
 def _machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return f"{model}, 2 cores (shared with other jobs), no GPU; torch {torch.__version__} CPU, {torch.get_num_threads()} thread(s)"
+    return f"{machine_summary()} CPU (shared with other jobs), no GPU, {torch.get_num_threads()} thread(s)"
 
 
 def _pct(value: float | None) -> str:
@@ -241,8 +233,8 @@ def markdown(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
         "",
         "Columns: accuracies (%) are top-1 on the test subset: dense start, after the pipeline "
         "(codebook fine-tuning), and of the .jsz decoded for the spatial and the Winograd deployment "
-        f"(`codecs.decode(path, domain)`). Densities from `codecs.report` (Winograd density after the stored "
-        f"threshold, over Winograd-form layers). Ratio = 32 x all original parameters / (8 x file bytes). "
+        "(`codecs.decode(path, domain)`). Densities from `codecs.report` (Winograd density after the stored "
+        "threshold, over Winograd-form layers). Ratio = 32 x all original parameters / (8 x file bytes). "
         "MACs per image from `cli.info_payload` (sparse spatial and sparse Winograd deployments). "
         "`HR bytes` is *not* a file: the same quantized weights coded Deep Compression's way "
         "(Huffman + relative indices, 8-bit conv / 5-bit FC gaps, `relative_index_layer_encode`) "
