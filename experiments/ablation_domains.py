@@ -144,6 +144,17 @@ def machine_info() -> dict[str, Any]:
     return {"cpu": model, "cores": os.cpu_count(), "device": "CPU only", "torch": torch.__version__}
 
 
+def code_version() -> str:
+    """The repository commit, marked ``+modified`` when jointsparse/ has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "jointsparse"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+modified" if dirty else "")
+
+
 def command_line() -> str:
     return "python " + " ".join(shlex.quote(arg) for arg in sys.argv)
 
@@ -282,7 +293,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "# Two-domain ablation: spatial-only vs Winograd-only vs joint sparsity",
         "",
         f"- command: `{report['command']}`",
-        f"- date: {report['date']}",
+        f"- date: {report['date']}; code: git {report.get('code_version', 'unknown')}",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['device']}, torch {m['torch']}, torch threads {s['threads']} "
         f"(machine shared with other jobs; wall times are noisy)",
         f"- data: {s['dataset']} ({report['data']['train_size']} train / {report['data']['test_size']} test, "
@@ -427,6 +438,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": command_line(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%a %b %d %H:%M:%S UTC %Y"),
         "machine": machine_info(),
+        "code_version": code_version(),
         "settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
                      if key not in ("out_dir", "work_dir", "notes", "resume")},
         "data": {"train_size": info.train_size, "test_size": info.test_size, "input_size": list((info.in_channels, *info.input_size))},
