@@ -30,7 +30,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from jointsparse.bench import cpu_model
 from jointsparse.cost import layer_costs, macs_reduction
 from jointsparse.data import make_loaders
 from jointsparse.models import get_model
@@ -134,14 +134,8 @@ def settings_key(*parts: Any) -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model (from ``lscpu``), core count and torch version, for result files."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=True).stdout
-        model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), model)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "device": "CPU only", "torch": torch.__version__}
+    """CPU model, core count and torch version, for result files (the project's one helper)."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "device": "CPU only", "torch": torch.__version__}
 
 
 def code_version() -> str:
