@@ -205,11 +205,13 @@ def compress(
     log(f"[dense] test accuracy {100 * accuracy['dense']:.2f}%")
 
     regularizer = build_regularizer(model, recipe)
-    run_stage("retrain", [regularizer], recipe.retrain, f"{recipe.regularizer.method} ({recipe.regularizer.mode}) retraining")
+    method = recipe.regularizer.method
+    label = f"{method} ({recipe.regularizer.mode})" if method == "joint_sparsity" else method  # mode is joint sparsity's only
+    run_stage("retrain", [regularizer], recipe.retrain, f"{label} retraining")
 
     masks = prune_after_retraining(model, regularizer)
     accuracy["pruned"] = evaluate(model, test_loader, device)["accuracy"]
-    log(f"[prune] spatial density {_overall_density(masks):.3f}, test accuracy {100 * accuracy['pruned']:.2f}%")
+    log(f"[prune] spatial density {_overall_density(model):.3f} over all compressed layers, test accuracy {100 * accuracy['pruned']:.2f}%")
     finetune_hooks = [regularizer] if isinstance(regularizer, JointSparsity) else [masks]
     run_stage("finetune", finetune_hooks, recipe.finetune, "masked fine-tuning")
 
@@ -247,7 +249,8 @@ def _load_dequantized(model: nn.Module, quantized: dict[str, Any]) -> None:
             module.weight.copy_(layer.dequantize().to(module.weight))
 
 
-def _overall_density(masks: PruningMasks) -> float:
-    kept = sum(int(mask.sum()) for mask in masks.masks.values())
-    total = sum(mask.numel() for mask in masks.masks.values())
-    return kept / total if total else 1.0
+def _overall_density(model: nn.Module) -> float:
+    """Non-zero fraction over every layer the file compresses, masked by the method or not."""
+    weights = [module.weight for module in prunable_layers(model).values()]
+    total = sum(w.numel() for w in weights)
+    return sum(int(torch.count_nonzero(w)) for w in weights) / total if total else 1.0

@@ -20,6 +20,12 @@ PathLike = Union[str, "os.PathLike[str]"]
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_torch_save"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; restored at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``.
 
@@ -36,6 +42,8 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates 0600; give the file the mode an ordinary open() would (umask applies).
+        os.chmod(tmp_name, 0o666 & ~_umask())
         os.replace(tmp_name, target)
     except BaseException:
         # Leave no stray temp file behind if the write or the rename failed.

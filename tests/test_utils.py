@@ -39,3 +39,14 @@ def test_atomic_torch_save_loads_weights_only(tmp_path):
     path = atomic_torch_save(obj, tmp_path / "ckpt.pt")
     back = torch.load(path, weights_only=True)
     assert torch.equal(back["w"], obj["w"]) and back["step"] == 7 and back["items"] == [1.5, None]
+
+
+def test_atomic_write_gives_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "shared.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644
