@@ -42,7 +42,7 @@ from jointsparse.data import make_loaders
 from jointsparse.models import get_model
 from jointsparse.pipeline import compress
 from jointsparse.recipe import Recipe, load_recipe
-from jointsparse.train import TrainConfig, evaluate, get_rank, init_distributed, is_rank0, train
+from jointsparse.train import TrainConfig, evaluate, get_rank, init_distributed, is_rank0, seed_everything, train
 from jointsparse.utils import atomic_torch_save, atomic_write_text
 
 STAGES = ("dense", "joint", "ablation", "highres")
@@ -210,6 +210,7 @@ class Run:
         if self.record("dense") is not None:
             self.log("dense: already done")
             return
+        seed_everything(self.args.seed)  # the model's initialization and every draw after it
         train_loader, test_loader, info = self.loaders(self.args.resolution, self.args.subset, self.args.test_subset)
         model = self.new_model(info.num_classes)
         config = TrainConfig(epochs=self.args.dense_epochs, lr=self.args.dense_lr, weight_decay=5e-4, schedule="cosine", seed=self.args.seed,
@@ -265,6 +266,7 @@ class Run:
         if self.record("joint") is not None:
             self.log("joint: already done")
             return
+        seed_everything(self.args.seed)  # the model's initialization and every draw after it
         model, dense = self.dense_model()
         loaders = self.loaders(self.args.resolution, self.args.subset, self.args.test_subset)
         record = self.compress_and_deploy("joint", self.recipe, model, loaders, self.count_size())
@@ -281,6 +283,7 @@ class Run:
             if mode in previous["modes"] and previous.get("steps") == steps:
                 self.log(f"ablation {mode}: already done")
                 continue
+            seed_everything(self.args.seed)
             model, dense = self.dense_model()
             recipe = dataclasses.replace(
                 self.recipe,
@@ -301,6 +304,7 @@ class Run:
         if self.record("highres") is not None:
             self.log("highres: already done")
             return
+        seed_everything(self.args.seed)  # the model's initialization and every draw after it
         model, dense = self.dense_model()
         side = self.args.highres_resolution
         loaders = self.loaders(side, self.args.highres_subset, self.args.highres_test_subset)
