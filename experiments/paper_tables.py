@@ -193,6 +193,7 @@ class Run:
         record.update(command=command_line(), date=datetime.date.today().isoformat(), code=self.code)
         if is_rank0():
             atomic_write_text(self.args.work_dir / f"{stage}.json", json.dumps(record, indent=2, default=float) + "\n")
+        _barrier()  # other ranks read rank 0's records and dense weights next
 
     def new_model(self, num_classes: int) -> torch.nn.Module:
         return get_model(self.spec.name, num_classes=num_classes, in_channels=3)
@@ -321,6 +322,11 @@ class Run:
                       dense_seconds=sum(r.get("seconds", 0.0) for r in result.history))
         self.save_record("highres", record)
         self.log(f"highres: {record['compression_ratio']:.1f}x, top-1 dense {record['top1_dense']:.2f}% spatial {record['top1_spatial']:.2f}% winograd {record['top1_winograd']:.2f}%")
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _layer_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
