@@ -30,8 +30,6 @@ import datetime
 import hashlib
 import json
 import os
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +54,8 @@ from jointsparse.sparsity import (
 from jointsparse.train import TrainConfig, evaluate, train
 from jointsparse.transforms import has_winograd_form
 from jointsparse.utils import atomic_write_text
+
+from provenance import code_version, command_line
 
 RESULT_STEM = "ablation_domains"
 MODE_ORDER = ("spatial", "winograd", "joint")
@@ -136,21 +136,6 @@ def settings_key(*parts: Any) -> str:
 def machine_info() -> dict[str, Any]:
     """CPU model, core count and torch version, for result files (the project's one helper)."""
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "device": "CPU only", "torch": torch.__version__}
-
-
-def code_version() -> str:
-    """The repository commit, marked ``+modified`` when jointsparse/ has uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "jointsparse"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+modified" if dirty else "")
-
-
-def command_line() -> str:
-    return "python " + " ".join(shlex.quote(arg) for arg in sys.argv)
 
 
 # ---------------------------------------------------------------------------------- stages

@@ -20,13 +20,10 @@ The tables land in ``--out-dir`` as ``<net>_tables.md`` and ``<net>_tables.json`
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import datetime
 import json
 import os
-import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,6 +41,8 @@ from jointsparse.pipeline import compress
 from jointsparse.recipe import Recipe, load_recipe
 from jointsparse.train import TrainConfig, evaluate, get_rank, init_distributed, is_rank0, seed_everything, train
 from jointsparse.utils import atomic_torch_save, atomic_write_text
+
+from provenance import code_version, command_line
 
 STAGES = ("dense", "joint", "ablation", "highres")
 ABLATION_MODES = ("spatial", "winograd", "joint")
@@ -140,20 +139,6 @@ def load_stage_recipe(args: argparse.Namespace) -> Recipe:
     return recipe
 
 
-def command_line() -> str:
-    return "python " + " ".join(shlex.quote(arg) for arg in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
-
-
-def code_version() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "jointsparse", "experiments/recipes"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+modified" if dirty else "")
-
-
 # ---------------------------------------------------------------------------------- stages
 
 
@@ -168,7 +153,7 @@ class Run:
         self.work.mkdir(parents=True, exist_ok=True)
         self.progress = not args.no_progress and is_rank0()
         self.recipe = load_stage_recipe(args)
-        self.code = code_version()  # the code that runs, read before anything can change it
+        self.code = code_version(("jointsparse", "experiments/recipes"))  # the code that runs, read before anything can change it
         if not args.resume and is_rank0():  # the stages asked for start over; the others stay
             for stage in args.stages:
                 (args.work_dir / f"{stage}.json").unlink(missing_ok=True)
@@ -408,7 +393,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
         lines += [spec.notes, ""]
 
     lines += ["## Table A: per layer (the joint run's file)", "",
-              f"| layer | weights | spatial density | Winograd density | bits | coded bytes | dense MACs | spatial-sparse MACs | Winograd-sparse MACs |",
+              "| layer | weights | spatial density | Winograd density | bits | coded bytes | dense MACs | spatial-sparse MACs | Winograd-sparse MACs |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in joint["layers"]:
         wino = "-" if row["sparse_winograd_macs"] is None else f"{row['sparse_winograd_macs'] / 1e6:.2f}M"
@@ -445,7 +430,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
                   f"The recipe's targets in each regularizer mode, from the same dense model, with a shortened budget: {abl['steps']} retraining steps, "
                   "no masked or codebook fine-tuning, then quantized and coded like the full run. Each file is decoded in both domains "
                   "(the Winograd deployment prunes the spatially pruned weights in the Winograd domain at decode time).", "",
-                  f"| regularizer | top-1 spatial | top-1 Winograd | drop spatial (pt) | drop Winograd (pt) | spatial density | Winograd density | compression |",
+                  "| regularizer | top-1 spatial | top-1 Winograd | drop spatial (pt) | drop Winograd (pt) | spatial density | Winograd density | compression |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for mode in ABLATION_MODES:
             if mode in abl["modes"]:
