@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import datetime
 import json
 import os
@@ -238,7 +239,8 @@ class Run:
         start = time.perf_counter()
         result = compress(model, train_loader, test_loader, recipe, out, workdir=self.work / f"{tag}.work", resume=self.args.resume,
                           device=self.args.device, seed=self.args.seed, progress=self.progress, log=self.log,
-                          fingerprint={"tag": tag, "data": self.args.data, "size": list(info.input_size), "train": info.train_size},
+                          fingerprint={"tag": tag, "data": self.args.data, "size": list(info.input_size), "train": info.train_size,
+                                       "start": _weights_digest(model)},
                           provenance={"data": {"name": self.args.data, "input_size": [3, *info.input_size]}})
         seconds = {"compress": time.perf_counter() - start, **result.seconds}
         top1 = {}
@@ -323,6 +325,16 @@ class Run:
                       dense_seconds=sum(r.get("seconds", 0.0) for r in result.history))
         self.save_record("highres", record)
         self.log(f"highres: {record['compression_ratio']:.1f}x, top-1 dense {record['top1_dense']:.2f}% spatial {record['top1_spatial']:.2f}% winograd {record['top1_winograd']:.2f}%")
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    """Which starting weights a compress work directory belongs to (a new dense model must not
+    resume an old run's retraining)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _barrier() -> None:
