@@ -101,8 +101,10 @@ def parse_args(spec: NetworkSpec, argv: list[str] | None = None) -> argparse.Nam
     parser.add_argument("--dense-polish-lr", type=float, default=None, help="default --dense-lr / 2 (a second, shorter cosine cycle)")
     parser.add_argument("--ablation-steps", type=int, default=None, help="retraining steps per Table C mode (default: half an epoch)")
     parser.add_argument("--highres-resolution", type=int, default=spec.highres_resolution)
-    parser.add_argument("--highres-subset", type=int, default=6000, help="training images of the highres stage")
-    parser.add_argument("--highres-test-subset", type=int, default=2000)
+    parser.add_argument("--highres-subset", type=int, default=4000, help="training images of the highres stage")
+    parser.add_argument("--highres-test-subset", type=int, default=1000)
+    parser.add_argument("--highres-dense-epochs", type=int, default=3,
+                        help="epochs (at --dense-lr, cosine) adapting the low-resolution dense model to the high resolution")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: two runs share a 2-core machine)")
     parser.add_argument("--work-dir", type=Path, default=None, help=f"checkpoints and stage records (default {spec.name}-tables-work)")
@@ -123,8 +125,8 @@ def parse_args(spec: NetworkSpec, argv: list[str] | None = None) -> argparse.Nam
         args.subset = args.subset or 256
         args.test_subset = args.test_subset or 128
         args.dense_epochs = 1
-        args.highres_subset, args.highres_test_subset = 64, 32
-    for name in ("subset", "test_subset", "ablation_steps", "highres_subset", "highres_test_subset", "resolution"):
+        args.highres_subset, args.highres_test_subset, args.highres_dense_epochs = 64, 32, 1
+    for name in ("subset", "test_subset", "ablation_steps", "highres_subset", "highres_test_subset", "highres_dense_epochs", "resolution"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise TablesError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -313,7 +315,7 @@ class Run:
         side = self.args.highres_resolution
         loaders = self.loaders(side, self.args.highres_subset, self.args.highres_test_subset)
         top1_lowres_weights = 100 * evaluate(model, loaders[1], self.args.device)["accuracy"]
-        config = TrainConfig(epochs=1, lr=self.args.dense_lr / 10, weight_decay=5e-4, schedule="cosine", seed=self.args.seed,
+        config = TrainConfig(epochs=self.args.highres_dense_epochs, lr=self.args.dense_lr, weight_decay=5e-4, schedule="cosine", seed=self.args.seed,
                              device=self.args.device, progress=self.progress, log_every=0, max_steps_per_epoch=2 if self.args.smoke else None)
         self.log(f"highres: adapting the dense model to {side} px on {loaders[2].train_size:,} images")
         result = train(model, loaders[0], loaders[1], config, checkpoint_path=self.work / "highres-dense.ckpt",
