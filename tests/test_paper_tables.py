@@ -60,16 +60,22 @@ def test_report_flags_each_missed_target(tmp_path):
     work.mkdir()
     (work / "dense.json").write_text(json.dumps({"command": "python x.py", "date": "2026-12-01", "code": "abc", "seconds": 5.0, "epochs": 1, "lr": 0.01, "top1": 90.0}))
     (work / "joint.json").write_text(json.dumps(_record(50.0, (89.5, 88.5), (4.0, 5.0))))
+    high = _record(60.0, (80.0, 80.5), (4.5, 7.0))
+    high.update(resolution=[211, 211], adaptation_epochs=3, adaptation_lr=0.01, top1_dense_before_adaptation=40.0, top1_dense=81.0, dense_seconds=9.0)
+    (work / "highres.json").write_text(json.dumps(high))
     args = paper_tables.parse_args(SPEC, ["--work-dir", str(work), "--out-dir", str(tmp_path / "out")])
     md = paper_tables.write_report(SPEC, args).read_text()
     assert "compression 50.0x vs >= 47.7x: met" in md
     assert "computation 5.00x (better domain) vs >= 5.1x: **missed**" in md
     assert "top-1 drop 1.50 pt (worse domain) vs <= 1.0 pt: **missed**" in md
     assert "| conv2 | 100 | 0.200 | 0.250 | 6 | 40 |" in md
+    assert "adapted to 211 px for 3 epoch(s)" in md and "top-1 40.00% before, 81.00% after" in md
+    assert "211 px, no copying" in md and "compression 60.0x vs >= 47.7x: met" in md
     assert "47.7x" in md and "Deep Compression" in md and "not measured here" in md
     payload = json.loads((tmp_path / "out" / "alexnet_tables.json").read_text())
     assert TABLE_B_KEYS <= set(payload)
     assert payload["targets_met"] == {"compression": True, "computation": False, "accuracy": False}
+    assert payload["highres"]["resolution"] == 211 and payload["highres"]["targets_met"]["computation"] is True
     # one invocation that ran two stages is listed once
     assert md.count("python x.py    #") == 1
 
