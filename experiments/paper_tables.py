@@ -302,8 +302,15 @@ class Run:
             row = self.compress_and_deploy(f"ablation-{mode}", recipe, model, loaders, self.count_size())
             row.pop("layers")
             previous["modes"][mode] = row
-            previous.update(steps=steps, top1_dense=dense["top1"])
+            previous.update(steps=steps, batch_size=self.recipe.data.batch_size, top1_dense=self._dense_top1(dense, loaders[1]))
             self.save_record("ablation", previous)
+
+    def _dense_top1(self, dense: dict[str, Any], test_loader: Any) -> float:
+        """The dense baseline's top-1 on this stage's test set (re-measured when it is a subset)."""
+        if len(test_loader.dataset) == dense.get("test_images"):
+            return dense["top1"]
+        model, _ = self.dense_model()
+        return 100 * evaluate(model, test_loader, self.args.device)["accuracy"]
 
     # -- highres (no copying before fc6) -------------------------------------------------------
     def run_highres(self) -> None:
@@ -467,7 +474,8 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     if "ablation" in records:
         abl = records["ablation"]
         lines += ["", "## Table C: regularization ablation", "",
-                  f"The recipe's targets in each regularizer mode, from the same dense model, with a shortened budget: {abl['steps']} retraining steps, "
+                  f"The recipe's targets in each regularizer mode, from the same dense model, with a shortened budget: {abl['steps']} retraining steps "
+                  f"(batch {abl.get('batch_size') or load_recipe(args.recipe).data.batch_size}), evaluated on {next(iter(abl['modes'].values()))['test_images']:,} test images, "
                   "no masked or codebook fine-tuning, then quantized and coded like the full run. Each file is decoded in both domains "
                   "(the Winograd deployment prunes the spatially pruned weights in the Winograd domain at decode time).", "",
                   "| regularizer | top-1 spatial | top-1 Winograd | drop spatial (pt) | drop Winograd (pt) | spatial density | Winograd density | compression |",
