@@ -30,7 +30,7 @@ def run_script(name: str, *args: str, timeout: float = 900) -> subprocess.Comple
     (["--stages", "highres", "--highres-resolution", "0"], "the highres stage needs --highres-resolution"),
 ])
 def test_bad_settings_exit_2_with_one_line(tmp_path, args, message):
-    result = run_script("alexnet", *args, "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o"), timeout=120)
+    result = run_script("alexnet", *args, "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o"), timeout=600)
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -38,7 +38,7 @@ def test_bad_settings_exit_2_with_one_line(tmp_path, args, message):
 
 
 def test_later_stage_without_dense_is_a_clear_error(tmp_path):
-    result = run_script("resnet18", "--stages", "joint", "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o"), timeout=120)
+    result = run_script("resnet18", "--stages", "joint", "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o"), timeout=600)
     assert result.returncode == 2
     assert "run the dense stage first" in result.stderr
 
