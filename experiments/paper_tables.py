@@ -25,6 +25,7 @@ import hashlib
 import datetime
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -382,6 +383,12 @@ def _met(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def _shown(command: str) -> str:
+    """The command as results show it: the work directory (any scratch path of the machine that
+    ran it, and irrelevant to the figures) as WORK."""
+    return re.sub(r"(--work-dir[ =])\S+", r"\1WORK", command)
+
+
 def summary(record: dict[str, Any]) -> dict[str, Any]:
     """Table B's figures of one compressed run (the JSON keys the issue names)."""
     return {
@@ -411,10 +418,10 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     lines += ["Produced by (stage by stage, in this order; each stage resumes and is reused by the next):", "", "```"]
     invocations: dict[tuple[str, str, str], list[str]] = {}
     for stage, record in records.items():
-        invocations.setdefault((record["command"], record["date"], record["code"]), []).append(stage)
+        invocations.setdefault((_shown(record["command"]), record["date"], record["code"]), []).append(stage)
     for (command, date, code), stages in invocations.items():
         lines.append(f"{command}    # {', '.join(stages)}: {date}, code {code}")
-    lines += ["```", "", f"Machine: {machine_summary()}, {args.threads} torch thread(s) per run. Recipe: `{os.path.relpath(args.recipe)}`.", ""]
+    lines += ["```", "", "WORK: any scratch directory (checkpoints and stage records; the same one for every stage).", "", f"Machine: {machine_summary()}, {args.threads} torch thread(s) per run. Recipe: `{os.path.relpath(args.recipe)}`.", ""]
     lines += ["Wall time per stage (seconds):", ""]
     polish = f", then {dense['polish_epochs']} at lr {dense['polish_lr']:g}" if dense.get("polish_epochs") else ""
     lines.append(f"- dense: {dense['seconds']:.0f} s ({dense['epochs']} epoch(s) at lr {dense['lr']:g}{polish}, cosine; "
@@ -491,7 +498,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     md = args.out_dir / f"{spec.name}_tables.md"
     atomic_write_text(md, text)
     payload = {**summary(joint), "targets_met": targets_met(spec, joint), "resolution": resolution,
-               "command": "; ".join(dict.fromkeys(record["command"] for record in records.values())), "date": joint["date"], "machine": machine_summary()}
+               "command": "; ".join(dict.fromkeys(_shown(record["command"]) for record in records.values())), "date": joint["date"], "machine": machine_summary()}
     if "highres" in records:
         payload["highres"] = {**summary(records["highres"]), "resolution": records["highres"]["resolution"][0], "targets_met": targets_met(spec, records["highres"])}
     if "ablation" in records:
