@@ -8,9 +8,11 @@ pool's output is a real 6x6 (SPEC section 10's trap). ImageNet, on GPUs::
     torchrun --nproc-per-node 8 experiments/alexnet_tables.py --data imagefolder:/data/imagenet \\
         --device cuda --resolution 227 --dense-epochs 90 --dense-lr 0.01 --stages dense,joint,ablation
 
-CPU proxy, as committed (two invocations, the second can run beside other work)::
+CPU proxy, as committed (the results file lists the exact invocations; highres and ablation
+can run beside the joint stage once dense is done)::
 
-    python experiments/alexnet_tables.py --stages dense,joint,ablation
+    python experiments/alexnet_tables.py --stages dense,joint
+    python experiments/alexnet_tables.py --stages ablation --ablation-steps 60 --test-subset 1000
     python experiments/alexnet_tables.py --stages highres
 
 Smoke run (a few hundred images, one short epoch per stage)::
