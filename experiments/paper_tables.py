@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import datetime
+import hashlib
 import json
 import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,8 +73,6 @@ class NetworkSpec:
     quoted: list[dict[str, str]]  # rows quoted from the papers (SPEC section 7)
     highres_resolution: int | None = None
     describe_proxy: Callable[[int], str] = lambda resolution: ""
-    notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------- settings
@@ -191,6 +189,13 @@ class Run:
             atomic_write_text(self.args.work_dir / f"{stage}.json", json.dumps(record, indent=2, default=float) + "\n")
         _barrier()  # other ranks read rank 0's records and dense weights next
 
+    def _done(self, stage: str) -> bool:
+        """A stage with a record is finished; say so and skip it."""
+        done = self.record(stage) is not None
+        if done:
+            self.log(f"{stage}: already done")
+        return done
+
     def new_model(self, num_classes: int) -> torch.nn.Module:
         return get_model(self.spec.name, num_classes=num_classes, in_channels=3)
 
@@ -204,8 +209,7 @@ class Run:
 
     # -- dense --------------------------------------------------------------------------------
     def run_dense(self) -> None:
-        if self.record("dense") is not None:
-            self.log("dense: already done")
+        if self._done("dense"):
             return
         seed_everything(self.args.seed)  # the model's initialization and every draw after it
         train_loader, test_loader, info = self.loaders(self.args.resolution, self.args.subset, self.args.test_subset)
@@ -270,8 +274,7 @@ class Run:
 
     # -- joint (Tables A and B) -------------------------------------------------------------------
     def run_joint(self) -> None:
-        if self.record("joint") is not None:
-            self.log("joint: already done")
+        if self._done("joint"):
             return
         seed_everything(self.args.seed)  # the model's initialization and every draw after it
         model, dense = self.dense_model()
@@ -315,8 +318,7 @@ class Run:
 
     # -- highres (no copying before fc6) -------------------------------------------------------
     def run_highres(self) -> None:
-        if self.record("highres") is not None:
-            self.log("highres: already done")
+        if self._done("highres"):
             return
         seed_everything(self.args.seed)  # the model's initialization and every draw after it
         model, dense = self.dense_model()
@@ -399,12 +401,20 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def top1_drop(record: dict[str, Any]) -> float:
+    """Points lost from the dense baseline in the worse of the two deployed domains."""
+    return record["top1_dense"] - min(record["top1_spatial"], record["top1_winograd"])
+
+
+def _times(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.0f}" for name, value in seconds.items())
+
+
 def targets_met(spec: NetworkSpec, record: dict[str, Any]) -> dict[str, bool]:
-    drop = record["top1_dense"] - min(record["top1_spatial"], record["top1_winograd"])
     return {
         "compression": record["compression_ratio"] >= spec.target_ratio,
         "computation": max(record["macs_reduction_spatial"], record["macs_reduction_winograd"]) >= spec.target_macs,
-        "accuracy": drop <= MAX_DROP_POINTS,
+        "accuracy": top1_drop(record) <= MAX_DROP_POINTS,
     }
 
 
@@ -428,9 +438,9 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
                  f"top-1 {dense['top1']:.2f}%" + (f", {dense['top1_first_schedule']:.2f}% before polishing)" if polish else ")"))
     for stage in ("joint", "highres"):
         if stage in records:
-            lines.append(f"- {stage}: " + ", ".join(f"{k} {v:.0f}" for k, v in records[stage]["seconds"].items()) + (f", dense adaptation {records[stage]['dense_seconds']:.0f}" if stage == "highres" else ""))
+            lines.append(f"- {stage}: " + _times(records[stage]["seconds"]) + (f", dense adaptation {records[stage]['dense_seconds']:.0f}" if stage == "highres" else ""))
     if "ablation" in records:
-        lines.append("- ablation: " + "; ".join(f"{mode} " + ", ".join(f"{k} {v:.0f}" for k, v in row["seconds"].items()) for mode, row in records["ablation"]["modes"].items()))
+        lines.append("- ablation: " + "; ".join(f"{mode} {_times(row['seconds'])}" for mode, row in records["ablation"]["modes"].items()))
     lines += ["", "## The proxy", "", spec.describe_proxy(resolution),
               f"Training images {joint['train_images']:,}, test images {joint['test_images']:,}, input {resolution} px, 3 replicated grey channels. "
               f"MACs are counted at {spec.count_resolution}x{spec.count_resolution} (the paper's input), with each layer's measured densities. "
@@ -443,8 +453,6 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
                   f"before, {high['top1_dense']:.2f}% after, on {high['test_images']:,} test images), then compressed with the same recipe, "
                   "retraining and masked fine-tuning capped at one epoch each. It checks the compression at a resolution where the pool copies nothing; "
                   "its accuracies are on a subset and a short budget, so they say less than the main row's.", ""]
-    if spec.notes:
-        lines += [spec.notes, ""]
 
     lines += ["## Table A: per layer (the joint run's file)", "",
               "| layer | weights | spatial density | Winograd density | bits | coded bytes | dense MACs | spatial-sparse MACs | Winograd-sparse MACs |",
@@ -474,10 +482,9 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     for stage, label in runs:
         r = records[stage]
         met = targets_met(spec, r)
-        drop = r["top1_dense"] - min(r["top1_spatial"], r["top1_winograd"])
         lines.append(f"- {label}: compression {r['compression_ratio']:.1f}x vs >= {spec.target_ratio}x: {_met(met['compression'])}; "
                      f"computation {max(r['macs_reduction_spatial'], r['macs_reduction_winograd']):.2f}x (better domain) vs >= {spec.target_macs}x: {_met(met['computation'])}; "
-                     f"top-1 drop {drop:.2f} pt (worse domain) vs <= {MAX_DROP_POINTS} pt: {_met(met['accuracy'])}")
+                     f"top-1 drop {top1_drop(r):.2f} pt (worse domain) vs <= {MAX_DROP_POINTS} pt: {_met(met['accuracy'])}")
     if "ablation" in records:
         abl = records["ablation"]
         lines += ["", "## Table C: regularization ablation", "",
@@ -504,7 +511,6 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     if "ablation" in records:
         payload["ablation"] = {mode: {k: row[k] for k in ("top1_spatial", "top1_winograd", "density", "winograd_density", "compression_ratio")}
                                for mode, row in records["ablation"]["modes"].items()}
-    payload.update(spec.extra)
     atomic_write_text(args.out_dir / f"{spec.name}_tables.json", json.dumps(payload, indent=2) + "\n")
     return md
 
