@@ -29,7 +29,6 @@ import copy
 import datetime
 import hashlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -39,7 +38,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from jointsparse.bench import cpu_model
 from jointsparse.cost import layer_costs, macs_reduction
 from jointsparse.data import make_loaders
 from jointsparse.models import get_model
@@ -53,9 +51,8 @@ from jointsparse.sparsity import (
 )
 from jointsparse.train import TrainConfig, evaluate, train
 from jointsparse.transforms import has_winograd_form
+from jointsparse.provenance import code_version, command_line, machine_info
 from jointsparse.utils import atomic_write_text
-
-from provenance import code_version, command_line
 
 RESULT_STEM = "ablation_domains"
 MODE_ORDER = ("spatial", "winograd", "joint")
@@ -131,11 +128,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def settings_key(*parts: Any) -> str:
     """Short stable hash of a stage's settings: checkpoint names, so that variants never collide."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, core count and torch version, for result files (the project's one helper)."""
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "device": "CPU only", "torch": torch.__version__}
 
 
 # ---------------------------------------------------------------------------------- stages

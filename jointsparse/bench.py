@@ -6,31 +6,12 @@ median of ``repeats`` runs. Every ratio is against the dense layer timed in the 
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
-
-
-def cpu_model() -> str:
-    """The processor's model name (for the machine line of every results table)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def machine_summary() -> str:
-    """One line naming the CPU, its core count and the torch build, for results headers."""
-    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int = 20, warmup: int = 3) -> float:

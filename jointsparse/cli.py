@@ -27,15 +27,16 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import ModelCheckpointError
     from .codecs import FormatError
     from .data import DataError
+    from .info import InfoError
     from .models import ModelError
-    from .pipeline import PipelineError
+    from .compress import PipelineError
     from .recipe import RecipeError
     from .sparsity import SparsityConfigError
     from .train import CheckpointError
 
     return (
         UsageError, FormatError, DataError, ModelError, RecipeError, SparsityConfigError,
-        CheckpointError, ModelCheckpointError, PipelineError, FileNotFoundError, IsADirectoryError, PermissionError,
+        CheckpointError, ModelCheckpointError, PipelineError, InfoError, FileNotFoundError, IsADirectoryError, PermissionError,
     )
 
 
@@ -135,7 +136,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import save_model
     from .models import get_model
     from .recipe import StageConfig
-    from .pipeline import train_config
     from .train import seed_everything, train
 
     out = _check_output(args.output)
@@ -147,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     stage = StageConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
                         weight_decay=args.weight_decay, schedule=args.schedule, max_steps_per_epoch=args.max_steps or 0)
     result = train(
-        model, train_loader, test_loader, train_config(stage, seed=args.seed, device=args.device, progress=not args.quiet),
+        model, train_loader, test_loader, stage.train_config(seed=args.seed, device=args.device, progress=not args.quiet),
         checkpoint_path=f"{out}.ckpt", resume="auto" if args.resume else False, log_path=f"{out}.jsonl", stage="dense",
     )
     save_model(out, model.state_dict(), model.jointsparse_arch,
@@ -159,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
-    from .pipeline import compress
+    from .compress import compress
     from .recipe import load_recipe
     from .train import seed_everything
 
@@ -250,42 +250,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def info_payload(path: str, input_size: Sequence[int] | None = None) -> dict[str, Any]:
-    """``codecs.report`` plus MACs in both domains from ``cost.layer_costs``."""
-    from .codecs import decode, read_manifest, report
-    from .cost import layer_costs, macs_reduction, total_macs
-
-    rep = report(path)
-    manifest = read_manifest(path)
-    size = list(input_size or ((manifest.get("provenance") or {}).get("data") or {}).get("input_size") or [])
-    payload = {"report": rep}
-    if size:
-        model = decode(path, domain="spatial", runtime=False)
-        rows_by_module = {row["name"].removesuffix(".weight"): row for row in rep["layers"]}
-        thresholds = {name: row["winograd_threshold"] for name, row in rows_by_module.items() if row["winograd_threshold"] is not None}
-        rows = layer_costs(model, (1, *size), m=_winograd_m(manifest), winograd_thresholds=thresholds)
-        payload["macs"] = {
-            "input_size": size,
-            "layers": [row.as_dict() for row in rows],
-            "dense": total_macs(rows, "dense"),
-            "spatial": total_macs(rows, "spatial"),
-            "winograd": total_macs(rows, "winograd"),
-            "reduction_spatial": macs_reduction(rows, "spatial"),
-            "reduction_winograd": macs_reduction(rows, "winograd"),
-        }
-    return payload
-
-
-def _winograd_m(manifest: dict[str, Any]) -> int:
-    """The file's Winograd output tile (one m per file; the cost model takes one)."""
-    tiles = {layer["winograd"]["m"] for layer in manifest.get("layers", []) if layer.get("winograd")}
-    if len(tiles) > 1:
-        raise UsageError(f"the file mixes Winograd tiles {sorted(tiles)}; the MAC table supports one")
-    return tiles.pop() if tiles else 2
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     from .codecs import format_report
+    from .info import info_payload
 
     size = [int(v) for v in args.input_size.split(",")] if args.input_size else None
     payload = info_payload(args.input, size)

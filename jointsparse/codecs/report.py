@@ -13,7 +13,7 @@ from typing import Optional, Union
 import torch
 
 from .container import DEFAULT_MAX_EXPANSION, load
-from .pipeline import winograd_mask
+from .model_codec import winograd_mask
 
 __all__ = ["report", "format_report"]
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from .recipe import Recipe, StageConfig
 from .sparsity import JointSparsity, PruningMasks, prunable_layers
-from .train import TrainConfig, evaluate, train
+from .train import evaluate, train
 from .transforms import has_winograd_form
 from .utils import atomic_torch_save
 
@@ -61,22 +61,6 @@ def winograd_targets(model: nn.Module, recipe: Recipe) -> dict[str, float]:
 
     layers = [name for name, module in prunable_layers(model).items() if has_winograd_form(module)]
     return resolve_per_layer(recipe.sparsity.winograd, layers, "sparsity.winograd")
-
-
-def train_config(stage: StageConfig, *, seed: int, device: str, progress: bool) -> TrainConfig:
-    return TrainConfig(
-        epochs=stage.epochs,
-        lr=stage.lr,
-        optimizer=stage.optimizer,
-        momentum=stage.momentum,
-        weight_decay=stage.weight_decay,
-        schedule=stage.schedule,
-        max_steps_per_epoch=stage.max_steps_per_epoch or None,
-        seed=seed,
-        device=device,
-        progress=progress,
-        log_every=0,
-    )
 
 
 def build_regularizer(model: nn.Module, recipe: Recipe) -> Any:
@@ -190,7 +174,7 @@ def compress(
                 saved = torch.load(stages.checkpoint(stage), map_location="cpu", weights_only=True)
                 log(f"[{stage}] resuming after epoch {saved.get('epoch')}")
             result = train(
-                model, train_loader, test_loader, train_config(config, seed=seed, device=device, progress=progress),
+                model, train_loader, test_loader, config.train_config(seed=seed, device=device, progress=progress),
                 hooks=hooks, checkpoint_path=stages.checkpoint(stage), resume="auto" if resume else False,
                 log_path=stages.workdir / f"{stage}.jsonl", stage=stage,
             )
