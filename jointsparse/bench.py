@@ -13,6 +13,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .codecs import decode, read_manifest
+
 
 def median_seconds(fn: Callable[[], Any], repeats: int = 20, warmup: int = 3) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed ones."""
@@ -45,8 +47,6 @@ def _layer_inputs(model: nn.Module, sample: torch.Tensor) -> dict[str, torch.Ten
 
 def bench_file(path: str, *, batch: int = 1, repeats: int = 20, threads: int = 1, input_size: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """One row per compressed layer: dense, spatial-sparse and Winograd-sparse milliseconds."""
-    from .codecs import decode, read_manifest
-
     if batch < 1 or repeats < 1 or threads < 1:
         raise ValueError("--batch, --repeats and --threads must be >= 1")
     manifest = read_manifest(path)

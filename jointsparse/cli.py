@@ -15,6 +15,20 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .bench import bench_file, format_bench
+from .checkpoint import ModelCheckpointError, load_model, save_model
+from .codecs import FormatError, decode, decode_state, format_report, read_manifest, winograd_weights
+from .compress import PipelineError, compress
+from .data import DataError, make_loaders
+from .demo import run_demo
+from .info import InfoError, info_payload
+from .layers import LayerKeyError
+from .models import ModelError, get_model
+from .recipe import RecipeError, StageConfig, load_recipe
+from .sparsity import SparsityConfigError
+from .train import CheckpointError, evaluate, seed_everything, train
+from .utils import atomic_write_text
+
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
 
@@ -24,19 +38,9 @@ class UsageError(ValueError):
 
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Every exception class that means "bad input" rather than a bug."""
-    from .checkpoint import ModelCheckpointError
-    from .codecs import FormatError
-    from .data import DataError
-    from .info import InfoError
-    from .models import ModelError
-    from .compress import PipelineError
-    from .recipe import RecipeError
-    from .sparsity import SparsityConfigError
-    from .train import CheckpointError
-
     return (
         UsageError, FormatError, DataError, ModelError, RecipeError, SparsityConfigError,
-        CheckpointError, ModelCheckpointError, PipelineError, InfoError, FileNotFoundError, IsADirectoryError, PermissionError,
+        CheckpointError, ModelCheckpointError, PipelineError, InfoError, LayerKeyError, FileNotFoundError, IsADirectoryError, PermissionError,
     )
 
 
@@ -74,7 +78,6 @@ def _data_options(args: argparse.Namespace, defaults: dict[str, Any] | None = No
 
 
 def _loaders(options: dict[str, Any], seed: int):
-    from .data import make_loaders
 
     return make_loaders(
         options["name"], batch_size=options.get("batch_size") or 128, eval_batch_size=options.get("eval_batch_size") or 256,
@@ -91,7 +94,6 @@ def _data_record(options: dict[str, Any], info: Any) -> dict[str, Any]:
 
 def _write_json(path: str | None, payload: Any) -> None:
     if path:
-        from .utils import atomic_write_text
 
         atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
@@ -112,10 +114,7 @@ def _check_output(path: str, suffix: str | None = None) -> Path:
 def _load_any(path: str, domain: str | None, model_name: str | None, model_kwargs: dict[str, Any]):
     """A runnable model from a .jsz file (decoded to ``domain``) or a checkpoint, plus where
     its data options are recorded."""
-    from .checkpoint import load_model
-
     if path.endswith(".jsz"):
-        from .codecs import decode, read_manifest
 
         manifest = read_manifest(path)
         model = decode(path, domain=domain or "spatial")
@@ -133,11 +132,6 @@ def _load_any(path: str, domain: str | None, model_name: str | None, model_kwarg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import save_model
-    from .models import get_model
-    from .recipe import StageConfig
-    from .train import seed_everything, train
-
     out = _check_output(args.output)
     options = _data_options(args)
     seed_everything(args.seed)
@@ -158,11 +152,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .compress import compress
-    from .recipe import load_recipe
-    from .train import seed_everything
-
     out = _check_output(args.output, ".jsz")
     recipe = load_recipe(args.recipe)
     model, payload = load_model(args.checkpoint, args.model, _model_kwargs(args.model_arg))
@@ -215,9 +204,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from .checkpoint import save_model
-    from .codecs import decode_state, winograd_weights
-
     out = _check_output(args.output)
     arch, state, manifest = decode_state(args.input)
     meta = {"source": os.path.abspath(args.input), "data": (manifest.get("provenance") or {}).get("data")}
@@ -233,8 +219,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .train import evaluate
-
     model, recorded = _load_any(args.input, args.domain, args.model, _model_kwargs(args.model_arg))
     recorded = {k: v for k, v in recorded.items() if k != "input_size"}
     options = _data_options(args, recorded)
@@ -251,9 +235,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .codecs import format_report
-    from .info import info_payload
-
     size = [int(v) for v in args.input_size.split(",")] if args.input_size else None
     payload = info_payload(args.input, size)
     if args.json:
@@ -275,8 +256,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_file, format_bench
-
     rows = bench_file(args.input, batch=args.batch, repeats=args.repeats, threads=args.threads,
                       input_size=[int(v) for v in args.input_size.split(",")] if args.input_size else None)
     if args.json:
@@ -287,8 +266,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     return run_demo(Path(args.out), quiet=args.quiet)
 
 

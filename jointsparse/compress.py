@@ -9,7 +9,6 @@ weights and the small objects each stage's API returns.
 
 from __future__ import annotations
 
-import fnmatch
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,9 +20,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .recipe import Recipe, StageConfig
-from .sparsity import JointSparsity, PruningMasks, prunable_layers
+from . import codecs
+from .baselines import build_method
+from .layers import prunable_layers
+from .sparsity import JointSparsity, PruningMasks
 from .train import evaluate, train
-from .transforms import has_winograd_form
 from .utils import atomic_torch_save
 
 STAGES = ("retrain", "finetune", "codebook")
@@ -40,27 +41,6 @@ class CompressResult:
     accuracy: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     densities: dict[str, dict[str, float | None]] = field(default_factory=dict)
-
-
-def layer_bits(model: nn.Module, recipe: Recipe) -> dict[str, int]:
-    """Bits per compressed layer: the kind's default, then the first matching override."""
-    bits: dict[str, int] = {}
-    for name, module in prunable_layers(model).items():
-        value = recipe.quantize.conv_bits if isinstance(module, nn.Conv2d) else recipe.quantize.linear_bits
-        for pattern, override in recipe.quantize.bits.items():
-            if pattern == name or fnmatch.fnmatchcase(name, pattern):
-                value = override
-                break
-        bits[name] = value
-    return bits
-
-
-def winograd_targets(model: nn.Module, recipe: Recipe) -> dict[str, float]:
-    """The Winograd sparsity the file stores per Winograd-form layer (decode-time pruning)."""
-    from .sparsity import resolve_per_layer
-
-    layers = [name for name, module in prunable_layers(model).items() if has_winograd_form(module)]
-    return resolve_per_layer(recipe.sparsity.winograd, layers, "sparsity.winograd")
 
 
 def build_regularizer(model: nn.Module, recipe: Recipe) -> Any:
@@ -84,10 +64,6 @@ def build_regularizer(model: nn.Module, recipe: Recipe) -> Any:
             update_every=reg.update_every,
             seed=recipe.quantize.seed,
         )
-    try:
-        from .baselines import build_method
-    except ImportError as error:  # pragma: no cover - the package ships baselines
-        raise PipelineError(f"method {reg.method!r} needs jointsparse.baselines: {error}") from None
     return build_method(reg.method, model, **reg.options)
 
 
@@ -149,8 +125,6 @@ def compress(
     provenance: dict[str, Any] | None = None,
 ) -> CompressResult:
     """Run every stage of the recipe on ``model`` (trained, dense) and write ``out_path``."""
-    from . import codecs  # the coding stage; imported late so that training never needs it
-
     out_path = Path(out_path)
     stages = _Stages(Path(workdir or f"{out_path}.work"), resume, {"recipe": recipe.to_dict(), **(fingerprint or {})})
     accuracy: dict[str, float] = {}
@@ -199,9 +173,11 @@ def compress(
     finetune_hooks = [regularizer] if isinstance(regularizer, JointSparsity) else [masks]
     run_stage("finetune", finetune_hooks, recipe.finetune, "masked fine-tuning")
 
-    bits = layer_bits(model, recipe)
     start = time.perf_counter()
-    quantized = codecs.quantize_model(model, quantizer=recipe.quantize.method, bits=bits, seed=recipe.quantize.seed)
+    quantized = codecs.quantize_model(
+        model, quantizer=recipe.quantize.method, bits=recipe.quantize.bits, seed=recipe.quantize.seed,
+        conv_bits=recipe.quantize.conv_bits, linear_bits=recipe.quantize.linear_bits,
+    )
     _load_dequantized(model, quantized)
     seconds["quantize"] = time.perf_counter() - start
     accuracy["quantized"] = evaluate(model, test_loader, device)["accuracy"]
@@ -213,7 +189,7 @@ def compress(
     start = time.perf_counter()
     coder = None if recipe.coding.coder == "auto" else recipe.coding.coder
     report = codecs.encode(
-        model, out_path, quantizer=recipe.quantize.method, bits=bits, winograd_sparsity=winograd_targets(model, recipe),
+        model, out_path, quantizer=recipe.quantize.method, winograd_sparsity=recipe.sparsity.winograd,
         m=recipe.winograd.m, quantized=quantized,  # the fine-tuner updated these codebooks in place
         coder=coder, recipe=recipe.to_dict(), arch=arch, provenance=provenance,
     )

@@ -13,7 +13,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from .transforms import filter_to_winograd, has_winograd_form, tile_count
+from .transforms import DEFAULT_M, has_winograd_form, tile_count, winograd_mask
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _output_sizes(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, tu
 def layer_costs(
     model: nn.Module,
     input_size: tuple[int, ...],
-    m: int = 2,
+    m: int = DEFAULT_M,
     winograd_thresholds: Mapping[str, float] | None = None,
 ) -> list[LayerCost]:
     """One :class:`LayerCost` per conv and linear layer that the forward pass reaches.
@@ -96,12 +96,12 @@ def layer_costs(
             r = module.kernel_size[0]
             t = m + r - 1
             tiles = tile_count(out_h, m) * tile_count(out_w, m)
-            winograd = filter_to_winograd(weight.double(), m)
+            kept = winograd_mask(weight, m, thresholds.get(name, 0.0))
             row.winograd_tile = t
             row.tiles = tiles
-            row.winograd_params = winograd.numel()
-            row.winograd_nonzero = int((winograd.abs() > thresholds.get(name, 0.0)).sum())
-            row.dense_winograd_macs = winograd.numel() * tiles
+            row.winograd_params = kept.numel()
+            row.winograd_nonzero = int(kept.sum())
+            row.dense_winograd_macs = kept.numel() * tiles
             row.sparse_winograd_macs = row.winograd_nonzero * tiles
             row.input_transform_macs = module.in_channels * tiles * 2 * t**3
             row.output_transform_macs = module.out_channels * tiles * (m * t * t + m * m * t)

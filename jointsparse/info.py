@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from .codecs import decode, read_manifest, report
 from .cost import layer_costs, macs_reduction, total_macs
+from .transforms import DEFAULT_M
 
 __all__ = ["InfoError", "info_payload"]
 
@@ -43,4 +44,4 @@ def _winograd_m(manifest: dict[str, Any]) -> int:
     tiles = {layer["winograd"]["m"] for layer in manifest.get("layers", []) if layer.get("winograd")}
     if len(tiles) > 1:
         raise InfoError(f"the file mixes Winograd tiles {sorted(tiles)}; the MAC table supports one")
-    return tiles.pop() if tiles else 2
+    return tiles.pop() if tiles else DEFAULT_M

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .train.config import TrainConfig
+from .transforms import DEFAULT_M
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -136,7 +137,7 @@ class QuantizeConfig:
 class WinogradConfig:
     """Winograd F(m x m, r x r): the output tile ``m`` for every layer, with per-layer overrides."""
 
-    m: int = 2
+    m: int = DEFAULT_M
     layers: dict[str, int] = field(default_factory=dict)
 
     _checks = {

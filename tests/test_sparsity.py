@@ -10,10 +10,10 @@ from jointsparse.sparsity import (
     SparsityConfigError,
     layer_densities,
     magnitude_quantile,
-    resolve_per_layer,
     spatial_prune,
     winograd_thresholds,
 )
+from jointsparse.layers import LayerKeyError
 from jointsparse.transforms import filter_to_winograd, winograd_matrices
 
 
@@ -44,17 +44,16 @@ def test_sampled_quantile_error_is_small():
     assert abs(share - 0.7) < 0.002
 
 
-def test_resolve_per_layer_exact_glob_default_and_errors():
-    names = ["conv1", "conv2", "fc6", "fc7"]
-    got = resolve_per_layer({"fc6": 0.9, "fc*": 0.8, "*": 0.5}, names, "s")
-    assert got == {"conv1": 0.5, "conv2": 0.5, "fc6": 0.9, "fc7": 0.8}
-    assert resolve_per_layer({"conv2.weight": 0.3}, names, "s") == {"conv1": 0, "conv2": 0.3, "fc6": 0, "fc7": 0}
+def test_sparsity_targets_are_checked_fractions():
     with pytest.raises(SparsityConfigError, match=r"\[0, 1\)"):
-        resolve_per_layer(1.5, names, "spatial_sparsity")
-    with pytest.raises(SparsityConfigError, match="'fc8' match no layer"):
-        resolve_per_layer({"fc8": 0.5}, names, "s")
-    with pytest.raises(SparsityConfigError, match=r"s\['fc6'\]"):
-        resolve_per_layer({"fc6": -0.1}, names, "s")
+        JointSparsity(small_net(), spatial_sparsity=1.5)
+    with pytest.raises(SparsityConfigError, match=r"spatial_sparsity\['2'\]"):
+        JointSparsity(small_net(), spatial_sparsity={"2": -0.1})
+
+
+def test_winograd_targets_name_winograd_form_layers_only():
+    with pytest.raises(LayerKeyError, match="'4' match no layer; layers are 0$"):
+        JointSparsity(small_net(), winograd_sparsity={"4": 0.5})
 
 
 def test_modes_pick_the_domains():

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import resolve_per_layer
 from ._common import (
     BaselineConfigError,
     BaselineHook,
@@ -37,7 +38,6 @@ from ._common import (
     check_nonnegative,
     keep_count,
     keep_largest,
-    resolve_layer_values,
 )
 
 PRUNE_MODES = ("filter_norm", "magnitude", "none")
@@ -88,7 +88,7 @@ class Bridgeout(BaselineHook):
         sparsity: LayerSpec = 0.5,
     ) -> None:
         super().__init__(model)
-        self.p = {name: value for name, value in resolve_layer_values(p, self.layers, "p", check_fraction, 0.0).items() if value > 0}
+        self.p = {name: value for name, value in resolve_per_layer(p, self.layers, "p", check=check_fraction, default=0.0).items() if value > 0}
         if not self.p:
             raise BaselineConfigError("bridgeout: p is 0 for every layer, so it would do nothing")
         self.q = check_nonnegative(q, "q")
@@ -99,7 +99,7 @@ class Bridgeout(BaselineHook):
             raise BaselineConfigError(f"seed must be an int, got {seed!r}")
         self.seed = seed
         self.prune = check_choice(prune, "prune", PRUNE_MODES)
-        self.sparsity = resolve_layer_values(sparsity, self.layers, "sparsity", check_fraction, 0.0)
+        self.sparsity = resolve_per_layer(sparsity, self.layers, "sparsity", check=check_fraction, default=0.0)
         self.output_layer = list(self.layers)[-1]
         for name in self.p:
             layer = self.layers[name]

@@ -12,8 +12,8 @@ from typing import Optional, Union
 
 import torch
 
+from ..transforms import winograd_mask
 from .container import DEFAULT_MAX_EXPANSION, load
-from .model_codec import winograd_mask
 
 __all__ = ["report", "format_report"]
 
