@@ -23,7 +23,7 @@ from .recipe import Recipe, StageConfig
 from . import codecs
 from .baselines import build_method
 from .layers import prunable_layers
-from .sparsity import JointSparsity, PruningMasks
+from .sparsity import JointSparsity, Sparsifier
 from .train import evaluate, train
 from .utils import atomic_torch_save
 
@@ -43,7 +43,7 @@ class CompressResult:
     densities: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
-def build_regularizer(model: nn.Module, recipe: Recipe) -> Any:
+def build_regularizer(model: nn.Module, recipe: Recipe) -> Sparsifier:
     """The retraining hook the recipe names: the paper's joint sparsity, or a baseline method."""
     reg = recipe.regularizer
     if reg.method == "joint_sparsity":
@@ -65,19 +65,6 @@ def build_regularizer(model: nn.Module, recipe: Recipe) -> Any:
             seed=recipe.quantize.seed,
         )
     return build_method(reg.method, model, **reg.options)
-
-
-def prune_after_retraining(model: nn.Module, hook: Any) -> PruningMasks:
-    """The masks that fine-tuning keeps: joint sparsity prunes to its spatial targets; a
-    baseline method finishes its own way (``finalize``) and its zeros become the mask."""
-    if isinstance(hook, JointSparsity):
-        return hook.prune()
-    if hasattr(hook, "finalize"):
-        hook.finalize()
-    masks = getattr(hook, "pruning", None)
-    if isinstance(masks, PruningMasks):
-        return masks
-    return PruningMasks(model, {name: module.weight.detach() != 0 for name, module in prunable_layers(model).items()})
 
 
 class _Stages:
@@ -167,11 +154,10 @@ def compress(
     label = f"{method} ({recipe.regularizer.mode})" if method == "joint_sparsity" else method  # mode is joint sparsity's only
     run_stage("retrain", [regularizer], recipe.retrain, f"{label} retraining")
 
-    masks = prune_after_retraining(model, regularizer)
+    regularizer.prune()
     accuracy["pruned"] = evaluate(model, test_loader, device)["accuracy"]
     log(f"[prune] spatial density {_overall_density(model):.3f} over all compressed layers, test accuracy {100 * accuracy['pruned']:.2f}%")
-    finetune_hooks = [regularizer] if isinstance(regularizer, JointSparsity) else [masks]
-    run_stage("finetune", finetune_hooks, recipe.finetune, "masked fine-tuning")
+    run_stage("finetune", regularizer.finetune_hooks(), recipe.finetune, "masked fine-tuning")
 
     start = time.perf_counter()
     quantized = codecs.quantize_model(
@@ -183,8 +169,8 @@ def compress(
     accuracy["quantized"] = evaluate(model, test_loader, device)["accuracy"]
     log(f"[quantize] {recipe.quantize.method}, test accuracy {100 * accuracy['quantized']:.2f}%")
     finetuner = codecs.CodebookFinetuner(model, quantized, lr=recipe.quantize.centroid_lr)
-    codebook_hooks = ([regularizer] if isinstance(regularizer, JointSparsity) else []) + [finetuner]
-    run_stage("codebook", codebook_hooks, recipe.codebook, "codebook fine-tuning")
+    run_stage("codebook", regularizer.finetune_hooks() + [finetuner], recipe.codebook, "codebook fine-tuning")
+    regularizer.squash_mask()  # plain weights, zeros baked in, for the encoder
 
     start = time.perf_counter()
     coder = None if recipe.coding.coder == "auto" else recipe.coding.coder

@@ -12,19 +12,23 @@ SPEC section 3 (a *reconstruction* of Choi et al.; every choice below is a const
 - cost term ``exp(rho_S) R_S + exp(rho_W) R_W - a_S rho_S - a_W rho_W`` with learnable ``rho``, or
   ``lambda_S R_S + lambda_W R_W`` with fixed coefficients.
 
-The objects here follow the trainer's hook protocol (``parameters``, ``penalty``,
-``after_backward``, ``after_step``, ``attach_optimizer``, ``state_dict``/``load_state_dict``).
+The objects here follow the trainer's hook protocol (``parameters``, ``penalty``, ``after_step``,
+``attach_optimizer``, ``state_dict``/``load_state_dict``); :class:`Sparsifier` is the contract
+that :class:`JointSparsity` and every baseline method implement.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import weakref
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .layers import prunable_layers, resolve_per_layer, winograd_layers
 from .transforms import DEFAULT_M, filter_to_winograd, has_winograd_form, pruned_count, winograd_mask, winograd_threshold
@@ -82,12 +86,21 @@ class RegularizedLayer:
 
 
 class PruningMasks:
-    """Keeps pruned weights at exactly zero through further training.
+    """Holds pruned weights at exactly zero through any further training, with no call to make.
 
-    The gradients of pruned weights are zeroed after every backward pass, and the optimizer's
-    per-weight state (momentum, Adam moments) at those positions is zeroed once when attached, so
-    neither momentum nor weight decay can move a pruned weight: masks that are real, not
-    re-applied after the fact.
+    Two hooks do it, registered at construction: a gradient hook on each masked weight zeroes the
+    pruned entries of its gradient (so gradient clipping, Adam moments and momentum see none), and
+    a global optimizer step post-hook (``torch.optim.optimizer.register_optimizer_step_post_hook``,
+    so it covers optimizers created later, by any training loop) re-zeroes the pruned weights after
+    every step: SGD's weight decay and momentum move a weight even when its gradient is zero, so
+    gradient masking alone would not hold. A parametrization would hold the mask too, but it
+    renames the weight in ``state_dict`` (``parametrizations.weight.original``) and changes every
+    checkpoint and the encoder's view; these hooks leave plain ``weight`` tensors. The cost is one
+    elementwise multiply per masked weight per backward and per step.
+
+    The hold lasts while this object is alive (its owner keeps it: the sparsifier that pruned,
+    or the caller) and until :meth:`remove`. ``attach_optimizer`` zeroes an optimizer's existing
+    per-weight state at pruned positions (a resumed optimizer's momentum).
     """
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
@@ -103,16 +116,19 @@ class PruningMasks:
             self.params[name] = weight
             self.masks[name] = keep.to(device=weight.device, dtype=torch.bool)
         self.apply()
+        self._handles = _hold(self)
 
     def apply(self) -> None:
         with torch.no_grad():
             for name, weight in self.params.items():
                 weight.mul_(self.masks[name])
 
-    def after_backward(self, step: int) -> None:
-        for name, weight in self.params.items():
-            if weight.grad is not None:
-                weight.grad.mul_(self.masks[name])
+    def remove(self) -> None:
+        """Stop holding: the weights stay as they are, later training may move the pruned ones."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        _HOLDING.discard(self)
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         for name, weight in self.params.items():
@@ -134,7 +150,59 @@ class PruningMasks:
         self.apply()
 
 
-class JointSparsity:
+#: Every PruningMasks that holds its masks; the one optimizer step post-hook below re-zeroes them.
+_HOLDING: "weakref.WeakSet[PruningMasks]" = weakref.WeakSet()
+
+
+def _after_any_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    for masks in list(_HOLDING):
+        masks.apply()
+
+
+register_optimizer_step_post_hook(_after_any_optimizer_step)
+
+
+def _hold(masks: PruningMasks) -> list:
+    """Register ``masks``' gradient hooks and add it to the holding set. Both keep only a weak
+    reference, so a PruningMasks nobody keeps stops holding."""
+    ref = weakref.ref(masks)
+
+    def mask_gradient(grad: torch.Tensor, name: str) -> torch.Tensor:
+        live = ref()
+        return grad if live is None else grad * live.masks[name]
+
+    _HOLDING.add(masks)
+    return [weight.register_hook(functools.partial(mask_gradient, name=name)) for name, weight in masks.params.items()]
+
+
+class Sparsifier:
+    """The contract every sparsity method implements, in the spirit of
+    ``torch.ao.pruning.BaseSparsifier``:
+
+    - *prepare*: the constructor takes the model and the per-layer configuration;
+    - *step*: during retraining the object is a trainer hook (``penalty``, ``after_step``, ...);
+    - :meth:`prune` ends the method's schedule and returns the :class:`PruningMasks` that hold the
+      pruned weights at zero from then on, under any training loop;
+    - :meth:`finetune_hooks`: the hooks the later training stages keep (the masks need none);
+    - :meth:`squash_mask` stops holding the masks; the weights are plain tensors with their zeros.
+    """
+
+    model: nn.Module
+    pruning: PruningMasks | None = None
+
+    def prune(self) -> PruningMasks:
+        raise NotImplementedError
+
+    def finetune_hooks(self) -> list[Any]:
+        return []
+
+    def squash_mask(self) -> None:
+        if self.pruning is not None:
+            self.pruning.remove()
+            self.pruning = None
+
+
+class JointSparsity(Sparsifier):
     """Joint spatial/Winograd sparsity regularizer (SPEC section 3).
 
     ``spatial_sparsity`` / ``winograd_sparsity``: the target fraction of zeros per layer, as a
@@ -254,10 +322,6 @@ class JointSparsity:
     def parameters(self) -> list[torch.Tensor]:
         return list(self.log_coefficients.values()) if self.learnable else []
 
-    def after_backward(self, step: int) -> None:
-        if self.pruning is not None:
-            self.pruning.after_backward(step)
-
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         if self.pruning is not None:
             self.pruning.attach_optimizer(optimizer)
@@ -291,7 +355,7 @@ class JointSparsity:
             by_name[name].spatial_threshold, by_name[name].winograd_threshold = float(spatial), float(winograd)
         self.updates = int(state["updates"])
         if "pruning" in state:
-            self.pruning = PruningMasks(self.model, state["pruning"]["masks"])
+            self._hold_masks(state["pruning"]["masks"])
 
     # -- pruning and reporting -------------------------------------------------------------
     def prune(self) -> PruningMasks:
@@ -313,8 +377,17 @@ class JointSparsity:
                 keep = torch.ones(magnitude.numel(), dtype=torch.bool, device=magnitude.device)
                 keep[order[:k]] = False
                 masks[layer.name] = keep.view_as(magnitude)
+        return self._hold_masks(masks)
+
+    def _hold_masks(self, masks: Mapping[str, torch.Tensor]) -> PruningMasks:
+        if self.pruning is not None:
+            self.pruning.remove()
         self.pruning = PruningMasks(self.model, masks)
         return self.pruning
+
+    def finetune_hooks(self) -> list[Any]:
+        """The regularizer stays on while the pruned model is fine-tuned (SPEC section 3)."""
+        return [self]
 
     def densities(self) -> dict[str, dict[str, float | None]]:
         """Per layer: the fraction of non-zero spatial weights, and of non-zero Winograd weights

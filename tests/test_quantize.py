@@ -171,7 +171,8 @@ def _train_steps(model, hooks, steps, optimizer, x, y):
         optimizer.zero_grad()
         loss.backward()
         for hook in hooks:
-            hook.after_backward(step)
+            if hasattr(hook, "after_backward"):  # a sparsifier's masks need no call
+                hook.after_backward(step)
         optimizer.step()
         for hook in hooks:
             hook.after_step(step)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..layers import prunable_layers
-from ..sparsity import PruningMasks, SparsityConfigError
+from ..sparsity import PruningMasks, Sparsifier, SparsityConfigError
 
 LayerSpec = Any  # a value for every layer, or a mapping of layer names / globs to values
 
@@ -107,7 +107,7 @@ def following_batchnorm(model: nn.Module) -> dict[str, tuple[str, nn.modules.bat
 # -- the hook base class -------------------------------------------------------------------------
 
 
-class BaselineHook:
+class BaselineHook(Sparsifier):
     """Trainer-hook plumbing shared by the methods.
 
     - ``attach_optimizer`` keeps the optimizer: prox steps read their learning rate from the
@@ -161,8 +161,6 @@ class BaselineHook:
     def after_backward(self, step: int) -> None:
         if self.optimizer is not None:
             self._step_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
-        if self.pruning is not None:
-            self.pruning.after_backward(step)
 
     def after_step(self, step: int) -> None:
         try:
@@ -184,12 +182,22 @@ class BaselineHook:
             self.on_finalized()
         return self.pruning
 
+    def prune(self) -> PruningMasks:
+        """Finish the method (:meth:`finalize`) and hold its zeros: its own final masks, or, for a
+        method that holds none, every weight that ended at zero."""
+        self.finalize()
+        if self.pruning is None:
+            self.set_masks({name: module.weight.detach() != 0 for name, module in self.layers.items()})
+        return self.pruning
+
     def final_masks(self) -> dict[str, torch.Tensor] | None:
         """The masks to hold after training (override); None keeps the current ones, if any."""
         return None
 
     def set_masks(self, masks: Mapping[str, torch.Tensor]) -> PruningMasks:
         """Hold ``masks`` (True = keep) from now on: zero the pruned weights and their optimizer state."""
+        if self.pruning is not None:
+            self.pruning.remove()
         self.pruning = PruningMasks(self.model, masks)
         if self.optimizer is not None:
             self.pruning.attach_optimizer(self.optimizer)

@@ -98,7 +98,7 @@ class Bridgeout(BaselineHook):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise BaselineConfigError(f"seed must be an int, got {seed!r}")
         self.seed = seed
-        self.prune = check_choice(prune, "prune", PRUNE_MODES)
+        self.prune_mode = check_choice(prune, "prune", PRUNE_MODES)
         self.sparsity = resolve_per_layer(sparsity, self.layers, "sparsity", check=check_fraction, default=0.0)
         self.output_layer = list(self.layers)[-1]
         for name in self.p:
@@ -142,7 +142,7 @@ class Bridgeout(BaselineHook):
 
     # -- the end
     def final_masks(self) -> dict[str, torch.Tensor] | None:
-        if self.prune == "none":
+        if self.prune_mode == "none":
             return None
         masks = {}
         with torch.no_grad():
@@ -150,7 +150,7 @@ class Bridgeout(BaselineHook):
                 if sparsity <= 0:
                     continue
                 weight = self.layers[name].weight
-                if self.prune == "magnitude":
+                if self.prune_mode == "magnitude":
                     masks[name] = keep_largest(weight.abs(), weight.numel() - round(sparsity * weight.numel()))
                 elif name != self.output_layer:  # the output layer's neurons are the classes
                     norms = weight.flatten(1).norm(dim=1)
