@@ -43,6 +43,7 @@ from jointsparse.data import make_loaders
 from jointsparse.layers import prunable_layers
 from jointsparse.models import get_model
 from jointsparse.nn import winograd_prune
+from jointsparse.provenance import code_version, command_line, machine_info
 from jointsparse.sparsity import (
     MODES,
     JointSparsity,
@@ -52,7 +53,6 @@ from jointsparse.sparsity import (
 )
 from jointsparse.train import TrainConfig, evaluate, train
 from jointsparse.transforms import has_winograd_form
-from jointsparse.provenance import code_version, command_line, machine_info
 from jointsparse.utils import atomic_write_text
 
 RESULT_STEM = "ablation_domains"

@@ -33,13 +33,13 @@ import numpy as np
 import torch
 
 from jointsparse.baselines import DEEP_COMPRESSION_BITS, INDEX_BITS, METHODS, relative_index_layer_encode
-from jointsparse.provenance import machine_summary
 from jointsparse.checkpoint import load_model, save_model
-from jointsparse.info import info_payload
 from jointsparse.codecs import decode, load
-from jointsparse.data import make_loaders
-from jointsparse.models import get_model
 from jointsparse.compress import compress
+from jointsparse.data import make_loaders
+from jointsparse.info import info_payload
+from jointsparse.models import get_model
+from jointsparse.provenance import machine_summary
 from jointsparse.recipe import StageConfig, parse_recipe
 from jointsparse.train import evaluate, seed_everything, train
 from jointsparse.utils import atomic_write_text

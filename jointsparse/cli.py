@@ -249,7 +249,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         for row in macs["layers"]:
             wino = "-" if row["sparse_winograd_macs"] is None else f"{row['sparse_winograd_macs']:,}"
             print(f"{row['name']:<24} {row['dense_macs']:>14,} {row['sparse_spatial_macs']:>15,} {wino:>16}")
-        print(f"computation reduction: spatial {macs['reduction_spatial']:.2f}x, winograd {macs['reduction_winograd']:.2f}x")
+        print(f"computation reduction: spatial {macs['reduction_spatial']:.2f}x, winograd {macs['reduction_winograd']:.2f}x "
+              f"(products only, the paper's convention), winograd {macs['reduction_winograd_with_transforms']:.2f}x "
+              "with the input and output tile transforms")
     else:
         print("(no input size recorded: pass --input-size C,H,W for the MAC table)")
     return EXIT_OK

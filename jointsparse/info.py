@@ -33,8 +33,10 @@ def info_payload(path: str, input_size: Sequence[int] | None = None) -> dict[str
             "dense": total_macs(rows, "dense"),
             "spatial": total_macs(rows, "spatial"),
             "winograd": total_macs(rows, "winograd"),
+            "winograd_with_transforms": total_macs(rows, "winograd_with_transforms"),
             "reduction_spatial": macs_reduction(rows, "spatial"),
             "reduction_winograd": macs_reduction(rows, "winograd"),
+            "reduction_winograd_with_transforms": macs_reduction(rows, "winograd_with_transforms"),
         }
     return payload
 
