@@ -1,13 +1,18 @@
 """The ``jointsparse`` command line.
 
 Exit codes: 0 success; 2 usage or input errors (a missing or corrupted file, a checkpoint that
-does not fit the model, a bad recipe value, an unknown dataset); 1 an internal failure. Errors
-print one line; ``--debug`` shows the traceback.
+does not fit the model, a bad recipe value, an unknown dataset, an output another run is writing,
+a file system that refuses an output: full, read-only, no permission); 1 an internal failure.
+Errors print one line; ``--debug`` shows the traceback.
+
+``train``, ``compress`` and ``decode`` lock their output (and ``compress`` its work directory)
+for the whole run, see :mod:`jointsparse.output_lock`.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -16,6 +21,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+#: File-system refusals that are the environment's doing, not a bug: exit 2 with the path.
+_FILE_SYSTEM_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG", "ENAMETOOLONG", "ENOTDIR", "EISDIR", "ELOOP")
+    if hasattr(errno, name)
+)
 
 
 class UsageError(ValueError):
@@ -28,15 +39,41 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from .codecs import FormatError
     from .data import DataError
     from .models import ModelError
+    from .output_lock import OutputInUseError
     from .pipeline import PipelineError
     from .recipe import RecipeError
     from .sparsity import SparsityConfigError
     from .train import CheckpointError
+    from .utils import OutputWriteError
 
     return (
-        UsageError, FormatError, DataError, ModelError, RecipeError, SparsityConfigError,
-        CheckpointError, ModelCheckpointError, PipelineError, FileNotFoundError, IsADirectoryError, PermissionError,
+        UsageError, FormatError, DataError, ModelError, RecipeError, SparsityConfigError, CheckpointError,
+        ModelCheckpointError, PipelineError, OutputInUseError, OutputWriteError, FileNotFoundError, IsADirectoryError,
+        PermissionError,
     )
+
+
+def _outputs_of(args: argparse.Namespace) -> dict[str, Any]:
+    """What a command writes, for :func:`jointsparse.output_lock.hold_outputs`."""
+    if args.command == "train":
+        return {"outputs": [args.output], "side_files": (".ckpt", ".jsonl")}
+    if args.command == "compress":
+        return {"outputs": [args.output], "work_dirs": [args.workdir or f"{args.output}.work"]}
+    if args.command == "decode":
+        return {"outputs": [args.output]}
+    return {"outputs": []}
+
+
+def _error_message(error: BaseException) -> str:
+    """One line for the user; an OSError names the user's path (never a hidden temp file)."""
+    from .utils import OutputWriteError
+
+    if isinstance(error, OutputWriteError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        reason = "does not exist" if isinstance(error, FileNotFoundError) else (error.strerror or "cannot be used").lower()
+        return f"{error.filename} {reason}"
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -423,19 +460,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .output_lock import hold_outputs
+
     try:
-        return args.func(args)
+        with hold_outputs(**_outputs_of(args)):
+            return args.func(args)
     except KeyboardInterrupt:
         print("jointsparse: interrupted (rerun with --resume to continue)", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into exit codes
         if args.debug:
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if isinstance(error, OSError) and error.filename is not None:
-            reason = "does not exist" if isinstance(error, FileNotFoundError) else (error.strerror or "cannot be used").lower()
-            message = f"{error.filename} {reason}"
-        if isinstance(error, _input_errors()):
+        message = _error_message(error)
+        if isinstance(error, _input_errors()) or (isinstance(error, OSError) and error.errno in _FILE_SYSTEM_ERRNOS):
             print(f"jointsparse {args.command}: error: {message}", file=sys.stderr)
             return EXIT_USAGE
         print(f"jointsparse {args.command}: internal error: {type(error).__name__}: {message} (rerun with --debug for the traceback)", file=sys.stderr)
