@@ -16,6 +16,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -136,6 +137,54 @@ def _pct(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
 
 
+#: Options that say how a run is driven, not what it makes: left out of the recorded invocation
+#: (so a resumed run records what an uninterrupted one does).
+_NOT_RECORDED = frozenset({"resume", "quiet", "json", "debug", "workdir", "help", "func", "subparser"})
+_PATH_OPTIONS = frozenset({"checkpoint", "recipe", "root", "input"})
+
+
+def _portable_path(path: str, out: Path) -> str:
+    """``path`` as the output file sees it: relative to the output's (resolved) directory."""
+    return os.path.relpath(os.path.realpath(path), os.path.realpath(out.parent))
+
+
+def _portable_data(record: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A data record with its paths (``root``, ``imagefolder:PATH``) as the output sees them."""
+    record = dict(record)
+    if record.get("root"):
+        record["root"] = _portable_path(record["root"], out)
+    name = record.get("name") or ""
+    if name.startswith("imagefolder:"):
+        record["name"] = "imagefolder:" + _portable_path(name.removeprefix("imagefolder:"), out)
+    return record
+
+
+def normalised_invocation(args: argparse.Namespace, out: Path) -> str:
+    """The command line that makes ``out``, however this run was spelled: the sub-command, every
+    option with its resolved value (defaults included), paths relative to the output's
+    directory, the output by its name; never ``--resume`` or other options that do not change
+    the result. A resumed run thus records exactly what an uninterrupted one does."""
+    words = ["jointsparse", args.command]
+    options: list[str] = []
+    for action in args.subparser._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest in _NOT_RECORDED or value is None or value is False or value == []:
+            continue
+        if action.dest == "output":
+            value = out.name
+        elif action.dest in _PATH_OPTIONS:
+            value = _portable_path(value, out)
+        elif action.dest == "data" and value.startswith("imagefolder:"):
+            value = _portable_data({"name": value}, out)["name"]
+        if not action.option_strings:
+            words.append(str(value))
+            continue
+        flag = max(action.option_strings, key=len)
+        for item in (value if isinstance(value, list) else [value]):
+            options += [flag] if item is True else [flag, str(item)]
+    return shlex.join(words + options)
+
+
 def _check_output(path: str, suffix: str | None = None) -> Path:
     out = Path(path)
     if out.is_dir():
@@ -213,7 +262,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     result = compress(
         model, train_loader, test_loader, recipe, out, workdir=args.workdir, resume=args.resume, device=args.device,
         seed=args.seed, progress=not args.quiet, fingerprint=fingerprint,
-        provenance={"data": data_record, "command": " ".join(["jointsparse", *sys.argv[1:]])},
+        provenance={"data": _portable_data(data_record, out), "command": normalised_invocation(args, out)},
     )
     summary = _compress_summary(result, out)
     if args.json:
@@ -390,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str, example: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=f"{help_text}\n\nexample:\n  {example}", formatter_class=raw)
         p.add_argument("--debug", action="store_true", help="show tracebacks")
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, subparser=p)
         return p
 
     p = command("train", "train a dense baseline", "jointsparse train --model vgg_small --data digits --epochs 10 -o dense.pt", cmd_train)

@@ -247,3 +247,62 @@ def test_a_file_system_refusal_exits_2_naming_the_output_and_leaves_nothing(smal
     assert status == 2 and len(lines) == 1, lines
     assert lines[0] == f"jointsparse decode: error: cannot write {out}: {reason}"
     assert os.listdir(directory) == ["model.jsz"]
+
+
+TINY_RECIPE = """\
+[sparsity.spatial]
+"*" = 0.5
+[sparsity.winograd]
+"*" = 0.5
+[retrain]
+epochs = 1
+max_steps_per_epoch = 3
+[finetune]
+epochs = 1
+max_steps_per_epoch = 3
+[codebook]
+epochs = 1
+max_steps_per_epoch = 3
+[data]
+batch_size = 32
+"""
+
+
+def test_a_resumed_compress_writes_the_bytes_of_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
+    """Provenance records the normalised invocation: not --resume, not how paths were spelled."""
+    import jointsparse.pipeline as compress_module
+    from jointsparse import cli
+    from jointsparse.checkpoint import save_model
+    from jointsparse.codecs import read_manifest
+    from jointsparse.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("vgg_small", width=0.125, hidden=32)
+    save_model(tmp_path / "dense.pt", model.state_dict(), model.jointsparse_arch)
+    (tmp_path / "recipe.toml").write_text(TINY_RECIPE)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    common = ["--data", "digits", "--subset", "256", "--quiet"]
+    uninterrupted = tmp_path / "a" / "model.jsz"
+
+    def run_cli(*argv: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["jointsparse", *argv])  # as if typed in a shell
+        return cli.main(list(argv))
+
+    assert run_cli("compress", str(tmp_path / "dense.pt"), *common, "--recipe", str(tmp_path / "recipe.toml"), "-o", str(uninterrupted)) == 0
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path / "b")
+    with monkeypatch.context() as patch:
+        patch.setattr(compress_module, "prune_after_retraining", killed)
+        assert run_cli("compress", "../dense.pt", *common, "--recipe", "../recipe.toml", "-o", "model.jsz") == 130
+    assert not (tmp_path / "b" / "model.jsz").exists() and (tmp_path / "b" / "model.jsz.work" / "retrain.done").is_file()
+    resumed = tmp_path / "b" / "model.jsz"
+    assert run_cli("compress", str(tmp_path / "b" / ".." / "dense.pt"), *common, "--recipe", "./../recipe.toml", "--resume",
+                   "--output", "./model.jsz") == 0
+    assert "already done" in capsys.readouterr().out
+    assert resumed.read_bytes() == uninterrupted.read_bytes()
+    command = read_manifest(resumed)["provenance"]["command"]
+    assert "--resume" not in command and "--output model.jsz" in command and " ../dense.pt " in command, command
