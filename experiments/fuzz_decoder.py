@@ -415,6 +415,8 @@ MUTATORS: dict[str, Callable[[Case, random.Random], None]] = {
     "input_size": mutate_input_size,
     "text": mutate_text,
 }
+#: How often each seed file is the starting point (resnet20 is the slowest to decode).
+SEED_WEIGHTS = {"lenet5": 3, "vgg_small": 4, "resnet20": 1}
 #: Relative frequency of each mutator; a case applies one, or with some probability two or three.
 WEIGHTS = {"value": 3, "number": 4, "delete": 1, "winograd": 3, "shape": 4, "counts": 2, "stream": 4, "raw": 1, "arch": 1,
            "input_size": 1, "text": 1}
@@ -423,7 +425,8 @@ WEIGHTS = {"value": 3, "number": 4, "delete": 1, "winograd": 3, "shape": 4, "cou
 def make_case(seeds: dict[str, bytes], campaign_seed: int, index: int) -> tuple[str, str, str, bytes]:
     """Case ``index`` of the campaign: (seed file, mutator names, notes, file bytes). Deterministic."""
     rng = random.Random(f"{campaign_seed}:{index}")
-    seed_name = rng.choice(sorted(seeds))
+    names = sorted(seeds)
+    seed_name = rng.choices(names, weights=[SEED_WEIGHTS.get(name, 1) for name in names])[0]
     manifest, sections = unframe(seeds[seed_name])
     case = Case(manifest, sections)
     count = rng.choice([1, 1, 1, 2, 3])
@@ -497,10 +500,22 @@ def worker_main() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (WORKER_ADDRESS_SPACE, WORKER_ADDRESS_SPACE))
     operations = _operations()
     print(json.dumps({"ready": True}), flush=True)
+    operations["probe"] = _probe
     for line in sys.stdin:
         request = json.loads(line)
         results = {name: run_operation(operations[name], request["path"]) for name in request["operations"]}
         print(json.dumps(results), flush=True)
+
+
+def _probe(size: str) -> None:
+    """A torch allocation of ``size`` bytes, touched: checks that the measurement sees torch."""
+    import torch
+
+    torch.ones(int(size), dtype=torch.uint8)
+
+
+class WorkerDied(RuntimeError):
+    """The worker process ended without answering (a crash in native code, say)."""
 
 
 class Worker:
@@ -518,7 +533,7 @@ class Worker:
             return None
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError(f"worker {self.process.pid} died (exit {self.process.wait()})")
+            raise WorkerDied(f"worker died (exit {self.process.wait()})")
         return json.loads(line)
 
     def run(self, path: str, operations: tuple[str, ...], timeout: float) -> dict | None:
@@ -537,11 +552,13 @@ class Worker:
 
 
 def run_campaign(cases: int, campaign_seed: int = 0, *, start: int = 0, time_limit: float = DEFAULT_TIME_LIMIT,
-                 allowance: int = DEFAULT_ALLOWANCE_MIB << 20, progress: bool = False) -> dict[str, Any]:
-    """Run cases ``start .. start+cases-1``; return the counts and every failure."""
+                 allowance: int = DEFAULT_ALLOWANCE_MIB << 20, seed_names: tuple[str, ...] | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+    """Run cases ``start .. start+cases-1`` (from the ``seed_names`` files, default all); return
+    the counts and every failure."""
     from jointsparse.codecs import DEFAULT_MAX_EXPANSION
 
-    seeds = seed_files()
+    seeds = {name: data for name, data in seed_files().items() if seed_names is None or name in seed_names}
     worker = Worker()
     counts: dict[str, Counter] = defaultdict(Counter)  # operation -> outcome -> count
     by_mutator: dict[str, Counter] = defaultdict(Counter)
@@ -563,13 +580,17 @@ def run_campaign(cases: int, campaign_seed: int = 0, *, start: int = 0, time_lim
                 path = Path(tmp) / "case.jsz"
                 path.write_bytes(data)
                 budget = DEFAULT_MAX_EXPANSION * len(data) + allowance
-                results = worker.run(str(path), OPERATIONS, time_limit)
                 record = {"case": index, "seed_file": seed_name, "mutators": mutators, "notes": notes[:300], "bytes": len(data)}
+                try:
+                    results = worker.run(str(path), OPERATIONS, time_limit)
+                    problem = None if results is not None else f"hang: no answer within {time_limit:g} s"
+                except WorkerDied as died:
+                    results, problem = None, f"crash: {died}"
                 if results is None:
                     worker.stop()
                     worker = Worker()
-                    counts["(case)"]["hang"] += 1
-                    failures.append({**record, "failure": f"hang: no answer within {time_limit:g} s"})
+                    counts["(case)"][problem.split(":")[0]] += 1
+                    failures.append({**record, "failure": problem})
                     continue
                 succeeded = all(result["outcome"] == "ok" for result in results.values())
                 by_mutator[mutators.split("+")[0]]["decoded" if succeeded else "refused"] += 1
@@ -653,7 +674,8 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         lines.append(f"| {operation} | " + " | ".join(f"{row.get(o, 0):,}" for o in outcomes) + " |")
     lines += [
         "",
-        f"Hangs (no answer within the time limit): {counts.get('(case)', {}).get('hang', 0)}.  ",
+        f"Hangs (no answer within the time limit): {counts.get('(case)', {}).get('hang', 0)}; "
+        f"worker crashes: {counts.get('(case)', {}).get('crash', 0)}.  ",
         f"Failures in all (other exceptions, budget breaches, hangs): {len(summary['failures'])}.",
         "",
         "Per first mutator: cases every entry point decoded / cases refused with FormatError by at least one:",
