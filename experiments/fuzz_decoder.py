@@ -73,17 +73,22 @@ WORKER_ADDRESS_SPACE = 12 << 30
 
 
 def seed_files() -> dict[str, bytes]:
-    """Real files from the encoder: three architectures, both quantizers and coders, tiles 2 and 4."""
+    """Real files from the encoder: three architectures, both quantizers and coders, tiles 2 and 4,
+    with and without Winograd pruning."""
     import torch
 
     from jointsparse.codecs import encode
     from jointsparse.models import get_model
 
     specs = {
-        "lenet5": dict(model=("lenet5", {}), size=[1, 28, 28], quantizer="kmeans", bits=4, coder="ans", m=2, winograd=0.5),
-        "vgg_small": dict(model=("vgg_small", {"width": 0.125, "hidden": 32}), size=[1, 32, 32], quantizer="universal", bits=5,
-                          coder="zstd", m=4, winograd=0.6),
-        "resnet20": dict(model=("resnet20", {}), size=[3, 32, 32], quantizer="kmeans", bits=5, coder="ans", m=2, winograd=None),
+        "lenet5": dict(model=("lenet5", {}), size=[1, 28, 28], density=0.05, quantizer="kmeans", bits=4, coder="ans", m=2,
+                       winograd=0.5),
+        "vgg_small": dict(model=("vgg_small", {"width": 0.125, "hidden": 32}), size=[1, 32, 32], density=0.3,
+                          quantizer="universal", bits=5, coder="zstd", m=4, winograd=0.6),
+        "vgg_small_ans": dict(model=("vgg_small", {"width": 0.25, "hidden": 16}), size=[1, 16, 16], density=0.2,
+                              quantizer="kmeans", bits=3, coder="ans", m=2, winograd=None),
+        "resnet20": dict(model=("resnet20", {}), size=[3, 32, 32], density=0.1, quantizer="kmeans", bits=5, coder="ans", m=2,
+                         winograd=0.3),
     }
     files = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +98,7 @@ def seed_files() -> dict[str, bytes]:
             with torch.no_grad():
                 for module in model.modules():
                     if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
-                        keep = module.weight.abs() > module.weight.abs().flatten().quantile(0.7)
+                        keep = module.weight.abs() > module.weight.abs().flatten().quantile(1 - spec["density"])
                         module.weight.mul_(keep)
             path = Path(tmp) / f"{name}.jsz"
             encode(model, path, quantizer=spec["quantizer"], bits=spec["bits"], coder=spec["coder"], m=spec["m"],
@@ -416,7 +421,7 @@ MUTATORS: dict[str, Callable[[Case, random.Random], None]] = {
     "text": mutate_text,
 }
 #: How often each seed file is the starting point (resnet20 is the slowest to decode).
-SEED_WEIGHTS = {"lenet5": 3, "vgg_small": 4, "resnet20": 1}
+SEED_WEIGHTS = {"lenet5": 3, "vgg_small": 4, "vgg_small_ans": 3, "resnet20": 1}
 #: Relative frequency of each mutator; a case applies one, or with some probability two or three.
 WEIGHTS = {"value": 3, "number": 4, "delete": 1, "winograd": 3, "shape": 4, "counts": 2, "stream": 4, "raw": 1, "arch": 1,
            "input_size": 1, "text": 1}
