@@ -1,5 +1,5 @@
 """The adversarial campaign against the .jsz reader (experiments/fuzz_decoder.py): its memory
-measurement, a short campaign in the default suite and a larger one marked slow."""
+measurement and its cases."""
 
 from __future__ import annotations
 
