@@ -36,6 +36,13 @@ elif os.environ.get("JOINTSPARSE_COMPILED", "1").strip().lower() in ("0", "false
     UNAVAILABLE_REASON = "JOINTSPARSE_COMPILED=0 in the environment"
 
 
+if numba is not None and "NUMBA_THREADING_LAYER" not in os.environ:
+    # numba's OpenMP pool beside torch's own OpenMP pool cost 1-10 ms per parallel call here
+    # (two spinning pools on 2 cores); its plain work queue cost 0.2-0.5 ms. A user who sets
+    # NUMBA_THREADING_LAYER keeps their choice.
+    numba.config.THREADING_LAYER = "workqueue"
+
+
 def available() -> bool:
     """True when the compiled kernels can run (numba importable, not disabled by the environment)."""
     return UNAVAILABLE_REASON is None
@@ -73,17 +80,10 @@ if numba is not None:
             nz += 1
 
 
-    @njit(cache=True, fastmath=True, parallel=True)
-    def winograd_conv(xpad, bt, at, indptr, cols, vals, bias, out, m, rows_per_block, cout_chunks, v_buf, acc_buf, half_buf, row_buf):  # pragma: no cover - compiled
-        """``out[n, co] = sum_p A^T (W_p V_p) A`` over tiles, for a zero-padded input.
-
-        xpad [N, Cin, nH*m + r-1, nW*m + r-1] float32; bt [t, t] = B^T, at [m, t] = A^T; CSR over
-        rows ``co*t*t + p`` (p = position a*t + b), columns = global input channel; bias [Cout]
-        (zeros when the layer has none); out [N, Cout, Hout, Wout], fully overwritten. The
-        ``*_buf`` arrays are per-thread scratch (first axis = numba thread id), passed in because
-        allocating them per call cost more than the whole convolution (page faults in a VM).
-        """
-        n_img, cin = xpad.shape[0], xpad.shape[1]
+    @njit(cache=True, fastmath=True)
+    def _winograd_job(job, tid, xpad, bt, at, indptr, cols, vals, bias, out, m, rows_per_block, cout_chunks, v_buf, acc_buf, half_buf, row_buf):  # pragma: no cover - compiled
+        """One job of ``winograd_conv``: one image, one block of tile rows, one output-channel chunk."""
+        cin = xpad.shape[1]
         wpad = xpad.shape[3]
         t = bt.shape[0]
         tt = t * t
@@ -92,133 +92,161 @@ if numba is not None:
         n_w = (wpad - t) // m + 1
         n_blocks = (n_h + rows_per_block - 1) // rows_per_block
         chunk = (cout + cout_chunks - 1) // cout_chunks
-        block_tiles = rows_per_block * n_w
-        jobs = n_img * n_blocks * cout_chunks
-        for job in prange(jobs):
-            img = job // (n_blocks * cout_chunks)
-            rest = job % (n_blocks * cout_chunks)
-            blk = rest // cout_chunks
-            part = rest % cout_chunks
-            ty0 = blk * rows_per_block
-            ty1 = min(n_h, ty0 + rows_per_block)
-            tiles = (ty1 - ty0) * n_w
-            # Input transform: V[p, c, j] for the tiles j of this block. Rows first (B^T along
-            # the contiguous padded row), then columns (a stride-m gather per tile).
-            tid = numba.get_thread_id()
-            v = v_buf[tid]
-            rowt = row_buf[tid]
-            for c in range(cin):
-                for ty in range(ty0, ty1):
-                    base = ty * m
-                    jt = (ty - ty0) * n_w
-                    for a in range(t):
-                        for x in range(wpad):
-                            rowt[a, x] = 0.0
-                        for i in range(t):
-                            coef = bt[a, i]
-                            if coef != 0.0:
-                                for x in range(wpad):
-                                    rowt[a, x] += coef * xpad[img, c, base + i, x]
-                    for a in range(t):
-                        for b in range(t):
-                            p = a * t + b
-                            for tx in range(n_w):
-                                v[p, c, jt + tx] = 0.0
-                            for k in range(t):
-                                coef = bt[b, k]
-                                if coef != 0.0:
-                                    for tx in range(n_w):
-                                        v[p, c, jt + tx] += coef * rowt[a, tx * m + k]
-            # Per output channel: the sparse products for all t*t positions, then A^T M A.
-            acc = acc_buf[tid]
-            half = half_buf[tid]
-            rowo = row_buf[tid]
-            co0 = part * chunk
-            co1 = min(cout, co0 + chunk)
-            for co in range(co0, co1):
-                for p in range(tt):
-                    row = co * tt + p
-                    _sparse_rows_sum(acc[p], v[p], cols, vals, indptr[row], indptr[row + 1], tiles)
-                for i in range(m):
+        img = job // (n_blocks * cout_chunks)
+        rest = job % (n_blocks * cout_chunks)
+        blk = rest // cout_chunks
+        part = rest % cout_chunks
+        ty0 = blk * rows_per_block
+        ty1 = min(n_h, ty0 + rows_per_block)
+        tiles = (ty1 - ty0) * n_w
+        v = v_buf[tid]
+        rowt = row_buf[tid]
+        acc = acc_buf[tid]
+        half = half_buf[tid]
+        # Input transform: V[p, c, j] for the tiles j of this block. Rows first (B^T along the
+        # contiguous padded row), then columns (a stride-m gather per tile); zero entries of B^T
+        # are skipped, so F(2,3) costs additions only.
+        for c in range(cin):
+            for ty in range(ty0, ty1):
+                base = ty * m
+                jt = (ty - ty0) * n_w
+                for a in range(t):
+                    for x in range(wpad):
+                        rowt[a, x] = 0.0
+                    for i in range(t):
+                        coef = bt[a, i]
+                        if coef != 0.0:
+                            for x in range(wpad):
+                                rowt[a, x] += coef * xpad[img, c, base + i, x]
+                for a in range(t):
                     for b in range(t):
-                        for j in range(tiles):
-                            half[i, b, j] = 0.0
-                        for a in range(t):
-                            coef = at[i, a]
+                        vp = v[a * t + b, c]
+                        for tx in range(n_w):
+                            vp[jt + tx] = 0.0
+                        for k in range(t):
+                            coef = bt[b, k]
                             if coef != 0.0:
-                                for j in range(tiles):
-                                    half[i, b, j] += coef * acc[a * t + b, j]
-                bco = bias[co]
-                for ty in range(ty0, ty1):
-                    jt = (ty - ty0) * n_w
-                    for i in range(m):
-                        for x in range(n_w * m):
-                            rowo[i, x] = bco
-                        for jj in range(m):
-                            for b in range(t):
-                                coef = at[jj, b]
-                                if coef != 0.0:
-                                    for tx in range(n_w):
-                                        rowo[i, tx * m + jj] += coef * half[i, b, jt + tx]
-                    for i in range(m):
-                        y = ty * m + i
-                        if y < out_h:
-                            for x in range(out_w):
-                                out[img, co, y, x] = rowo[i, x]
-
-    @njit(cache=True, fastmath=True, parallel=True)
-    def direct_conv(xpad, indptr, cin_of, dy_of, dx_of, vals, bias, out, stride_h, stride_w):  # pragma: no cover - compiled
-        """Direct sparse convolution over a padded input: for output channel co, every non-zero
-        (input channel, dy, dx, value) in ``indptr[co]:indptr[co+1]`` adds value x the input rows
-        shifted by (dy, dx) into the output rows. dy/dx already include the dilation; channels
-        are global (groups are folded into ``cin_of``). out [N, Cout, Hout, Wout], overwritten.
-        """
-        n_img = xpad.shape[0]
-        cout, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
-        for job in prange(n_img * cout):
-            img = job // cout
-            co = job % cout
-            plane = out[img, co]
+                                for tx in range(n_w):
+                                    vp[jt + tx] += coef * rowt[a, tx * m + k]
+        # Per output channel: the sparse products for all t*t positions, then A^T M A.
+        rowo = rowt
+        for co in range(part * chunk, min(cout, (part + 1) * chunk)):
+            for p in range(tt):
+                row = co * tt + p
+                _sparse_rows_sum(acc[p], v[p], cols, vals, indptr[row], indptr[row + 1], tiles)
+            for i in range(m):
+                for b in range(t):
+                    hb = half[i, b]
+                    for j in range(tiles):
+                        hb[j] = 0.0
+                    for a in range(t):
+                        coef = at[i, a]
+                        if coef != 0.0:
+                            src = acc[a * t + b]
+                            for j in range(tiles):
+                                hb[j] += coef * src[j]
             bco = bias[co]
-            for y in range(out_h):
-                for x in range(out_w):
-                    plane[y, x] = bco
-            for nz in range(indptr[co], indptr[co + 1]):
-                w = vals[nz]
-                src = xpad[img, cin_of[nz]]
-                dy = dy_of[nz]
-                dx = dx_of[nz]
-                if stride_w == 1:
-                    for y in range(out_h):
-                        srow = src[y * stride_h + dy]
+            for ty in range(ty0, ty1):
+                jt = (ty - ty0) * n_w
+                for i in range(m):
+                    for x in range(n_w * m):
+                        rowo[i, x] = bco
+                    for jj in range(m):
+                        for b in range(t):
+                            coef = at[jj, b]
+                            if coef != 0.0:
+                                for tx in range(n_w):
+                                    rowo[i, tx * m + jj] += coef * half[i, b, jt + tx]
+                for i in range(m):
+                    y = ty * m + i
+                    if y < out_h:
+                        dst = out[img, co, y]
                         for x in range(out_w):
-                            plane[y, x] += w * srow[dx + x]
-                else:
-                    for y in range(out_h):
-                        srow = src[y * stride_h + dy]
-                        for x in range(out_w):
-                            plane[y, x] += w * srow[dx + x * stride_w]
+                            dst[x] = rowo[i, x]
+
+    @njit(cache=True, fastmath=True)
+    def winograd_conv_serial(jobs, xpad, bt, at, indptr, cols, vals, bias, out, m, rows_per_block, cout_chunks, v_buf, acc_buf, half_buf, row_buf):  # pragma: no cover - compiled
+        """``winograd_conv`` on the calling thread (no parallel launch, which costs tens of us)."""
+        for job in range(jobs):
+            _winograd_job(job, 0, xpad, bt, at, indptr, cols, vals, bias, out, m, rows_per_block, cout_chunks, v_buf, acc_buf, half_buf, row_buf)
 
     @njit(cache=True, fastmath=True, parallel=True)
-    def csr_rows_times(indptr, cols, vals, xt, bias, out):  # pragma: no cover - compiled
-        """``out[row, :] = bias[row] + sum_nz vals[nz] * xt[cols[nz], :]``: CSR [R, K] times a
-        dense [K, B] matrix, written into out [R, B]."""
-        rows, batch = out.shape
-        for row in prange(rows):
-            b0 = bias[row]
-            if batch == 1:
-                s = np.float32(0.0)
-                for nz in range(indptr[row], indptr[row + 1]):
-                    s += vals[nz] * xt[cols[nz], 0]
-                out[row, 0] = b0 + s
+    def winograd_conv_parallel(jobs, xpad, bt, at, indptr, cols, vals, bias, out, m, rows_per_block, cout_chunks, v_buf, acc_buf, half_buf, row_buf):  # pragma: no cover - compiled
+        """``out[n, co] = sum_p A^T (W_p V_p) A`` over tiles, for a zero-padded input, jobs in parallel.
+
+        xpad [N, Cin, nH*m + r-1, nW*m + r-1] float32; bt [t, t] = B^T, at [m, t] = A^T; CSR over
+        rows ``co*t*t + p`` (p = position a*t + b), columns = global input channel; bias [Cout]
+        (zeros when the layer has none); out [N, Cout, Hout, Wout], fully overwritten. The
+        ``*_buf`` arrays are per-thread scratch (first axis = numba thread id), passed in because
+        allocating them per call cost more than the whole convolution (page faults in a VM).
+        """
+        for job in prange(jobs):
+            _winograd_job(job, numba.get_thread_id(), xpad, bt, at, indptr, cols, vals, bias, out, m, rows_per_block, cout_chunks, v_buf, acc_buf, half_buf, row_buf)
+
+    @njit(cache=True, fastmath=True)
+    def _direct_job(job, xpad, indptr, cin_of, dy_of, dx_of, vals, bias, out, stride_h, stride_w):  # pragma: no cover - compiled
+        """Direct sparse convolution of one (image, output channel): every non-zero (input
+        channel, dy, dx, value) in ``indptr[co]:indptr[co+1]`` adds value x the input rows shifted
+        by (dy, dx) into the output rows. dy/dx include the dilation; channels are global."""
+        cout, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+        img = job // cout
+        co = job % cout
+        plane = out[img, co]
+        bco = bias[co]
+        for y in range(out_h):
+            for x in range(out_w):
+                plane[y, x] = bco
+        for nz in range(indptr[co], indptr[co + 1]):
+            w = vals[nz]
+            src = xpad[img, cin_of[nz]]
+            dy = dy_of[nz]
+            dx = dx_of[nz]
+            if stride_w == 1:
+                for y in range(out_h):
+                    srow = src[y * stride_h + dy]
+                    orow = plane[y]
+                    for x in range(out_w):
+                        orow[x] += w * srow[dx + x]
             else:
-                for b in range(batch):
-                    out[row, b] = b0
-                for nz in range(indptr[row], indptr[row + 1]):
-                    w = vals[nz]
-                    src = xt[cols[nz]]
-                    for b in range(batch):
-                        out[row, b] += w * src[b]
+                for y in range(out_h):
+                    srow = src[y * stride_h + dy]
+                    orow = plane[y]
+                    for x in range(out_w):
+                        orow[x] += w * srow[dx + x * stride_w]
+
+    @njit(cache=True, fastmath=True)
+    def direct_conv_serial(xpad, indptr, cin_of, dy_of, dx_of, vals, bias, out, stride_h, stride_w):  # pragma: no cover - compiled
+        for job in range(out.shape[0] * out.shape[1]):
+            _direct_job(job, xpad, indptr, cin_of, dy_of, dx_of, vals, bias, out, stride_h, stride_w)
+
+    @njit(cache=True, fastmath=True, parallel=True)
+    def direct_conv_parallel(xpad, indptr, cin_of, dy_of, dx_of, vals, bias, out, stride_h, stride_w):  # pragma: no cover - compiled
+        for job in prange(out.shape[0] * out.shape[1]):
+            _direct_job(job, xpad, indptr, cin_of, dy_of, dx_of, vals, bias, out, stride_h, stride_w)
+
+    @njit(cache=True, fastmath=True)
+    def _csr_row(row, indptr, cols, vals, xt, bias, out):  # pragma: no cover - compiled
+        """``out[row, :] = bias[row] + sum_nz vals[nz] * xt[cols[nz], :]`` (CSR times dense [K, B])."""
+        batch = out.shape[1]
+        if batch == 1:
+            s = np.float32(0.0)
+            for nz in range(indptr[row], indptr[row + 1]):
+                s += vals[nz] * xt[cols[nz], 0]
+            out[row, 0] = bias[row] + s
+        else:
+            _sparse_rows_sum(out[row], xt, cols, vals, indptr[row], indptr[row + 1], batch)
+            for b in range(batch):
+                out[row, b] += bias[row]
+
+    @njit(cache=True, fastmath=True)
+    def csr_rows_times_serial(indptr, cols, vals, xt, bias, out):  # pragma: no cover - compiled
+        for row in range(out.shape[0]):
+            _csr_row(row, indptr, cols, vals, xt, bias, out)
+
+    @njit(cache=True, fastmath=True, parallel=True)
+    def csr_rows_times_parallel(indptr, cols, vals, xt, bias, out):  # pragma: no cover - compiled
+        for row in prange(out.shape[0]):
+            _csr_row(row, indptr, cols, vals, xt, bias, out)
 
 
 # ---- torch-facing wrappers: build the index arrays once per layer, then run per call ----
@@ -278,6 +306,7 @@ class WinogradKernel:
         jobs = n * -(-n_h // rows_per_block)
         threads = _threads()
         cout_chunks = 1 if jobs >= threads else min(self.cout, -(-threads // jobs))
+        jobs *= cout_chunks
         # Zero-padded so that every tile, the ragged last row and column too, is in bounds.
         xpad = _scratch.padded(x, (pad, pad), (n_h * m + r - 1, n_w * m + r - 1))
         slots = numba.config.NUMBA_NUM_THREADS
@@ -287,7 +316,8 @@ class WinogradKernel:
         half_buf = _scratch.array("wh", (slots, m, t, block_tiles))
         row_buf = _scratch.array("wr", (slots, t, xpad.shape[3]))
         out = torch.empty(n, self.cout, out_h, out_w, dtype=torch.float32)
-        winograd_conv(xpad, self.bt, self.at, self.indptr, self.cols, self.vals, self.bias, out.numpy(), m, rows_per_block, cout_chunks, v_buf, acc_buf, half_buf, row_buf)
+        kernel = winograd_conv_serial if threads == 1 else winograd_conv_parallel
+        kernel(jobs, xpad, self.bt, self.at, self.indptr, self.cols, self.vals, self.bias, out.numpy(), m, rows_per_block, cout_chunks, v_buf, acc_buf, half_buf, row_buf)
         return out
 
 
@@ -348,9 +378,9 @@ class DirectConvKernel:
         if out_h < 1 or out_w < 1:
             raise ValueError(f"input {h}x{w} (after padding) is smaller than the dilated {kh}x{kw} kernel")
         out = torch.empty(n, self.cout, out_h, out_w, dtype=torch.float32)
-        _threads()
+        kernel = direct_conv_serial if _threads() == 1 else direct_conv_parallel
         xpad = _scratch.padded(x, (top, left), (h, w)) if any(pad) else x.detach().contiguous().numpy()
-        direct_conv(xpad, self.indptr, self.cin_of, self.dy, self.dx, self.vals, self.bias, out.numpy(), sh, sw)
+        kernel(xpad, self.indptr, self.cin_of, self.dy, self.dx, self.vals, self.bias, out.numpy(), sh, sw)
         return out
 
 
@@ -367,6 +397,6 @@ class LinearKernel:
         """``rows`` [B, in] -> [B, out]."""
         xt = rows.t().contiguous()
         out = torch.empty(self.out_features, rows.shape[0], dtype=torch.float32)
-        _threads()
-        csr_rows_times(self.indptr, self.cols, self.vals, xt.numpy(), self.bias, out.numpy())
+        kernel = csr_rows_times_serial if _threads() == 1 else csr_rows_times_parallel
+        kernel(self.indptr, self.cols, self.vals, xt.numpy(), self.bias, out.numpy())
         return out.t()
