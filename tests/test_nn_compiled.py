@@ -4,6 +4,7 @@ numba compiles each kernel at its first call in a process (seconds), and caches 
 beside the module; shapes here are small so the suite stays fast.
 """
 
+import os
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ def pruned(tensor: torch.Tensor, keep: float, seed: int) -> torch.Tensor:
 
 
 def both_paths(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    layer.compiled = True
     assert layer.compiled, "the compiled kernel should be in use"
     with torch.no_grad():
         fast = layer(x)
@@ -130,8 +132,12 @@ def test_linear_compiled_matches_pytorch_path(batch_shape):
 
 def test_dense_choice_and_autograd_use_pytorch_path():
     conv = nn.Conv2d(3, 4, 3, padding=1)
-    assert not SparseConv2d.from_conv(conv, sparse=False).compiled
+    dense = SparseConv2d.from_conv(conv, sparse=False)
+    dense.compiled = True
+    assert not dense.compiled  # a dense layer has no sparse product to compile
     layer = SparseConv2d.from_conv(conv, sparse=True)
+    assert not layer.compiled  # off by default
+    layer.compiled = True
     x = torch.randn(1, 3, 5, 5, requires_grad=True)
     layer(x).sum().backward()  # the compiled kernel has no gradient; the PyTorch path runs instead
     assert x.grad is not None
@@ -140,6 +146,7 @@ def test_dense_choice_and_autograd_use_pytorch_path():
 def test_kernels_honour_torch_threads_and_state_dict_round_trip():
     conv = nn.Conv2d(4, 4, 3, padding=1)
     layer = WinogradConv2d.from_conv(conv, sparse=True)
+    layer.compiled = True
     x = torch.randn(2, 4, 6, 6)
     previous = torch.get_num_threads()
     try:
@@ -152,17 +159,26 @@ def test_kernels_honour_torch_threads_and_state_dict_round_trip():
         torch.set_num_threads(previous)
     assert_close(outs[0], outs[1], 1e-6)
     copy = WinogradConv2d.from_conv(nn.Conv2d(4, 4, 3, padding=1), sparse=True)
+    copy.compiled = True
     copy.load_state_dict(layer.state_dict())
     with torch.no_grad():
         assert_close(copy(x), outs[0], 1e-6)
 
 
-def test_environment_switch_turns_compiled_kernels_off():
+@pytest.mark.parametrize("switch, expected", [("0", "False False False"), ("1", "True True True"), ("", "True False False")])
+def test_environment_switch(switch, expected):
     code = (
-        "import torch; from torch import nn; from jointsparse.nn import SparseConv2d, _compiled;"
+        "from torch import nn; from jointsparse.nn import SparseConv2d, _compiled;"
         "l = SparseConv2d.from_conv(nn.Conv2d(2, 2, 3), sparse=True);"
-        "print(_compiled.available(), l.compiled, _compiled.UNAVAILABLE_REASON)"
+        "print(_compiled.available(), _compiled.on_by_default(), l.compiled)"
     )
-    env = {**__import__("os").environ, "JOINTSPARSE_COMPILED": "0"}
+    env = {**os.environ, "JOINTSPARSE_COMPILED": switch}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.startswith("False False JOINTSPARSE_COMPILED=0")
+    assert out.strip() == expected
+
+
+def test_forcing_compiled_without_kernels_is_a_clear_error(monkeypatch):
+    layer = SparseConv2d.from_conv(nn.Conv2d(2, 2, 3), sparse=True)
+    monkeypatch.setattr(_compiled, "UNAVAILABLE_REASON", "numba is not installed")
+    with pytest.raises(RuntimeError, match="numba is not installed"):
+        layer.compiled = True

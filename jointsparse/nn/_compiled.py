@@ -1,19 +1,22 @@
-"""Compiled (numba) CPU kernels for the sparse runtime layers (SPEC section 11).
+"""Compiled (numba) CPU kernels for the sparse runtime layers (SPEC section 11). Opt-in.
 
 Three kernels, each a loop nest whose innermost loop runs along a contiguous row so that LLVM
 vectorises it:
 
-- ``winograd_conv``: fused sparse Winograd convolution. Per block of tile rows (sized so the
-  transformed input block stays in L2): the input transform as a few row additions, then for every
-  output channel and Winograd position an axpy of one transformed-input row per non-zero (CSR),
-  then the output transform, written straight into the output.
+- ``winograd_products``: the sparse Winograd products and the output transform, fused per chunk
+  of tiles (the input transform stays one dense PyTorch product).
 - ``direct_conv``: direct sparse spatial convolution (SkimCaffe): per output channel, a list of
   (input channel, ky, kx, value); each non-zero adds a shifted input row into an output row.
 - ``csr_rows_times``: a sparse fully connected layer, CSR rows times a dense [K, B] matrix.
 
-numba compiles at first call (a few seconds per kernel; ``cache=True`` keeps the machine code
-beside this module, or under ``NUMBA_CACHE_DIR`` when that is read-only, so later processes load
-it in well under a second). Set ``JOINTSPARSE_COMPILED=0`` to use the pure-PyTorch path instead.
+They are OFF by default: measured on the 2-core AMD EPYC (AVX2) with torch 2.13.0, one thread,
+they were 1.2-5x slower than the PyTorch path (FBGEMM ``embedding_bag`` / MKL CSR products) on
+the AlexNet and ResNet-18 shapes (see experiments/results/bench_conv.md). The per-non-zero
+overhead of an axpy over a short row (16-49 tiles at batch 1) dominates: LLVM re-checks aliasing
+and handles a remainder on every pass, where FBGEMM's JIT keeps the accumulators in registers.
+Turn them on with ``JOINTSPARSE_COMPILED=1`` or per layer with ``layer.compiled = True``;
+``JOINTSPARSE_COMPILED=0`` forbids them. numba compiles at first call (seconds per kernel;
+``cache=True`` keeps the machine code beside this module, or under ``NUMBA_CACHE_DIR``).
 """
 
 from __future__ import annotations
@@ -22,19 +25,20 @@ import os
 
 import numpy as np
 
-try:  # numba is a declared dependency, but the layers must still run without it
+try:  # numba is an optional extra (pip install 'jointsparse[compiled]')
     import numba
     from numba import njit, prange
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     numba = None
 
-#: The reason compiled kernels are off, or None when they are on.
+_SWITCH = os.environ.get("JOINTSPARSE_COMPILED", "").strip().lower()
+
+#: Why the compiled kernels cannot run, or None when they can.
 UNAVAILABLE_REASON: str | None = None
 if numba is None:
-    UNAVAILABLE_REASON = "numba is not installed"
-elif os.environ.get("JOINTSPARSE_COMPILED", "1").strip().lower() in ("0", "false", "no", "off"):
+    UNAVAILABLE_REASON = "numba is not installed (pip install 'jointsparse[compiled]')"
+elif _SWITCH in ("0", "false", "no", "off"):
     UNAVAILABLE_REASON = "JOINTSPARSE_COMPILED=0 in the environment"
-
 
 if numba is not None and "NUMBA_THREADING_LAYER" not in os.environ:
     # numba's OpenMP pool beside torch's own OpenMP pool cost 1-10 ms per parallel call here
@@ -44,8 +48,13 @@ if numba is not None and "NUMBA_THREADING_LAYER" not in os.environ:
 
 
 def available() -> bool:
-    """True when the compiled kernels can run (numba importable, not disabled by the environment)."""
+    """True when the compiled kernels can run (numba importable, not forbidden by the environment)."""
     return UNAVAILABLE_REASON is None
+
+
+def on_by_default() -> bool:
+    """True when new layers use the compiled kernels (``JOINTSPARSE_COMPILED=1``)."""
+    return available() and _SWITCH in ("1", "true", "yes", "on")
 
 
 def set_threads(count: int) -> None:
@@ -56,8 +65,8 @@ def set_threads(count: int) -> None:
 if numba is not None:
 
     @njit(cache=True, fastmath=True, inline="always")
-    def _sparse_rows_sum(acc, rows, cols, vals, start, stop, width):  # pragma: no cover - compiled
-        """``acc[:width] = sum_nz vals[nz] * rows[cols[nz], :width]`` for nz in [start, stop).
+    def _sparse_rows_sum(acc, rows, cols, vals, start, stop, offset, width):  # pragma: no cover - compiled
+        """``acc[:width] = sum_nz vals[nz] * rows[cols[nz], offset:offset+width]``, nz in [start, stop).
 
         Four non-zeros per pass over ``acc``: one accumulator update per four products, so the
         loop is bound by loads and FMAs rather than the store-to-load latency of ``acc``
@@ -68,72 +77,39 @@ if numba is not None:
         nz = start
         while nz + 4 <= stop:
             w0, w1, w2, w3 = vals[nz], vals[nz + 1], vals[nz + 2], vals[nz + 3]
-            s0, s1, s2, s3 = rows[cols[nz]], rows[cols[nz + 1]], rows[cols[nz + 2]], rows[cols[nz + 3]]
+            s0 = rows[cols[nz], offset:offset + width]
+            s1 = rows[cols[nz + 1], offset:offset + width]
+            s2 = rows[cols[nz + 2], offset:offset + width]
+            s3 = rows[cols[nz + 3], offset:offset + width]
             for j in range(width):
                 acc[j] += w0 * s0[j] + w1 * s1[j] + w2 * s2[j] + w3 * s3[j]
             nz += 4
         while nz < stop:
             w0 = vals[nz]
-            s0 = rows[cols[nz]]
+            s0 = rows[cols[nz], offset:offset + width]
             for j in range(width):
                 acc[j] += w0 * s0[j]
             nz += 1
 
 
     @njit(cache=True, fastmath=True)
-    def _winograd_job(job, tid, xpad, bt, at, indptr, cols, vals, bias, out, m, rows_per_block, cout_chunks, v_buf, acc_buf, half_buf, row_buf):  # pragma: no cover - compiled
-        """One job of ``winograd_conv``: one image, one block of tile rows, one output-channel chunk."""
-        cin = xpad.shape[1]
-        wpad = xpad.shape[3]
-        t = bt.shape[0]
-        tt = t * t
+    def _winograd_job(job, tid, v, at, indptr, cols, vals, bias, out, n_h, n_w, chunk_tiles, cout_chunks, acc_buf, half_buf):  # pragma: no cover - compiled
+        """One job of ``winograd_products``: one chunk of tiles, one chunk of output channels."""
+        tt, _, tiles_total = v.shape
+        m, t = at.shape
         cout, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
-        n_h = (xpad.shape[2] - t) // m + 1
-        n_w = (wpad - t) // m + 1
-        n_blocks = (n_h + rows_per_block - 1) // rows_per_block
-        chunk = (cout + cout_chunks - 1) // cout_chunks
-        img = job // (n_blocks * cout_chunks)
-        rest = job % (n_blocks * cout_chunks)
-        blk = rest // cout_chunks
-        part = rest % cout_chunks
-        ty0 = blk * rows_per_block
-        ty1 = min(n_h, ty0 + rows_per_block)
-        tiles = (ty1 - ty0) * n_w
-        v = v_buf[tid]
-        rowt = row_buf[tid]
+        co_chunk = (cout + cout_chunks - 1) // cout_chunks
+        j0 = (job // cout_chunks) * chunk_tiles
+        part = job % cout_chunks
+        tiles = min(tiles_total, j0 + chunk_tiles) - j0
         acc = acc_buf[tid]
         half = half_buf[tid]
-        # Input transform: V[p, c, j] for the tiles j of this block. Rows first (B^T along the
-        # contiguous padded row), then columns (a stride-m gather per tile); zero entries of B^T
-        # are skipped, so F(2,3) costs additions only.
-        for c in range(cin):
-            for ty in range(ty0, ty1):
-                base = ty * m
-                jt = (ty - ty0) * n_w
-                for a in range(t):
-                    for x in range(wpad):
-                        rowt[a, x] = 0.0
-                    for i in range(t):
-                        coef = bt[a, i]
-                        if coef != 0.0:
-                            for x in range(wpad):
-                                rowt[a, x] += coef * xpad[img, c, base + i, x]
-                for a in range(t):
-                    for b in range(t):
-                        vp = v[a * t + b, c]
-                        for tx in range(n_w):
-                            vp[jt + tx] = 0.0
-                        for k in range(t):
-                            coef = bt[b, k]
-                            if coef != 0.0:
-                                for tx in range(n_w):
-                                    vp[jt + tx] += coef * rowt[a, tx * m + k]
-        # Per output channel: the sparse products for all t*t positions, then A^T M A.
-        rowo = rowt
-        for co in range(part * chunk, min(cout, (part + 1) * chunk)):
+        per_image = n_h * n_w
+        for co in range(part * co_chunk, min(cout, (part + 1) * co_chunk)):
             for p in range(tt):
                 row = co * tt + p
-                _sparse_rows_sum(acc[p], v[p], cols, vals, indptr[row], indptr[row + 1], tiles)
+                _sparse_rows_sum(acc[p], v[p], cols, vals, indptr[row], indptr[row + 1], j0, tiles)
+            # A^T M A: first along a (vectorised over the tiles), then along b per tile.
             for i in range(m):
                 for b in range(t):
                     hb = half[i, b]
@@ -146,42 +122,41 @@ if numba is not None:
                             for j in range(tiles):
                                 hb[j] += coef * src[j]
             bco = bias[co]
-            for ty in range(ty0, ty1):
-                jt = (ty - ty0) * n_w
-                for i in range(m):
-                    for x in range(n_w * m):
-                        rowo[i, x] = bco
-                    for jj in range(m):
-                        for b in range(t):
-                            coef = at[jj, b]
-                            if coef != 0.0:
-                                for tx in range(n_w):
-                                    rowo[i, tx * m + jj] += coef * half[i, b, jt + tx]
+            for j in range(tiles):
+                tile = j0 + j
+                img = tile // per_image
+                ty = (tile % per_image) // n_w
+                tx = tile % n_w
                 for i in range(m):
                     y = ty * m + i
                     if y < out_h:
-                        dst = out[img, co, y]
-                        for x in range(out_w):
-                            dst[x] = rowo[i, x]
+                        for jj in range(m):
+                            x = tx * m + jj
+                            if x < out_w:
+                                total = bco
+                                for b in range(t):
+                                    total += at[jj, b] * half[i, b, j]
+                                out[img, co, y, x] = total
 
     @njit(cache=True, fastmath=True)
-    def winograd_conv_serial(jobs, xpad, bt, at, indptr, cols, vals, bias, out, m, rows_per_block, cout_chunks, v_buf, acc_buf, half_buf, row_buf):  # pragma: no cover - compiled
-        """``winograd_conv`` on the calling thread (no parallel launch, which costs tens of us)."""
+    def winograd_products_serial(jobs, v, at, indptr, cols, vals, bias, out, n_h, n_w, chunk_tiles, cout_chunks, acc_buf, half_buf):  # pragma: no cover - compiled
+        """``winograd_products`` on the calling thread (no parallel launch)."""
         for job in range(jobs):
-            _winograd_job(job, 0, xpad, bt, at, indptr, cols, vals, bias, out, m, rows_per_block, cout_chunks, v_buf, acc_buf, half_buf, row_buf)
+            _winograd_job(job, 0, v, at, indptr, cols, vals, bias, out, n_h, n_w, chunk_tiles, cout_chunks, acc_buf, half_buf)
 
     @njit(cache=True, fastmath=True, parallel=True)
-    def winograd_conv_parallel(jobs, xpad, bt, at, indptr, cols, vals, bias, out, m, rows_per_block, cout_chunks, v_buf, acc_buf, half_buf, row_buf):  # pragma: no cover - compiled
-        """``out[n, co] = sum_p A^T (W_p V_p) A`` over tiles, for a zero-padded input, jobs in parallel.
+    def winograd_products_parallel(jobs, v, at, indptr, cols, vals, bias, out, n_h, n_w, chunk_tiles, cout_chunks, acc_buf, half_buf):  # pragma: no cover - compiled
+        """Sparse Winograd products and output transform, fused: ``out[n, co] = A^T (sum_c W[p, co, c]
+        V[p, c]) A`` per tile, written straight into the output.
 
-        xpad [N, Cin, nH*m + r-1, nW*m + r-1] float32; bt [t, t] = B^T, at [m, t] = A^T; CSR over
-        rows ``co*t*t + p`` (p = position a*t + b), columns = global input channel; bias [Cout]
-        (zeros when the layer has none); out [N, Cout, Hout, Wout], fully overwritten. The
+        v [t*t, Cin, tiles] (tiles = N*nH*nW, row-major per image) holds the transformed input;
+        at [m, t] = A^T; CSR over rows ``co*t*t + p`` with global input channels; bias [Cout];
+        out [N, Cout, Hout, Wout], overwritten. Jobs = tile chunks x output-channel chunks; the
         ``*_buf`` arrays are per-thread scratch (first axis = numba thread id), passed in because
-        allocating them per call cost more than the whole convolution (page faults in a VM).
+        allocating them per call cost more than the convolution here (page faults in a VM).
         """
         for job in prange(jobs):
-            _winograd_job(job, numba.get_thread_id(), xpad, bt, at, indptr, cols, vals, bias, out, m, rows_per_block, cout_chunks, v_buf, acc_buf, half_buf, row_buf)
+            _winograd_job(job, numba.get_thread_id(), v, at, indptr, cols, vals, bias, out, n_h, n_w, chunk_tiles, cout_chunks, acc_buf, half_buf)
 
     @njit(cache=True, fastmath=True)
     def _direct_job(job, xpad, indptr, cin_of, dy_of, dx_of, vals, bias, out, stride_h, stride_w):  # pragma: no cover - compiled
@@ -234,7 +209,7 @@ if numba is not None:
                 s += vals[nz] * xt[cols[nz], 0]
             out[row, 0] = bias[row] + s
         else:
-            _sparse_rows_sum(out[row], xt, cols, vals, indptr[row], indptr[row + 1], batch)
+            _sparse_rows_sum(out[row], xt, cols, vals, indptr[row], indptr[row + 1], 0, batch)
             for b in range(batch):
                 out[row, b] += bias[row]
 
@@ -280,7 +255,13 @@ def _csr_arrays(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, row_
 
 
 class WinogradKernel:
-    """Compiled sparse Winograd convolution for weights [t*t, Cout, Cin/groups] (position-major)."""
+    """Compiled sparse Winograd convolution for weights [t*t, Cout, Cin/groups] (position-major).
+
+    The input transform runs in PyTorch as one dense product with kron(B^T, B^T) (oneDNN/MKL,
+    tens of GFLOP/s): written as numba loops over 4x4 tiles it measured 2-3x slower than the
+    whole sparse product. The sparse products and the output transform are one compiled loop
+    nest per chunk of tiles, so the products never go through memory.
+    """
 
     def __init__(self, winograd_weight: torch.Tensor, bias: torch.Tensor | None, m: int, r: int, padding: int, groups: int, bt: torch.Tensor, at: torch.Tensor) -> None:
         tt, cout, cin_pg = winograd_weight.shape
@@ -291,33 +272,30 @@ class WinogradKernel:
         global_c = (co // (cout // groups)) * cin_pg + c
         self.indptr, self.cols, self.vals = _csr_arrays(co * tt + p, global_c, per_co[co, p, c], cout * tt)
         self.bias = _bias_array(bias, cout)
-        self.bt = bt.to(torch.float32).contiguous().numpy()
+        self.input_kron = torch.kron(bt, bt).to(torch.float32)
         self.at = at.to(torch.float32).contiguous().numpy()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        m, r, pad, t = self.m, self.r, self.padding, self.t
-        out_h, out_w = h + 2 * pad - r + 1, w + 2 * pad - r + 1
-        if out_h < 1 or out_w < 1:
-            raise ValueError(f"input {h}x{w} with padding {pad} is smaller than the {r}x{r} kernel")
-        n_h, n_w = -(-out_h // m), -(-out_w // m)
-        tile_bytes = t * t * self.cin * 4
-        rows_per_block = max(1, min(n_h, WINOGRAD_BLOCK_BYTES // (tile_bytes * n_w)))
-        jobs = n * -(-n_h // rows_per_block)
+        from ..transforms import extract_tiles
+
+        m, r, t = self.m, self.r, self.t
+        tiles, (out_h, out_w) = extract_tiles(x.detach(), m, r, self.padding)
+        n, c, n_h, n_w = tiles.shape[:4]
+        count = n * n_h * n_w
+        columns = tiles.permute(4, 5, 1, 0, 2, 3).reshape(t * t, c * count)
+        v = (self.input_kron @ columns).view(t * t, c, count)
+        # Tile chunks sized so one chunk of V (t*t x Cin x chunk) stays in L2.
+        chunk = max(8, min(count, WINOGRAD_BLOCK_BYTES // (t * t * c * 4)))
+        jobs = -(-count // chunk)
         threads = _threads()
         cout_chunks = 1 if jobs >= threads else min(self.cout, -(-threads // jobs))
         jobs *= cout_chunks
-        # Zero-padded so that every tile, the ragged last row and column too, is in bounds.
-        xpad = _scratch.padded(x, (pad, pad), (n_h * m + r - 1, n_w * m + r - 1))
         slots = numba.config.NUMBA_NUM_THREADS
-        block_tiles = rows_per_block * n_w
-        v_buf = _scratch.array("wv", (slots, t * t, self.cin, block_tiles))
-        acc_buf = _scratch.array("wa", (slots, t * t, block_tiles))
-        half_buf = _scratch.array("wh", (slots, m, t, block_tiles))
-        row_buf = _scratch.array("wr", (slots, t, xpad.shape[3]))
+        acc_buf = _scratch.array("wa", (slots, t * t, chunk))
+        half_buf = _scratch.array("wh", (slots, m, t, chunk))
         out = torch.empty(n, self.cout, out_h, out_w, dtype=torch.float32)
-        kernel = winograd_conv_serial if threads == 1 else winograd_conv_parallel
-        kernel(jobs, xpad, self.bt, self.at, self.indptr, self.cols, self.vals, self.bias, out.numpy(), m, rows_per_block, cout_chunks, v_buf, acc_buf, half_buf, row_buf)
+        kernel = winograd_products_serial if threads == 1 else winograd_products_parallel
+        kernel(jobs, v.numpy(), self.at, self.indptr, self.cols, self.vals, self.bias, out.numpy(), n_h, n_w, chunk, cout_chunks, acc_buf, half_buf)
         return out
 
 

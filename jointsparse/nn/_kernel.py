@@ -107,7 +107,7 @@ class BlockDiagonalKernel(nn.Module):
     def _init_kernel(self, sparse: bool | None) -> None:
         self.sparse_requested = sparse
         resolve_sparse(sparse, 1.0, self.sparse_threshold)  # validate the argument early
-        self._compiled_allowed = True
+        self._compiled_allowed = _compiled.on_by_default()
         self._compiled_kernel = None
         self.register_buffer("_csr", None, persistent=False)
         self.register_load_state_dict_post_hook(lambda module, keys: module.refresh())
@@ -133,11 +133,14 @@ class BlockDiagonalKernel(nn.Module):
     @property
     def compiled(self) -> bool:
         """True when the sparse product runs in the compiled (numba) kernel, False when it runs
-        in pure PyTorch. Set it to False to force the PyTorch path (e.g. to compare outputs)."""
+        in PyTorch (the default, see ``jointsparse.nn._compiled``). Setting True needs numba
+        and a sparse layer; it raises ``RuntimeError`` when the kernels cannot run."""
         return self._compiled_kernel is not None
 
     @compiled.setter
     def compiled(self, enabled: bool) -> None:
+        if enabled and not _compiled.available():
+            raise RuntimeError(f"compiled kernels unavailable: {_compiled.UNAVAILABLE_REASON}")
         self._compiled_allowed = bool(enabled)
         self.refresh()
 
