@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.provenance import command_line  # noqa: E402
-from jointsparse.bench import machine_summary  # noqa: E402
+from jointsparse.bench import machine_summary, time_interleaved  # noqa: E402
 from jointsparse.codecs import decode, encode  # noqa: E402
 from jointsparse.models import get_model  # noqa: E402
 from jointsparse.nn import _compiled  # noqa: E402
@@ -79,20 +78,6 @@ def onnx_runner(model: torch.nn.Module, sample: torch.Tensor, threads: int, work
     return (lambda: session.run(None, {"x": array})), None
 
 
-def time_interleaved(runners: dict, repeats: int, warmup: int = 2) -> dict[str, dict[str, float]]:
-    times = {name: [] for name in runners}
-    with torch.no_grad():
-        for _ in range(warmup):
-            for run in runners.values():
-                run()
-        for _ in range(repeats):
-            for name, run in runners.items():
-                start = time.perf_counter()
-                run()
-                times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: {"median": statistics.median(t), "min": min(t), "max": max(t)} for name, t in times.items()}
-
-
 def bench_network(name: str, work: Path, batches: list[int], threads_list: list[int], repeats: int) -> list[dict]:
     path, size = build_file(name, work)
     rows = []
@@ -117,25 +102,32 @@ def bench_network(name: str, work: Path, batches: list[int], threads_list: list[
             rows.append({"network": name, "input": list(size), "batch": batch, "threads": threads, "timings": timings,
                          "onnx_note": ort_note, "auto_choices": {k: v["choice"] for k, v in choices.items()},
                          "auto_layer_ms": {k: v["ms"] for k, v in choices.items()}})
-            print(json.dumps({k: rows[-1][k] for k in ("network", "batch", "threads")}), {k: round(v["median"], 2) for k, v in timings.items()}, flush=True)
+            print(json.dumps({k: rows[-1][k] for k in ("network", "batch", "threads")}), {k: round(v["median_ms"], 2) for k, v in timings.items()}, flush=True)
     return rows
 
 
-def ratio(row: dict, key: str) -> str:
+def ratio(row: dict, key: str, clock: str) -> str:
     timing = row["timings"].get(key)
-    return "-" if timing is None else f"{row['timings']['dense']['median'] / timing['median']:.2f}x"
+    return "-" if timing is None else f"{row['timings']['dense'][clock] / timing[clock]:.2f}x"
 
 
 def render(rows: list[dict], header: list[str]) -> str:
-    lines = header + ["", "## Whole model: median ms [min-max] over the repeats, and speed-up vs dense torch (>1 = faster)", ""]
-    lines.append("| network | batch | threads | dense torch | onnxruntime dense | spatial | Winograd | auto | auto vs onnxruntime |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        cell = lambda key: "-" if key not in row["timings"] else (  # noqa: E731
-            f"{row['timings'][key]['median']:.1f} [{row['timings'][key]['min']:.1f}-{row['timings'][key]['max']:.1f}] ({ratio(row, key)})")
-        vs_ort = "-" if "onnxruntime" not in row["timings"] else f"{row['timings']['onnxruntime']['median'] / row['timings']['auto']['median']:.2f}x"
-        lines.append(f"| {row['network']} {'x'.join(map(str, row['input'][1:]))} | {row['batch']} | {row['threads']} | "
-                     f"{cell('dense')} | {cell('onnxruntime')} | {cell('spatial')} | {cell('winograd')} | {cell('auto')} | {vs_ort} |")
+    lines = list(header)
+    for clock, title in (("median_ms", "wall clock: median ms [min-max] over the repeats"),
+                         ("cpu_ms", "process CPU time: mean ms per run (excludes time the scheduler gave to other jobs; with 2 threads, both threads' time)")):
+        lines += ["", f"## Whole model, {title}; speed-up vs dense torch in brackets (>1 = faster)", ""]
+        lines.append("| network | batch | threads | dense torch | onnxruntime dense | spatial | Winograd | auto | auto vs onnxruntime |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for row in rows:
+            def cell(key: str) -> str:
+                if key not in row["timings"]:
+                    return "-"
+                entry = row["timings"][key]
+                spread = f" [{entry['min_ms']:.1f}-{entry['max_ms']:.1f}]" if clock == "median_ms" else ""
+                return f"{entry[clock]:.1f}{spread} ({ratio(row, key, clock)})"
+            vs_ort = "-" if "onnxruntime" not in row["timings"] else f"{row['timings']['onnxruntime'][clock] / row['timings']['auto'][clock]:.2f}x"
+            lines.append(f"| {row['network']} {'x'.join(map(str, row['input'][1:]))} | {row['batch']} | {row['threads']} | "
+                         f"{cell('dense')} | {cell('onnxruntime')} | {cell('spatial')} | {cell('winograd')} | {cell('auto')} | {vs_ort} |")
     notes = sorted({row["onnx_note"] for row in rows if row["onnx_note"]})
     if notes:
         lines += ["", *[f"- onnxruntime column skipped: {note}" for note in notes]]

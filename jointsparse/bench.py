@@ -117,20 +117,25 @@ def bench_file(path: str, *, batch: int = 1, repeats: int = 20, threads: int = 1
         torch.set_num_threads(previous)
 
 
-def time_models(models: dict[str, nn.Module], sample: torch.Tensor, repeats: int = 20, warmup: int = 2) -> dict[str, dict[str, float]]:
-    """Whole-model median and spread (min, max, ms) of each model on ``sample``, the models
-    interleaved round by round so that load bursts on a shared machine hit all of them alike."""
-    times: dict[str, list[float]] = {name: [] for name in models}
+def time_interleaved(runners: dict[str, Callable[[], Any]], repeats: int = 20, warmup: int = 2) -> dict[str, dict[str, float]]:
+    """Wall-clock median and spread (min, max) in ms of each callable, and its mean process CPU
+    time (``cpu_ms``: excludes time the scheduler gave to other jobs, counts every thread), run
+    round by round (every callable once per round) so that load bursts hit all of them alike.
+    The CPU clock ticks coarsely in some VMs, so its mean, not its median, is reported."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    cpu: dict[str, float] = {name: 0.0 for name in runners}
     with torch.no_grad():
         for _ in range(warmup):
-            for model in models.values():
-                model(sample)
+            for run in runners.values():
+                run()
         for _ in range(repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                model(sample)
+            for name, run in runners.items():
+                start, start_cpu = time.perf_counter(), time.process_time()
+                run()
+                cpu[name] += time.process_time() - start_cpu
                 times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t)} for name, t in times.items()}
+    return {name: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t), "cpu_ms": 1e3 * cpu[name] / repeats}
+            for name, t in times.items()}
 
 
 def bench_model(path: str, *, batch: int = 1, repeats: int = 20, threads: int = 1, input_size: Sequence[int] | None = None,
@@ -148,7 +153,7 @@ def bench_model(path: str, *, batch: int = 1, repeats: int = 20, threads: int = 
         models.update({domain: decode(path, domain=domain) for domain in ("spatial", "winograd")})
         models["auto"] = decode(path, domain="auto", batch=batch, threads=threads, input_size=size, timing_cache=timing_cache)
         sample = torch.randn(batch, *size, generator=torch.Generator().manual_seed(1))
-        timings = time_models(models, sample, repeats)
+        timings = time_interleaved({name: (lambda model=model: model(sample)) for name, model in models.items()}, repeats)
     finally:
         torch.set_num_threads(previous)
     dense_ms = timings["dense"]["median_ms"]

@@ -230,7 +230,6 @@ import math  # noqa: E402
 import threading  # noqa: E402
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 #: Bytes of transformed input a Winograd tile block may hold (L2 is 512 KiB per core here).
 WINOGRAD_BLOCK_BYTES = 384 * 1024

@@ -13,16 +13,14 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from ..bench import cpu_model
+from ..bench import cpu_model, time_interleaved
 from . import _compiled
 
 #: The runtime forms a compressed layer can take, in the order they are reported.
@@ -125,19 +123,8 @@ def timing_key(candidates: Mapping[str, nn.Module], x: torch.Tensor, threads: in
 
 
 def time_candidates(candidates: Mapping[str, nn.Module], x: torch.Tensor, repeats: int = 9, warmup: int = 2) -> dict[str, dict[str, float]]:
-    """Median and spread (min, max) in ms of each candidate on ``x``, the candidates interleaved
-    round by round so that a burst of load on a shared machine hits all of them alike."""
-    times: dict[str, list[float]] = {kind: [] for kind in candidates}
-    with torch.no_grad():
-        for _ in range(warmup):
-            for module in candidates.values():
-                module(x)
-        for _ in range(repeats):
-            for kind, module in candidates.items():
-                start = time.perf_counter()
-                module(x)
-                times[kind].append(1e3 * (time.perf_counter() - start))
-    return {kind: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t)} for kind, t in times.items()}
+    """Median and spread in ms of each candidate module on ``x``, interleaved round by round."""
+    return time_interleaved({kind: (lambda module=module: module(x)) for kind, module in candidates.items()}, repeats, warmup)
 
 
 def choose(
