@@ -176,8 +176,11 @@ def format_bench(rows: list[dict[str, Any]], *, threads: int, batch: int, whole:
     if notes:
         lines += ["", "where sparse is slower than dense, and why:", *notes]
     if whole:
-        lines += ["", f"whole model, batch {whole['batch']}, {whole['threads']} thread(s): median ms [min-max], speedup vs dense"]
+        lines += ["", f"whole model, batch {whole['batch']}, {whole['threads']} thread(s): wall median ms [min-max] and speedup vs dense; "
+                  "mean process CPU ms (what a loaded machine's wall clock hides)"]
+        cpu_dense = whole["models"]["dense"]["cpu_ms"]
         for name, entry in whole["models"].items():
-            lines.append(f"  {name:<9} {entry['median_ms']:>9.3f} [{entry['min_ms']:.3f}-{entry['max_ms']:.3f}] {entry['speedup']:>6.2f}x")
+            lines.append(f"  {name:<9} {entry['median_ms']:>9.3f} [{entry['min_ms']:.3f}-{entry['max_ms']:.3f}] {entry['speedup']:>6.2f}x"
+                         f"   cpu {entry['cpu_ms']:>9.3f} {cpu_dense / entry['cpu_ms'] if entry['cpu_ms'] else float('nan'):>6.2f}x")
         lines.append("  auto chose: " + ", ".join(f"{name}={choice}" for name, choice in whole["auto_choices"].items()))
     return "\n".join(lines)

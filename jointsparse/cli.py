@@ -40,6 +40,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from .codecs import FormatError
     from .data import DataError
     from .models import ModelError
+    from .nn.choice import ChoiceError
     from .output_lock import OutputInUseError
     from .pipeline import PipelineError
     from .recipe import RecipeError
@@ -50,7 +51,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     return (
         UsageError, FormatError, DataError, ModelError, RecipeError, SparsityConfigError, CheckpointError,
         ModelCheckpointError, PipelineError, OutputInUseError, OutputWriteError, FileNotFoundError, IsADirectoryError,
-        PermissionError,
+        PermissionError, ChoiceError,
     )
 
 

@@ -26,7 +26,7 @@ from . import _compiled
 #: The runtime forms a compressed layer can take, in the order they are reported.
 CANDIDATES = ("dense", "spatial", "winograd")
 #: Bump when the kernels change enough that cached timings no longer describe them.
-TIMING_VERSION = 1
+TIMING_VERSION = 2
 
 
 def layer_inputs(model: nn.Module, sample: torch.Tensor, names: set[str] | None = None) -> dict[str, torch.Tensor]:
@@ -46,6 +46,10 @@ def layer_inputs(model: nn.Module, sample: torch.Tensor, names: set[str] | None 
     return inputs
 
 
+class ChoiceError(ValueError):
+    """A forced choice that names no layer, no form, or a form the layer does not have."""
+
+
 def forced_choices(force: Mapping[str, str] | None, names: list[str]) -> dict[str, str]:
     """``{layer: candidate}`` for the layers ``force`` names, exactly or by ``fnmatch`` glob.
 
@@ -55,9 +59,9 @@ def forced_choices(force: Mapping[str, str] | None, names: list[str]) -> dict[st
     chosen: dict[str, str] = {}
     for pattern, candidate in (force or {}).items():
         if candidate not in CANDIDATES:
-            raise ValueError(f"cannot force {pattern!r} to {candidate!r}; use one of {CANDIDATES}")
+            raise ChoiceError(f"cannot force {pattern!r} to {candidate!r}; use one of {CANDIDATES}")
         if not any(name == pattern or fnmatch.fnmatchcase(name, pattern) for name in names):
-            raise ValueError(f"{pattern!r} matches no compressed layer (layers: {', '.join(names)})")
+            raise ChoiceError(f"{pattern!r} matches no compressed layer (layers: {', '.join(names)})")
     for name in names:
         if force and name in force:
             chosen[name] = force[name]
@@ -136,7 +140,7 @@ def choose(
     cache: TimingCache | None = None,
     repeats: int = 9,
 ) -> dict[str, dict[str, Any]]:
-    """For each layer, ``{"choice": kind, "forced": bool, "cached": bool, "ms": {kind: median}}``.
+    """For each layer, ``{"choice": kind, "forced": bool, "cached": bool, "ms": {kind: mean CPU ms}}``.
 
     ``candidates[layer]`` maps candidate names (``CANDIDATES``) to ready modules; ``inputs[layer]``
     is the layer's input at the batch to optimise for. Timing runs at ``threads`` torch threads
@@ -148,7 +152,7 @@ def choose(
     forced = forced_choices(force, list(candidates))
     for name, kind in forced.items():
         if kind not in candidates[name]:
-            raise ValueError(f"layer {name!r} has no {kind} form (it has: {', '.join(candidates[name])})")
+            raise ChoiceError(f"layer {name!r} has no {kind} form (it has: {', '.join(candidates[name])})")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     result: dict[str, dict[str, Any]] = {}
@@ -161,7 +165,9 @@ def choose(
             ms = cache.get(key) if cache is not None else None
             cached = ms is not None
             if ms is None:
-                ms = {kind: stats["median_ms"] for kind, stats in time_candidates(forms, inputs[name], repeats).items()}
+                # Process CPU time, not wall: on a shared machine the wall clock mostly measures
+                # other jobs' time slices (medians of 25-90 ms for a 0.1 ms layer were seen).
+                ms = {kind: stats["cpu_ms"] for kind, stats in time_candidates(forms, inputs[name], repeats).items()}
                 if cache is not None:
                     cache.put(key, ms)
             result[name] = {"choice": min(ms, key=ms.__getitem__), "forced": False, "cached": cached, "ms": ms}
