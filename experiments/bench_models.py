@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 try:  # Python 3.11+
@@ -67,9 +68,12 @@ def onnx_runner(model: torch.nn.Module, sample: torch.Tensor, threads: int, work
         return None, "onnxruntime not installed (pip install 'jointsparse[onnx]')"
     path = work / f"model-{sample.shape[0]}.onnx"
     try:
-        torch.onnx.export(model, (sample,), str(path), input_names=["x"], output_names=["y"], dynamo=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (sample,), str(path), input_names=["x"], output_names=["y"], dynamo=False)
     except Exception as error:  # noqa: BLE001 - report and skip the column
-        return None, f"onnx export failed: {error}"
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        return None, f"onnx export failed ({type(error).__name__}: {first_line})"
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -158,31 +162,39 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown network(s) {unknown}; known: {sorted(NETWORKS)}")
     load_before = os.getloadavg()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in networks:
-            rows += bench_network(name, Path(tmp), [int(b) for b in args.batches.split(",")], [int(t) for t in args.threads.split(",")], args.repeats)
-    load_after = os.getloadavg()
-    kernels = "compiled (numba) kernels" if _compiled.available() else f"pure-PyTorch sparse path ({_compiled.UNAVAILABLE_REASON})"
-    header = [
-        "# Whole decoded models vs dense torch and onnxruntime",
-        "",
-        f"- command: `{command_line()}`",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- machine: {machine_summary()}; {kernels}",
-        f"- load average (1/5/15 min) before: {'/'.join(f'{v:.2f}' for v in load_before)}, after: {'/'.join(f'{v:.2f}' for v in load_after)}."
-        " The 2-core machine was shared with other engineers' jobs: expect 20-50% noise between runs; ratios are within one run, candidates interleaved.",
-        "- weights: random (seeded), pruned by magnitude to the recipes' per-layer spatial densities (experiments/recipes/"
-        "alexnet.toml, resnet18.toml; vgg_small at demo.toml's), Winograd thresholds at the recipes' Winograd sparsity, "
-        "encoded with jointsparse.encode and decoded from the .jsz file. Densities match the paper tables; trained weights would differ in where the non-zeros are.",
-        f"- {args.repeats} interleaved repeats per cell after 2 warm-up rounds; 'auto' chose per layer in the same run (timing cache fresh per run).",
-    ]
-    text = render(rows, header)
+    kernels = "compiled (numba) kernels" if _compiled.on_by_default() else "sparse layers on the PyTorch path (FBGEMM embedding_bag / MKL CSR)"
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(out.suffix + ".tmp")
-    tmp_out.write_text(text)
-    os.replace(tmp_out, out)
+
+    def write(rows: list[dict], pending: list[str]) -> str:
+        load_now = os.getloadavg()
+        header = [
+            "# Whole decoded models vs dense torch and onnxruntime",
+            "",
+            f"- command: `{command_line()}`",
+            f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            f"- machine: {machine_summary()}; {kernels}",
+            f"- load average (1/5/15 min) before: {'/'.join(f'{v:.2f}' for v in load_before)}, at writing: {'/'.join(f'{v:.2f}' for v in load_now)}."
+            " The 2-core machine was shared with other engineers' jobs: the wall clock mostly measures their time slices; the CPU-time table is the one to read."
+            " Ratios are within one run, candidates interleaved.",
+            "- weights: random (seeded), pruned by magnitude to the recipes' per-layer spatial densities (experiments/recipes/"
+            "alexnet.toml, resnet18.toml; vgg_small at demo.toml's), Winograd thresholds at the recipes' Winograd sparsity, "
+            "encoded with jointsparse.encode and decoded from the .jsz file. Densities match the paper tables; trained weights would differ in where the non-zeros are.",
+            f"- {args.repeats} interleaved repeats per cell after 2 warm-up rounds; 'auto' chose per layer in the same run by process CPU time (timing cache fresh per run).",
+        ]
+        if pending:
+            header.append(f"- not measured (run stopped before them): {', '.join(pending)}")
+        text = render(rows, header)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = out.with_suffix(out.suffix + ".tmp")
+        tmp_out.write_text(text)
+        os.replace(tmp_out, out)
+        return text
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, name in enumerate(networks):
+            rows += bench_network(name, Path(tmp), [int(b) for b in args.batches.split(",")], [int(t) for t in args.threads.split(",")], args.repeats)
+            text = write(rows, networks[index + 1:])
     print(text)
     return 0
 
