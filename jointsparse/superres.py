@@ -93,6 +93,8 @@ def image_path(name: str) -> Path:
 
 
 def images_available() -> bool:
+    if importlib.util.find_spec("PIL") is None:
+        return False
     try:
         for name in TEST_IMAGES + TRAIN_IMAGES:
             image_path(name)
@@ -113,8 +115,10 @@ def rgb_to_y(image: np.ndarray) -> np.ndarray:
 @lru_cache(maxsize=None)
 def load_y(name: str) -> torch.Tensor:
     """Photograph ``name`` as its Y channel, [1, 1, H, W] float32, cropped to a multiple of SCALE."""
-    from PIL import Image
-
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImagesNotFoundError("sr-natural reads its photographs with Pillow: pip install pillow (or 'jointsparse[sr]')") from None
     with Image.open(image_path(name)) as handle:
         array = np.asarray(handle.convert("RGB") if handle.mode not in ("L", "RGB") else handle)
     y = rgb_to_y(array)
