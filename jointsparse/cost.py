@@ -8,22 +8,60 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Iterable, Mapping
 
 import torch
 from torch import nn
 
 from .transforms import filter_to_winograd, has_winograd_form, tile_count
+from .transforms.cook_toom import cook_toom
+
+
+@dataclass(frozen=True)
+class TransformOps:
+    """Arithmetic of one tile's transforms for one channel, as a sparse-Winograd runtime performs
+    them: each 2-D transform applied separably (``B^T d B``: ``B^T`` on the t columns, then on
+    the t rows; ``A^T Y A``: ``A^T`` on the t columns, then on the m rows), every 1-D application
+    a matrix-vector product that skips zero entries. Multiplications are by entries other than
+    0 and +-1 (powers of two count: in floating point they are multiplications); additions are
+    ``non-zeros - 1`` per output element. No common subexpressions are shared between rows, so
+    hand-scheduled kernels can do somewhat better; this is the plain, reproducible convention."""
+
+    input_mults: int
+    input_adds: int
+    output_mults: int
+    output_adds: int
+
+
+def _matvec_ops(matrix: list) -> tuple[int, int]:
+    mults = sum(1 for row in matrix for v in row if v not in (0, 1, -1))
+    adds = sum(max(sum(1 for v in row if v != 0) - 1, 0) for row in matrix)
+    return mults, adds
+
+
+@lru_cache(maxsize=None)
+def transform_ops(m: int, r: int) -> TransformOps:
+    """Per tile and channel: the input transform's and the output transform's multiplications
+    and additions for F(m x m, r x r) (see :class:`TransformOps` for the convention)."""
+    at, _, bt = cook_toom(m, r)
+    t = m + r - 1
+    in_mults, in_adds = _matvec_ops(bt)
+    out_mults, out_adds = _matvec_ops(at)
+    return TransformOps(2 * t * in_mults, 2 * t * in_adds, (t + m) * out_mults, (t + m) * out_adds)
 
 
 @dataclass
 class LayerCost:
     """One conv or linear layer's weight count and multiplications in each deployment.
 
-    The Winograd fields are None for layers without a Winograd form. The transform costs count the
-    input tile transform ``B^T d B`` and the output transform ``A^T Y A`` as dense matrix products
-    (an upper bound: real kernels exploit the 0/+-1 entries); they are kept apart from the
-    headline MAC figures, as the paper does.
+    The Winograd fields are None for layers without a Winograd form. The transform costs are kept
+    apart from the headline MAC figures, as the paper does. ``input_transform_macs`` and
+    ``output_transform_macs`` count ``B^T d B`` and ``A^T Y A`` as dense matrix products (an upper
+    bound). ``transform_mults`` / ``transform_adds`` count them as a sparse-Winograd runtime
+    performs them (:class:`TransformOps`: input transform once per input channel and tile,
+    output transform once per output channel and tile); ``total_macs(rows,
+    "winograd_with_transforms")`` adds ``transform_mults`` to the element-wise products.
     """
 
     name: str
@@ -41,6 +79,8 @@ class LayerCost:
     sparse_winograd_macs: int | None = None
     input_transform_macs: int | None = None
     output_transform_macs: int | None = None
+    transform_mults: int | None = None
+    transform_adds: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -105,13 +145,17 @@ def layer_costs(
             row.sparse_winograd_macs = row.winograd_nonzero * tiles
             row.input_transform_macs = module.in_channels * tiles * 2 * t**3
             row.output_transform_macs = module.out_channels * tiles * (m * t * t + m * m * t)
+            ops = transform_ops(m, r)
+            row.transform_mults = tiles * (module.in_channels * ops.input_mults + module.out_channels * ops.output_mults)
+            row.transform_adds = tiles * (module.in_channels * ops.input_adds + module.out_channels * ops.output_adds)
         rows.append(row)
     return rows
 
 
 def total_macs(rows: Iterable[LayerCost], deployment: str) -> int:
-    """Whole-network multiplications for ``dense``, ``spatial`` (sparse), ``winograd`` (sparse)
-    or ``dense_winograd``. Layers without a Winograd form count their spatial figure in the
+    """Whole-network multiplications for ``dense``, ``spatial`` (sparse), ``winograd`` (sparse),
+    ``winograd_with_transforms`` (sparse, plus the transforms' multiplications) or
+    ``dense_winograd``. Layers without a Winograd form count their spatial figure in the
     Winograd deployments (they run spatially there)."""
     total = 0
     for row in rows:
@@ -121,10 +165,12 @@ def total_macs(rows: Iterable[LayerCost], deployment: str) -> int:
             total += row.sparse_spatial_macs
         elif deployment == "winograd":
             total += row.sparse_winograd_macs if row.sparse_winograd_macs is not None else row.sparse_spatial_macs
+        elif deployment == "winograd_with_transforms":
+            total += row.sparse_winograd_macs + row.transform_mults if row.sparse_winograd_macs is not None else row.sparse_spatial_macs
         elif deployment == "dense_winograd":
             total += row.dense_winograd_macs if row.dense_winograd_macs is not None else row.dense_macs
         else:
-            raise ValueError(f"unknown deployment {deployment!r}; use dense, spatial, winograd or dense_winograd")
+            raise ValueError(f"unknown deployment {deployment!r}; use dense, spatial, winograd, winograd_with_transforms or dense_winograd")
     return total
 
 

@@ -44,3 +44,19 @@ def test_sparse_counts_follow_the_weights():
     assert macs_reduction(rows, "spatial") == pytest.approx(total_macs(rows, "dense") / total_macs(rows, "spatial"))
     with pytest.raises(ValueError, match="unknown deployment"):
         total_macs(rows, "quantum")
+
+
+def test_transform_ops_follow_the_runtime_convention():
+    from jointsparse.cost import transform_ops
+
+    # F(2,3): B^T and A^T are 0/+-1 only, so no multiplications; B^T rows have 2 non-zeros
+    # (1 addition each, 4 rows), applied 2t = 8 times; A^T rows have 3 (2 additions, 2 rows), t + m = 6 times.
+    small = transform_ops(2, 3)
+    assert (small.input_mults, small.input_adds, small.output_mults, small.output_adds) == (0, 32, 0, 24)
+    # F(4,3): Lavin & Gray's B^T has 12 entries outside {0, +-1}, A^T has 6.
+    wide = transform_ops(4, 3)
+    assert wide.input_mults == 12 * 12 and wide.output_mults == 6 * 10
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    row = layer_costs(nn.Sequential(conv), (1, 2, 8, 8), m=4)[0]
+    assert row.tiles == 4 and row.transform_mults == 4 * (2 * 144 + 3 * 60)
+    assert total_macs([row], "winograd_with_transforms") == row.sparse_winograd_macs + row.transform_mults
