@@ -27,9 +27,11 @@ the caller passed in, never on the DDP wrapper (the wrapper shares that module's
 A hook's ``state_dict`` must include the values of its own extra parameters (e.g. learnable
 coefficients); the trainer saves their optimizer state, not the tensors.
 
-Losses: ``train_loss`` is the task (cross-entropy) loss alone; ``penalty`` is the hooks' sum,
-logged separately. Accuracies are fractions in [0, 1] everywhere in the API; percent only in
-printed text.
+Tasks: ``task`` (a :class:`jointsparse.tasks.Task`, classification by default) supplies the
+loss and the metric: cross-entropy and top-1 accuracy, or MSE and PSNR for super-resolution.
+``train_loss`` is the task loss alone; ``penalty`` is the hooks' sum, logged separately. Records
+name the metric by the task (``train_acc``/``test_acc``, ``train_psnr``/``test_psnr``).
+Accuracies are fractions in [0, 1] everywhere in the API; percent only in printed text.
 
 Resuming
 --------
@@ -68,11 +70,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from .data import ShardSampler, set_sampler_epoch
+from .tasks import CLASSIFICATION, Task
 from .utils import atomic_torch_save, atomic_write_text
 
 __all__ = [
@@ -181,15 +183,20 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """Outcome of :func:`train`. Accuracies are fractions in [0, 1]."""
+    """Outcome of :func:`train`: the task's metric (accuracy as a fraction in [0, 1], PSNR in dB)."""
 
-    test_accuracy: float
+    test_metric: float
     test_loss: float
     history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     epochs: int = 0
     resumed_from_epoch: int | None = None
     seconds: float = 0.0
+
+    @property
+    def test_accuracy(self) -> float:
+        """``test_metric`` under its classification name."""
+        return self.test_metric
 
 
 # ------------------------------------------------------------------------------ distributed
@@ -288,8 +295,9 @@ def _loader_is_sharded(loader: DataLoader) -> bool:
     return False
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu") -> dict[str, float]:
-    """Top-1 accuracy (fraction in [0, 1]), mean cross-entropy and sample count over ``loader``.
+def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu", task: Task = CLASSIFICATION) -> dict[str, float]:
+    """The task's metric (under ``"metric"`` and under its own name: ``"accuracy"``, a fraction
+    in [0, 1], or ``"psnr"``), its mean loss and the sample count over ``loader``.
 
     If the loader is sharded across ranks (``ShardSampler``, as ``make_loaders`` builds it) and
     a process group is running, per-rank sums are all-reduced so every rank returns the totals.
@@ -299,15 +307,15 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = 
     device = torch.device(device)
     was_training = net.training
     net.eval()
-    totals = torch.zeros(3, dtype=torch.float64)  # correct, loss sum, n
+    totals = torch.zeros(3, dtype=torch.float64)  # metric sum, loss sum, n
     try:
         with torch.no_grad():
             for inputs, targets in loader:
                 inputs, targets = inputs.to(device), targets.to(device)
-                logits = net(inputs)
-                totals[0] += (logits.argmax(dim=1) == targets).sum().item()
-                totals[1] += F.cross_entropy(logits, targets, reduction="sum").item()
-                totals[2] += targets.numel()
+                outputs = net(inputs)
+                totals[0] += task.metric_sum(outputs, targets)
+                totals[1] += task.loss_sum(outputs, targets)
+                totals[2] += task.count(targets)
     finally:
         net.train(was_training)
     if get_world_size() > 1 and _loader_is_sharded(loader):
@@ -317,7 +325,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = 
     n = int(totals[2])
     if n == 0:
         raise ValueError("evaluate: the loader yielded no samples")
-    return {"accuracy": float(totals[0] / n), "loss": float(totals[1] / n), "n": n}
+    metric = float(totals[0] / n)
+    return {"metric": metric, task.metric: metric, "loss": float(totals[1] / n), "n": n}
 
 
 def _collective_device() -> torch.device:
@@ -382,6 +391,8 @@ def _check_compatible(ckpt: dict[str, Any], path: Path, expected: dict[str, Any]
             raise CheckpointError(
                 f"{path} was written with TrainConfig.{name}={ckpt['config'].get(name)!r}, this run has {value!r}"
             )
+    if ckpt.get("task", "classification") != expected["task"]:
+        raise CheckpointError(f"{path} trained task {ckpt.get('task', 'classification')!r}, this run is {expected['task']!r}")
     for key, label in (("data", "data"), ("hook_names", "hooks"), ("world_size", "world size")):
         if ckpt[key] != expected[key]:
             raise CheckpointError(f"{path}: {label} differ (checkpoint {ckpt[key]}, this run {expected[key]})")
@@ -519,6 +530,7 @@ def train(
     resume: bool | str = False,
     log_path: str | os.PathLike[str] | None = None,
     stage: str = "train",
+    task: Task = CLASSIFICATION,
 ) -> TrainResult:
     """Train ``model`` in place for ``config.epochs`` epochs; evaluate and checkpoint every epoch.
 
@@ -555,6 +567,7 @@ def train(
         "data": _data_geometry(train_loader, steps_per_epoch),
         "hook_names": _hook_names(hooks),
         "world_size": world,
+        "task": task.name,
     }
 
     start_epoch, step, history, resumed_from = 0, 0, [], None
@@ -588,15 +601,16 @@ def train(
     show = config.progress and rank == 0
     bar_enabled = show and sys.stderr.isatty()
     t_start = time.perf_counter()
-    last_eval = {"accuracy": float("nan"), "loss": float("nan"), "n": 0}
+    train_key, test_key = f"train_{task.short}", f"test_{task.short}"
+    last_eval = {"metric": float("nan"), "loss": float("nan"), "n": 0}
     if history:
-        last_eval = {"accuracy": history[-1]["test_acc"], "loss": history[-1]["test_loss"], "n": 0}
+        last_eval = {"metric": history[-1][test_key], "loss": history[-1]["test_loss"], "n": 0}
 
     for epoch in range(start_epoch, config.epochs):
         t_epoch = time.perf_counter()
         set_sampler_epoch(train_loader, epoch)
         net.train()
-        # Epoch sums (float64, on CPU): task loss * n, penalty * n, correct, n.
+        # Epoch sums (float64, on CPU): task loss * n, penalty * n, metric sum, n.
         sums = torch.zeros(4, dtype=torch.float64)
         window = torch.zeros(3, dtype=torch.float64)  # task loss * n, penalty * n, n since last step line
         bar = _progress_bar(steps_per_epoch, f"{stage} {epoch + 1}/{config.epochs}", bar_enabled)
@@ -605,8 +619,8 @@ def train(
                 break
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             _call(hooks, "on_batch_start", step)
-            logits = net(inputs)
-            task_loss = F.cross_entropy(logits, targets)
+            outputs = net(inputs)
+            task_loss = task.loss(outputs, targets)
             penalty = _sum_penalties(hooks, device)
             loss = task_loss if penalty is None else task_loss + penalty
             optimizer.zero_grad(set_to_none=True)
@@ -621,11 +635,11 @@ def train(
             _call(hooks, "after_step", step)
             step += 1
 
-            n = targets.numel()
+            n = task.count(targets)
             task_value = task_loss.item()
             pen_value = 0.0 if penalty is None else float(penalty.detach())
-            correct = (logits.detach().argmax(dim=1) == targets).sum().item()
-            sums += torch.tensor([task_value * n, pen_value * n, correct, n], dtype=torch.float64)
+            metric_sum = task.metric_sum(outputs.detach(), targets)
+            sums += torch.tensor([task_value * n, pen_value * n, metric_sum, n], dtype=torch.float64)
             window += torch.tensor([task_value * n, pen_value * n, n], dtype=torch.float64)
             if bar is not None:
                 bar.update(1)
@@ -644,13 +658,13 @@ def train(
             sums = reduced.cpu()
         train_seconds = time.perf_counter() - t_epoch
         if test_loader is not None:
-            last_eval = evaluate(model, test_loader, device)
+            last_eval = evaluate(model, test_loader, device, task)
         record = {
             "kind": "epoch", "stage": stage, "epoch": epoch + 1, "step": step,
             "lr": optimizer.param_groups[0]["lr"],
             "train_loss": float(sums[0] / sums[3]), "penalty": float(sums[1] / sums[3]),
-            "train_acc": float(sums[2] / sums[3]),
-            "test_acc": last_eval["accuracy"], "test_loss": last_eval["loss"],
+            train_key: float(sums[2] / sums[3]),
+            test_key: last_eval["metric"], "test_loss": last_eval["loss"],
             "seconds": time.perf_counter() - t_epoch,
             "img_per_s": float(sums[3]) / train_seconds if train_seconds > 0 else float("nan"),
         }
@@ -658,14 +672,14 @@ def train(
         log.write(record)
         if show:
             _print(f"[{stage}] epoch {epoch + 1}/{config.epochs} step {step}: train loss {record['train_loss']:.4f} "
-                   f"penalty {record['penalty']:.4g} train acc {100 * record['train_acc']:.2f}% | "
-                   f"test acc {100 * record['test_acc']:.2f}% loss {record['test_loss']:.4f} "
+                   f"penalty {record['penalty']:.4g} train {task.metric} {task.format(record[train_key])} | "
+                   f"test {task.metric} {task.format(record[test_key])} loss {record['test_loss']:.4f} "
                    f"({record['seconds']:.1f}s, {record['img_per_s']:.0f} img/s)", bar_enabled)
         if ckpt_path is not None:
             _save_checkpoint(ckpt_path, model, optimizer, scheduler, hooks, epoch + 1, step, history, expected)
 
     return TrainResult(
-        test_accuracy=last_eval["accuracy"], test_loss=last_eval["loss"], history=history, steps=step,
+        test_metric=last_eval["metric"], test_loss=last_eval["loss"], history=history, steps=step,
         epochs=config.epochs, resumed_from_epoch=resumed_from, seconds=time.perf_counter() - t_start,
     )
 
