@@ -52,7 +52,7 @@ from jointsparse import superres  # noqa: E402
 from jointsparse.bench import machine_summary  # noqa: E402
 from jointsparse.cli import info_payload  # noqa: E402
 from jointsparse.codecs import decode  # noqa: E402
-from jointsparse.cost import LayerCost, total_macs  # noqa: E402
+from jointsparse.cost import WINOGRAD_TRANSFORMS_CONVENTION  # noqa: E402
 from jointsparse.data import make_loaders  # noqa: E402
 from jointsparse.models import ctsrcnn_insert_layers, get_model  # noqa: E402
 from jointsparse.pipeline import compress, train_config  # noqa: E402
@@ -256,21 +256,11 @@ class Run:
             begin = time.perf_counter()
             scores[domain] = self.test_scores(decode(out, domain=domain))
             seconds[f"test_{domain}"] = time.perf_counter() - begin
-        payload = info_payload(str(out), (1, self.args.count_size, self.args.count_size))
-        total, macs = payload["report"]["total"], payload["macs"]
-        costs = [LayerCost(**row) for row in macs["layers"]]
-        with_transforms = total_macs(costs, "winograd_with_transforms")
         return {
-            "file_bytes": total["file_bytes"], "compression_ratio": total["compression_ratio"], "weights_only_ratio": total["weights_only_ratio"],
-            "density": total["density"], "winograd_density": total["winograd_density"],
-            "macs": {"dense": macs["dense"], "spatial": macs["spatial"], "winograd": macs["winograd"], "winograd_with_transforms": with_transforms,
-                     "transform_adds": sum(c.transform_adds or 0 for c in costs), "input_size": macs["input_size"]},
-            "macs_reduction_spatial": macs["reduction_spatial"], "macs_reduction_winograd": macs["reduction_winograd"],
-            "macs_reduction_winograd_with_transforms": macs["dense"] / with_transforms,
+            **file_figures(out, self.args.count_size),
             "psnr_spatial": scores["spatial"]["psnr"], "psnr_winograd": scores["winograd"]["psnr"],
             "per_image": {domain: scores[domain]["per_image"] for domain in scores},
-            "val_psnr_stages": result.scores, "layers": _layer_rows(payload),
-            "transform_mults": {c.name: c.transform_mults for c in costs}, "seconds": seconds,
+            "val_psnr_stages": result.scores, "seconds": seconds,
         }
 
     def run_joint(self) -> None:
@@ -303,6 +293,22 @@ class Run:
             self.save_record("ablation", previous)
 
 
+def file_figures(path: Path, count_size: int) -> dict[str, Any]:
+    """Size, densities and MACs of a ``.jsz`` file (MACs per 1 x N x N image, by ``jointsparse.cost``)."""
+    payload = info_payload(str(path), (1, count_size, count_size))
+    total, macs = payload["report"]["total"], payload["macs"]
+    return {
+        "file_bytes": total["file_bytes"], "compression_ratio": total["compression_ratio"], "weights_only_ratio": total["weights_only_ratio"],
+        "density": total["density"], "winograd_density": total["winograd_density"],
+        "macs": {key: macs[key] for key in ("dense", "spatial", "winograd", "winograd_with_transforms", "input_size")},
+        "macs_reduction_spatial": macs["reduction_spatial"], "macs_reduction_winograd": macs["reduction_winograd"],
+        "macs_reduction_winograd_with_transforms": macs["reduction_winograd_with_transforms"],
+        "layers": _layer_rows(payload),
+        "transform_macs": {row["name"]: None if row["input_transform_macs"] is None else row["input_transform_macs"] + row["output_transform_macs"]
+                           for row in macs["layers"]},
+    }
+
+
 # ------------------------------------------------------------------------------------- report
 
 
@@ -326,6 +332,8 @@ def write_report(args: argparse.Namespace) -> Path | None:
     if "dense" not in records:
         return None
     dense, control, joint, ablation = (records.get(s) for s in STAGES)
+    if joint and (ROOT / joint["file"]).is_file():  # the file's figures by the cost model of the code that writes the report
+        joint.update(file_figures(ROOT / joint["file"], joint["macs"]["input_size"][-1]))
     split = dense["split"]
     lines = ["# CT-SRCNN x3 super-resolution under joint sparsity (issue 14)", "",
              "Produced by (each stage resumes and is reused by the next):", "", "```"]
@@ -365,19 +373,19 @@ def write_report(args: argparse.Namespace) -> Path | None:
         macs = joint["macs"]
         lines += ["", "## Per layer (the joint run's file)", "",
                   f"MACs per {macs['input_size'][1]}x{macs['input_size'][2]} luminance image, Winograd F(4, r) (t = r + 3) for every layer.", "",
-                  "| layer | weights | spatial density | Winograd density | bits | coded bytes | dense MACs | spatial-sparse MACs | Winograd-sparse MACs | transform mults |",
+                  "| layer | weights | spatial density | Winograd density | bits | coded bytes | dense MACs | spatial-sparse MACs | Winograd-sparse MACs | transform MACs |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for row in joint["layers"]:
             wino = "-" if row["sparse_winograd_macs"] is None else f"{row['sparse_winograd_macs'] / 1e6:.2f}M"
-            mults = joint["transform_mults"].get(row["name"])
+            mults = joint["transform_macs"].get(row["name"])
             lines.append(f"| {row['name']} | {row['params']:,} | {_density(row['density'])} | {_density(row['winograd_density'])} | {row['bits']} | {row['coded_bytes']:,} | "
                          f"{row['dense_macs'] / 1e6:.2f}M | {row['sparse_spatial_macs'] / 1e6:.2f}M | {wino} | {'-' if mults is None else f'{mults / 1e6:.2f}M'} |")
         lines += [f"| total | {sum(r['params'] for r in joint['layers']):,} | {_density(joint['density'])} | {_density(joint['winograd_density'])} | | "
                   f"{sum(r['coded_bytes'] for r in joint['layers']):,} | {macs['dense'] / 1e6:.1f}M | {macs['spatial'] / 1e6:.1f}M | {macs['winograd'] / 1e6:.1f}M | "
                   f"{(macs['winograd_with_transforms'] - macs['winograd']) / 1e6:.1f}M |", "",
-                  "Transform mults: the input transform (once per input channel and tile) and the output transform (once per output channel and tile), "
-                  "applied separably, skipping zeros, counting multiplications by constants other than 0 and +-1 (`jointsparse.cost.transform_ops`); "
-                  f"they also take {macs['transform_adds'] / 1e6:.1f}M additions.", ""]
+                  "Winograd-sparse MACs: element-wise products only (the paper's convention). Transform MACs: the input transform (once per input "
+                  f"channel and tile) and the output transform (once per output channel and tile), {WINOGRAD_TRANSFORMS_CONVENTION} "
+                  "(`jointsparse.cost.transform_macs`); the 'with transforms' reduction below adds them.", ""]
         met = targets(records)
         reference = max(dense["psnr"], control["psnr"]) if control else dense["psnr"]
         lines += ["## Summary (measured)", "",
