@@ -34,6 +34,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import shutil
 import sys
 import time
@@ -149,7 +150,7 @@ class Run:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def save_record(self, stage: str, record: dict[str, Any]) -> None:
-        record.update(command=command_line(), date=datetime.date.today().isoformat(), code=self.code)
+        record.update(command=command_line(), date=datetime.date.today().isoformat(), code=self.code, nice=os.nice(0))
         atomic_write_text(self.work / f"{stage}.json", json.dumps(record, indent=2, default=float) + "\n")
 
     def done(self, stage: str) -> bool:
@@ -316,6 +317,21 @@ def _psnr(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _invocation(record: dict[str, Any]) -> str:
+    """The command as it ran: the work directory as WORK, and the niceness it ran at."""
+    nice = record.get("nice", 0)
+    return (f"nice -n {nice} " if nice else "") + _shown(record["command"])
+
+
+def bicubic_per_image(names: list[str]) -> dict[str, float]:
+    """Each test image's bicubic PSNR (the degradation is deterministic, so it is recomputed, not recorded)."""
+    scores = {}
+    for name in names:
+        hr = superres.load_y(name)
+        scores[name] = float(superres.psnr_y(superres.bicubic_degrade(hr), hr).mean())
+    return scores
+
+
 def targets(records: dict[str, Any]) -> dict[str, bool]:
     joint, dense, control = records["joint"], records["dense"], records.get("control")
     reference = max(dense["psnr"], control["psnr"]) if control else dense["psnr"]
@@ -339,9 +355,9 @@ def write_report(args: argparse.Namespace) -> Path | None:
              "Produced by (each stage resumes and is reused by the next):", "", "```"]
     invocations: dict[tuple[str, str, str], list[str]] = {}
     for stage, record in records.items():
-        invocations.setdefault((_shown(record["command"]), record["date"], record["code"]), []).append(stage)
+        invocations.setdefault((_invocation(record), record["date"], record["code"]), []).append(stage)
     for (command, date, code), stages in invocations.items():
-        lines.append(f"nice -n 19 {command}    # {', '.join(stages)}: {date}, code {code}")
+        lines.append(f"{command}    # {', '.join(stages)}: {date}, code {code}")
     lines += ["```", "", "WORK: a scratch directory (checkpoints and stage records).", "",
               f"Machine: {machine_summary()}, {args.threads} torch thread(s), shared with four other engineers' jobs (wall times are not benchmarks). "
               f"Recipe: `experiments/recipes/{args.recipe.name}`.", "", "Wall time per stage (seconds):", "",
@@ -362,9 +378,10 @@ def write_report(args: argparse.Namespace) -> Path | None:
               "'same' padding, ReLUs, a global skip from the bicubic input. Cascade training: "
               + " -> ".join(f"depth {c['depth']} ({c['steps']} steps, validation {c['val_psnr']:.2f} dB)" for c in dense["cascade"])
               + f", Adam at lr {dense['lr']:g} (one cosine cycle per step), batch {dense['batch_size']}; inserted layers start as the identity plus noise.", ""]
-    lines += ["## Dense baseline (test images, PSNR in dB)", "", "| image | bicubic | dense | dense control |" if control else "| image | dense |", "| --- | ---: | ---: | ---: |"]
+    bicubic = bicubic_per_image(list(dense["per_image"]))
+    lines += ["## Dense baseline (test images, PSNR in dB)", "", "| image | bicubic | dense | dense control |", "| --- | ---: | ---: | ---: |"]
     for name, value in dense["per_image"].items():
-        lines.append(f"| {name} | - | {value:.2f} | {_psnr(control['per_image'].get(name)) if control else '-'} |")
+        lines.append(f"| {name} | {bicubic[name]:.2f} | {value:.2f} | {_psnr(control['per_image'].get(name)) if control else '-'} |")
     lines.append(f"| mean | {dense['psnr_bicubic']:.2f} | {dense['psnr']:.2f} | {_psnr(control['psnr']) if control else '-'} |")
     if control:
         lines += ["", f"The control is the dense net trained {control['steps']} more steps with the recipe's retrain, fine-tune and codebook settings "
@@ -384,8 +401,8 @@ def write_report(args: argparse.Namespace) -> Path | None:
                   f"{sum(r['coded_bytes'] for r in joint['layers']):,} | {macs['dense'] / 1e6:.1f}M | {macs['spatial'] / 1e6:.1f}M | {macs['winograd'] / 1e6:.1f}M | "
                   f"{(macs['winograd_with_transforms'] - macs['winograd']) / 1e6:.1f}M |", "",
                   "Winograd-sparse MACs: element-wise products only (the paper's convention). Transform MACs: the input transform (once per input "
-                  f"channel and tile) and the output transform (once per output channel and tile), {WINOGRAD_TRANSFORMS_CONVENTION} "
-                  "(`jointsparse.cost.transform_macs`); the 'with transforms' reduction below adds them.", ""]
+                  "channel and tile) and the output transform (once per output channel and tile), one operation per non-zero entry of B^T and A^T "
+                  f"applied separably (`jointsparse.cost.transform_macs`). The 'with transforms' reduction below counts {WINOGRAD_TRANSFORMS_CONVENTION}.", ""]
         met = targets(records)
         reference = max(dense["psnr"], control["psnr"]) if control else dense["psnr"]
         lines += ["## Summary (measured)", "",
@@ -424,7 +441,7 @@ def write_report(args: argparse.Namespace) -> Path | None:
     if ablation:
         payload["ablation"] = {mode: {k: row[k] for k in ("psnr_spatial", "psnr_winograd", "density", "winograd_density", "compression_ratio", "macs_reduction_winograd")}
                                for mode, row in ablation["modes"].items()}
-    payload.update(command="; ".join(dict.fromkeys("nice -n 19 " + _shown(r["command"]) for r in records.values())),
+    payload.update(command="; ".join(dict.fromkeys(_invocation(r) for r in records.values())),
                    date=(joint or dense)["date"], machine=machine_summary(),
                    stage_seconds={stage: (r["seconds"] if stage != "ablation" else {m: row["seconds"] for m, row in r["modes"].items()}) for stage, r in records.items()})
     atomic_write_text(args.out_dir / "ctsrcnn_tables.json", json.dumps(payload, indent=2) + "\n")
