@@ -53,3 +53,23 @@ def test_trainer_and_evaluate_run_a_regression_task(tmp_path):
     # a checkpoint of one task does not resume another
     with pytest.raises(CheckpointError, match="task"):
         train(model, loader, loader, config, task=CLASSIFICATION, checkpoint_path=tmp_path / "sr.ckpt", resume=True)
+
+
+def test_compress_runs_a_regression_task_into_a_file_both_domains_decode(tmp_path):
+    from jointsparse.codecs import decode
+    from jointsparse.pipeline import compress
+    from jointsparse.recipe import parse_recipe
+
+    torch.manual_seed(0)
+    loader = _sr_loader(n=8, side=16)
+    model = get_model("ctsrcnn", depth=4)
+    recipe = parse_recipe({
+        "sparsity": {"spatial": {"*": 0.5}, "winograd": {"*": 0.3}}, "winograd": {"m": 4},
+        "retrain": {"epochs": 1, "optimizer": "adam", "lr": 1e-3}, "finetune": {"epochs": 1, "optimizer": "adam", "lr": 1e-3},
+        "codebook": {"epochs": 1}, "quantize": {"conv_bits": 6},
+    })
+    result = compress(model, loader, loader, recipe, tmp_path / "sr.jsz", progress=False, log=lambda _: None, task=SUPER_RESOLUTION)
+    assert result.metric == "psnr" and set(result.scores) >= {"dense", "pruned", "quantized", "codebook"}
+    for domain in ("spatial", "winograd"):
+        decoded = evaluate(decode(tmp_path / "sr.jsz", domain=domain), loader, task=SUPER_RESOLUTION)
+        assert abs(decoded["psnr"] - result.scores["codebook"]) < 1.0, (domain, decoded, result.scores)
