@@ -64,12 +64,12 @@ def test_compress_runs_a_regression_task_into_a_file_both_domains_decode(tmp_pat
     loader = _sr_loader(n=8, side=16)
     model = get_model("ctsrcnn", depth=4)
     recipe = parse_recipe({
-        "sparsity": {"spatial": {"*": 0.5}, "winograd": {"*": 0.3}}, "winograd": {"m": 4},
+        "sparsity": {"spatial": {"*": 0.5}, "winograd": {"*": 0.0}}, "winograd": {"m": 4},  # no Winograd pruning: decodes must agree
         "retrain": {"epochs": 1, "optimizer": "adam", "lr": 1e-3}, "finetune": {"epochs": 1, "optimizer": "adam", "lr": 1e-3},
         "codebook": {"epochs": 1}, "quantize": {"conv_bits": 6},
     })
     result = compress(model, loader, loader, recipe, tmp_path / "sr.jsz", progress=False, log=lambda _: None, task=SUPER_RESOLUTION)
     assert result.metric == "psnr" and set(result.scores) >= {"dense", "pruned", "quantized", "codebook"}
-    for domain in ("spatial", "winograd"):
-        decoded = evaluate(decode(tmp_path / "sr.jsz", domain=domain), loader, task=SUPER_RESOLUTION)
-        assert abs(decoded["psnr"] - result.scores["codebook"]) < 1.0, (domain, decoded, result.scores)
+    spatial, winograd = (evaluate(decode(tmp_path / "sr.jsz", domain=domain), loader, task=SUPER_RESOLUTION)["psnr"] for domain in ("spatial", "winograd"))
+    assert spatial == pytest.approx(result.scores["codebook"], abs=1e-3)  # the file holds the compressed model
+    assert winograd == pytest.approx(spatial, abs=0.05)  # F(4, r) numerics only
