@@ -39,6 +39,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from .codecs import FormatError
     from .data import DataError
     from .models import ModelError
+    from .nn.choice import ChoiceError
     from .output_lock import OutputInUseError
     from .pipeline import PipelineError
     from .recipe import RecipeError
@@ -49,7 +50,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     return (
         UsageError, FormatError, DataError, ModelError, RecipeError, SparsityConfigError, CheckpointError,
         ModelCheckpointError, PipelineError, OutputInUseError, OutputWriteError, FileNotFoundError, IsADirectoryError,
-        PermissionError,
+        PermissionError, ChoiceError,
     )
 
 
@@ -189,7 +190,47 @@ def _check_output(path: str, suffix: str | None = None) -> Path:
     return out
 
 
-def _load_any(path: str, domain: str | None, model_name: str | None, model_kwargs: dict[str, Any]):
+def _force_map(items: Sequence[str] | None) -> dict[str, str]:
+    """``--force LAYER=FORM`` options (LAYER a name or glob) as a dict."""
+    forced: dict[str, str] = {}
+    for item in items or []:
+        name, sep, form = item.partition("=")
+        if not sep or not name or not form:
+            raise UsageError(f"--force takes LAYER=FORM (FORM: dense, spatial or winograd), got {item!r}")
+        forced[name] = form
+    return forced
+
+
+def _auto_options(args: argparse.Namespace) -> dict[str, Any]:
+    """decode() keywords for ``--domain auto`` from --batch/--threads/--force/--input-size."""
+    if getattr(args, "domain", None) != "auto":
+        if getattr(args, "force", None):
+            raise UsageError("--force applies to --domain auto")
+        return {}
+    if args.batch < 1 or (args.threads is not None and args.threads < 1):
+        raise UsageError("--batch and --threads must be >= 1")
+    size = [int(v) for v in args.input_size.split(",")] if getattr(args, "input_size", None) else None
+    return {"batch": args.batch, "threads": args.threads, "force": _force_map(args.force), "input_size": size}
+
+
+def _print_choices(model: Any, threads: int | None, batch: int) -> None:
+    from .nn.choice import format_choices
+
+    choices = getattr(model, "deployment_choices", None)
+    if choices:
+        print(f"per-layer deployment (timed at batch {batch}, {threads or 'current'} thread(s)):")
+        for line in format_choices(choices):
+            print(f"  {line}")
+
+
+def _print_choices_dict(choices: dict[str, Any], auto: dict[str, Any]) -> None:
+    class _Holder:
+        deployment_choices = choices
+
+    _print_choices(_Holder(), auto.get("threads"), auto.get("batch", 1))
+
+
+def _load_any(path: str, domain: str | None, model_name: str | None, model_kwargs: dict[str, Any], auto: dict[str, Any] | None = None):
     """A runnable model from a .jsz file (decoded to ``domain``) or a checkpoint, plus where
     its data options are recorded."""
     from .checkpoint import load_model
@@ -198,7 +239,7 @@ def _load_any(path: str, domain: str | None, model_name: str | None, model_kwarg
         from .codecs import decode, read_manifest
 
         manifest = read_manifest(path)
-        model = decode(path, domain=domain or "spatial")
+        model = decode(path, domain=domain or "spatial", **(auto or {}))
         data = (manifest.get("provenance") or {}).get("data") or {}
         return model, data
     if not os.path.isfile(path):
@@ -305,9 +346,20 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from .codecs import decode_state, winograd_weights
 
     out = _check_output(args.output)
+    auto = _auto_options(args)
     arch, state, manifest = decode_state(args.input)
     meta = {"source": os.path.abspath(args.input), "data": (manifest.get("provenance") or {}).get("data")}
-    if args.domain == "winograd":
+    if args.domain == "auto":
+        from .codecs import decode
+
+        choices = decode(args.input, domain="auto", **auto).deployment_choices
+        _print_choices_dict(choices, auto)
+        meta["deployment_choices"] = {name: entry["choice"] for name, entry in choices.items()}
+        winograd = {k: v for k, v in winograd_weights(args.input).items() if choices[k]["choice"] == "winograd"}
+        for module in winograd:
+            del state[f"{module}.weight"]
+        save_model(out, state, arch, domain="winograd" if winograd else "spatial", winograd=winograd, meta=meta)
+    elif args.domain == "winograd":
         winograd = winograd_weights(args.input)
         for module in winograd:
             del state[f"{module}.weight"]
@@ -322,7 +374,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .tasks import task_for
     from .train import evaluate
 
-    model, recorded = _load_any(args.input, args.domain, args.model, _model_kwargs(args.model_arg))
+    auto = _auto_options(args)
+    model, recorded = _load_any(args.input, args.domain, args.model, _model_kwargs(args.model_arg), auto)
     recorded = {k: v for k, v in recorded.items() if k != "input_size"}
     options = _data_options(args, recorded)
     _, test_loader, info = _loaders(options, 0)
@@ -330,9 +383,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(model, test_loader, args.device, task)
     payload = {"input": args.input, "domain": args.domain or ("spatial" if args.input.endswith(".jsz") else "dense"),
                "data": options["name"], **result}
+    choices = getattr(model, "deployment_choices", None)
+    if choices:
+        payload["deployment_choices"] = choices
     if args.json:
         print(json.dumps(payload))
     else:
+        _print_choices(model, auto.get("threads"), auto.get("batch", 1))
         print(f"{args.input} [{payload['domain']}] on {options['name']}: {task.metric} {task.format(result['metric'])}, "
               f"loss {result['loss']:.4f} ({result['n']} images)")
     return EXIT_OK
@@ -378,7 +435,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .codecs import format_report
 
     size = [int(v) for v in args.input_size.split(",")] if args.input_size else None
+    auto = _auto_options(args)
     payload = info_payload(args.input, size)
+    if auto:
+        from .codecs import decode
+
+        payload["deployment_choices"] = decode(args.input, domain="auto", **auto).deployment_choices
     if args.json:
         print(json.dumps(payload, indent=2, default=str))
         return EXIT_OK
@@ -396,18 +458,23 @@ def cmd_info(args: argparse.Namespace) -> int:
               "with the input and output tile transforms")
     else:
         print("(no input size recorded: pass --input-size C,H,W for the MAC table)")
+    if auto:
+        print()
+        _print_choices_dict(payload["deployment_choices"], auto)
     return EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_file, format_bench
+    from .bench import bench_file, bench_model, format_bench
 
-    rows = bench_file(args.input, batch=args.batch, repeats=args.repeats, threads=args.threads,
-                      input_size=[int(v) for v in args.input_size.split(",")] if args.input_size else None)
+    options = dict(batch=args.batch, repeats=args.repeats, threads=args.threads,
+                   input_size=[int(v) for v in args.input_size.split(",")] if args.input_size else None)
+    rows = bench_file(args.input, **options)
+    whole = bench_model(args.input, **options)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"layers": rows, "model": whole}, indent=2))
     else:
-        print(format_bench(rows, threads=args.threads, batch=args.batch))
+        print(format_bench(rows, threads=args.threads, batch=args.batch, whole=whole))
     return EXIT_OK
 
 
@@ -429,6 +496,16 @@ def _add_data(parser: argparse.ArgumentParser, required: bool = False) -> None:
     group.add_argument("--subset", type=int, help="use only this many training images")
     group.add_argument("--batch-size", type=int, help="training batch size (default 128)")
     group.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default 256)")
+
+
+def _add_auto(parser: argparse.ArgumentParser, input_size: bool = True) -> None:
+    group = parser.add_argument_group("--domain auto (per-layer choice, timed on this machine; timings cached in ~/.cache/jointsparse)")
+    group.add_argument("--batch", type=int, default=1, help="batch size to choose for (default 1)")
+    group.add_argument("--threads", type=int, help="torch threads to choose for (default: torch's current setting)")
+    group.add_argument("--force", action="append", metavar="LAYER=FORM",
+                       help="force a layer (name or glob, e.g. 'features.*') to dense, spatial or winograd (repeatable)")
+    if input_size:
+        group.add_argument("--input-size", help="C,H,W to time at (default: recorded in the file)")
 
 
 def _add_model(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -481,13 +558,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("decode", "decode a .jsz file into a PyTorch checkpoint of one domain",
                 "jointsparse decode model.jsz --domain winograd -o model-winograd.pt", cmd_decode)
     p.add_argument("input")
-    p.add_argument("--domain", choices=("spatial", "winograd"), default="spatial")
+    p.add_argument("--domain", choices=("spatial", "winograd", "auto"), default="spatial",
+                   help="auto: per layer, the fastest of dense, spatial and Winograd, timed on this machine")
+    _add_auto(p)
     p.add_argument("-o", "--output", required=True)
 
     p = command("evaluate", "accuracy and loss of a .jsz file (decoded) or a checkpoint",
                 "jointsparse evaluate model.jsz --domain winograd --json", cmd_evaluate)
     p.add_argument("input", help="a .jsz file or a checkpoint")
-    p.add_argument("--domain", choices=("spatial", "winograd"), help="for .jsz files (default spatial)")
+    p.add_argument("--domain", choices=("spatial", "winograd", "auto"), help="for .jsz files (default spatial)")
+    _add_auto(p, input_size=False)
     _add_model(p)
     _add_data(p)
     p.add_argument("--device", default="cpu")
@@ -496,9 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("info", "per-layer sizes, densities, entropy bounds and MACs of a .jsz file", "jointsparse info model.jsz --json", cmd_info)
     p.add_argument("input")
     p.add_argument("--input-size", help="C,H,W for the MAC table (default: recorded in the file)")
+    p.add_argument("--domain", choices=("auto",), help="also choose and report each layer's deployment (timed on this machine)")
+    _add_auto(p, input_size=False)
     p.add_argument("--json", action="store_true")
 
-    p = command("bench", "time each decoded layer in both domains against dense F.conv2d", "jointsparse bench model.jsz --batch 1 --threads 1", cmd_bench)
+    p = command("bench", "time each decoded layer, and the whole model (dense, spatial, Winograd, auto), against dense", "jointsparse bench model.jsz --batch 1 --threads 1", cmd_bench)
     p.add_argument("input")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=20)
