@@ -106,7 +106,7 @@ def test_domain_auto_in_evaluate_decode_and_info(pipeline, tmp_path, monkeypatch
     info = json.loads(run("info", packed, "--domain", "auto", "--json").stdout)
     assert set(info["deployment_choices"]) == set(choices)
     message = expect_usage_error(run("evaluate", packed, "--domain", "auto", "--force", "nosuch*=dense", check=False))
-    assert "matches no" in message
+    assert "match no layer" in message
     assert "LAYER=FORM" in expect_usage_error(run("evaluate", packed, "--domain", "auto", "--force", "dense", check=False))
 
 

@@ -10,18 +10,18 @@ same machine does not time again.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from ..layers import LayerKeyError, resolve_per_layer
 from ..provenance import cpu_model
 from ..timing import time_interleaved
+from ..utils import atomic_write_text
 from . import _compiled
 
 #: The runtime forms a compressed layer can take, in the order they are reported.
@@ -52,26 +52,20 @@ class ChoiceError(ValueError):
 
 
 def forced_choices(force: Mapping[str, str] | None, names: list[str]) -> dict[str, str]:
-    """``{layer: candidate}`` for the layers ``force`` names, exactly or by ``fnmatch`` glob.
+    """``{layer: candidate}`` for the layers ``force`` names, by the project's one layer rule
+    (:mod:`jointsparse.layers`: exact name, else the first matching glob; a key that matches no
+    layer is an error). Raises :class:`ChoiceError` for an unknown candidate or an unmatched key."""
 
-    An exact name wins over globs; among globs the first listed wins. Raises ``ValueError`` for an
-    unknown candidate or a pattern that matches no layer (a typo would otherwise be silent).
-    """
-    chosen: dict[str, str] = {}
-    for pattern, candidate in (force or {}).items():
+    def check(candidate: str, where: str) -> str:
         if candidate not in CANDIDATES:
-            raise ChoiceError(f"cannot force {pattern!r} to {candidate!r}; use one of {CANDIDATES}")
-        if not any(name == pattern or fnmatch.fnmatchcase(name, pattern) for name in names):
-            raise ChoiceError(f"{pattern!r} matches no compressed layer (layers: {', '.join(names)})")
-    for name in names:
-        if force and name in force:
-            chosen[name] = force[name]
-            continue
-        for pattern, candidate in (force or {}).items():
-            if fnmatch.fnmatchcase(name, pattern):
-                chosen[name] = candidate
-                break
-    return chosen
+            raise ChoiceError(f"cannot force {where} to {candidate!r}; use one of {CANDIDATES}")
+        return candidate
+
+    try:
+        resolved = resolve_per_layer(dict(force or {}), names, "--force", default=None, check=check)
+    except LayerKeyError as error:
+        raise ChoiceError(str(error)) from None
+    return {name: candidate for name, candidate in resolved.items() if candidate is not None}
 
 
 def default_cache_path() -> Path:
@@ -101,17 +95,9 @@ class TimingCache:
         self.entries[key] = timings
 
     def save(self) -> None:
-        """Write atomically (temp file, then rename); a cache that cannot be written is skipped."""
+        """Write atomically; a cache that cannot be written is skipped (it only saves time)."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".layer_timings.", suffix=".tmp", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    json.dump({"version": TIMING_VERSION, "entries": self.entries}, handle, indent=0, sort_keys=True)
-                os.replace(tmp, self.path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            atomic_write_text(self.path, json.dumps({"version": TIMING_VERSION, "entries": self.entries}, indent=0, sort_keys=True))
         except OSError:
             pass
 
