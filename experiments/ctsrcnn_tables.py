@@ -43,24 +43,20 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's jointsparse (the code version the records name)
+from paper_tables import _density, _layer_rows, _met, _shown, _times, _weights_digest  # a sibling script: its directory is on sys.path
 
-from paper_tables import _density, _layer_rows, _met, _shown, _times, _weights_digest  # noqa: E402
-from provenance import ROOT, code_version, command_line  # noqa: E402
-
-from jointsparse import superres  # noqa: E402
-from jointsparse.bench import machine_summary  # noqa: E402
-from jointsparse.cli import info_payload  # noqa: E402
-from jointsparse.codecs import decode  # noqa: E402
-from jointsparse.cost import WINOGRAD_TRANSFORMS_CONVENTION  # noqa: E402
-from jointsparse.data import make_loaders  # noqa: E402
-from jointsparse.models import ctsrcnn_insert_layers, get_model  # noqa: E402
-from jointsparse.pipeline import compress, train_config  # noqa: E402
-from jointsparse.recipe import Recipe, load_recipe  # noqa: E402
-from jointsparse.tasks import SUPER_RESOLUTION  # noqa: E402
-from jointsparse.train import TrainConfig, evaluate, seed_everything, train  # noqa: E402
-from jointsparse.utils import atomic_torch_save, atomic_write_text  # noqa: E402
+from jointsparse import superres
+from jointsparse.info import info_payload
+from jointsparse.codecs import decode
+from jointsparse.cost import WINOGRAD_TRANSFORMS_CONVENTION
+from jointsparse.data import make_loaders
+from jointsparse.models import ctsrcnn_insert_layers, get_model
+from jointsparse.compress import compress
+from jointsparse.provenance import ROOT, code_version, command_line, machine_summary
+from jointsparse.recipe import Recipe, load_recipe
+from jointsparse.tasks import SUPER_RESOLUTION
+from jointsparse.train import TrainConfig, evaluate, seed_everything, train
+from jointsparse.utils import atomic_torch_save, atomic_write_text
 
 STAGES = ("dense", "control", "joint", "ablation")
 ABLATION_MODES = ("spatial", "winograd", "joint")
@@ -227,7 +223,7 @@ class Run:
         model = self.dense_model()
         seconds, steps = 0.0, 0
         for stage in ("retrain", "finetune", "codebook"):
-            config = train_config(getattr(self.recipe, stage), seed=self.args.seed, device="cpu", progress=self.progress)
+            config = getattr(self.recipe, stage).train_config(seed=self.args.seed, device="cpu", progress=self.progress)
             if config.epochs == 0:
                 continue
             self.log(f"control: {stage}'s settings, {config.epochs} epoch(s) x {config.max_steps_per_epoch or len(self.train_loader)} steps")

@@ -449,7 +449,7 @@ def make_case(seeds: dict[str, bytes], campaign_seed: int, index: int) -> tuple[
 
 
 def _operations() -> dict[str, Callable[[str], Any]]:
-    from jointsparse.cli import info_payload
+    from jointsparse.info import info_payload
     from jointsparse.codecs import decode, report, winograd_weights
 
     return {

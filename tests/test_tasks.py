@@ -57,7 +57,7 @@ def test_trainer_and_evaluate_run_a_regression_task(tmp_path):
 
 def test_compress_runs_a_regression_task_into_a_file_both_domains_decode(tmp_path):
     from jointsparse.codecs import decode
-    from jointsparse.pipeline import compress
+    from jointsparse.compress import compress
     from jointsparse.recipe import parse_recipe
 
     torch.manual_seed(0)
