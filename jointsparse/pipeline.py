@@ -40,6 +40,7 @@ class CompressResult:
     accuracy: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     densities: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    regularization: dict[str, Any] = field(default_factory=dict)  # e.g. {"a": {"spatial": ..., "winograd": ...}}
 
 
 def layer_bits(model: nn.Module, recipe: Recipe) -> dict[str, int]:
@@ -171,6 +172,7 @@ def compress(
     stages = _Stages(Path(workdir or f"{out_path}.work"), resume, {"recipe": recipe.to_dict(), **(fingerprint or {})})
     accuracy: dict[str, float] = {}
     seconds: dict[str, float] = {}
+    regularization: dict[str, Any] = {}  # values resolved at run time ("auto" a), kept in the file's provenance
     arch = getattr(model, "jointsparse_arch", None)
     model.to(device)
 
@@ -205,6 +207,10 @@ def compress(
     log(f"[dense] test accuracy {100 * accuracy['dense']:.2f}%")
 
     regularizer = build_regularizer(model, recipe)
+    if isinstance(regularizer, JointSparsity) and regularizer.learnable:
+        regularization["a"] = dict(regularizer.a)
+        log(f"[retrain] a = spatial {regularizer.a['spatial']:.6g}, winograd {regularizer.a['winograd']:.6g}"
+            f" (recipe: {recipe.regularizer.a_spatial}, {recipe.regularizer.a_winograd})")
     method = recipe.regularizer.method
     label = f"{method} ({recipe.regularizer.mode})" if method == "joint_sparsity" else method  # mode is joint sparsity's only
     run_stage("retrain", [regularizer], recipe.retrain, f"{label} retraining")
@@ -231,14 +237,15 @@ def compress(
     report = codecs.encode(
         model, out_path, quantizer=recipe.quantize.method, bits=bits, winograd_sparsity=winograd_targets(model, recipe),
         m=recipe.winograd.m, quantized=quantized,  # the fine-tuner updated these codebooks in place
-        coder=coder, recipe=recipe.to_dict(), arch=arch, provenance=provenance,
+        coder=coder, recipe=recipe.to_dict(), arch=arch,
+        provenance={**(provenance or {}), "regularization": regularization} if regularization else provenance,
     )
     seconds["encode"] = time.perf_counter() - start
     log(f"[encode] wrote {out_path} ({out_path.stat().st_size:,} bytes)")
     densities = {
         row["name"].removesuffix(".weight"): {"spatial": row["density"], "winograd": row["winograd_density"]} for row in report["layers"]
     }
-    return CompressResult(out_path, report, accuracy, seconds, densities)
+    return CompressResult(out_path, report, accuracy, seconds, densities, regularization)
 
 
 def _load_dequantized(model: nn.Module, quantized: dict[str, Any]) -> None:

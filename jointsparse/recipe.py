@@ -62,8 +62,9 @@ class RegularizerConfig:
     method: str = "joint_sparsity"
     mode: str = "joint"
     learnable: bool = True
-    a_spatial: float = 1.0
-    a_winograd: float = 1.0
+    # "auto": a = exp(rho_0) R_0 per domain (= N R_0 / e), the dense model at equilibrium (docs/method.md)
+    a_spatial: float | str = "auto"
+    a_winograd: float | str = "auto"
     lambda_spatial: float = 1.0
     lambda_winograd: float = 1.0
     init_log_coefficient: float | None = None
@@ -72,8 +73,8 @@ class RegularizerConfig:
 
     _checks = {
         "mode": (lambda v: v in ("joint", "spatial", "winograd"), "must be 'joint', 'spatial' or 'winograd'"),
-        "a_spatial": (lambda v: v >= 0, "must be >= 0"),
-        "a_winograd": (lambda v: v >= 0, "must be >= 0"),
+        "a_spatial": (lambda v: v == "auto" or (not isinstance(v, str) and v >= 0), "must be \"auto\" or a number >= 0"),
+        "a_winograd": (lambda v: v == "auto" or (not isinstance(v, str) and v >= 0), "must be \"auto\" or a number >= 0"),
         "lambda_spatial": (lambda v: v >= 0, "must be >= 0"),
         "lambda_winograd": (lambda v: v >= 0, "must be >= 0"),
         "update_every": (lambda v: v >= 1, "must be >= 1"),
