@@ -346,6 +346,8 @@ def save(
     recipe: Optional[Mapping[str, Any]] = None,
     provenance: Optional[Mapping[str, Any]] = None,
     tool_version: Optional[str] = None,
+    input_size: Optional[list[int]] = None,
+    maps: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> Path:
     """Entropy-code ``layers`` and write the ``.jsz`` file atomically (temp file + ``os.replace``).
 
@@ -353,7 +355,8 @@ def save(
     ``winograd``: per layer name, ``{"m", "r", "threshold", "sparsity"}`` for layers with a
     Winograd form. ``original_parameter_count`` defaults to the layer and raw element counts.
     ``recipe`` and ``provenance`` (e.g. the data set and command line) are stored as given; both
-    must be plain JSON values.
+    must be plain JSON values. ``input_size`` ([C, H, W]) and ``maps`` (per layer name,
+    ``{"output_size": [H, W], "groups": g}``) record the shapes MAC counts need (optional keys).
     """
     _require_little_endian()
     if coder not in CODERS:
@@ -391,6 +394,9 @@ def save(
                 "winograd": _winograd_entry(winograd.get(name)),
             }
         )
+        if maps is not None and name in maps:
+            layer_entries[-1]["output_size"] = [int(v) for v in maps[name]["output_size"]]
+            layer_entries[-1]["groups"] = int(maps[name]["groups"])
     raw_entries = []
     for name, tensor in raw.items():
         dtype, payload = _raw_bytes(tensor)
@@ -409,6 +415,8 @@ def save(
         "layers": layer_entries,
         "raw": raw_entries,
     }
+    if input_size is not None:
+        manifest["input_size"] = [int(v) for v in input_size]
     return atomic_write_bytes(path, pack(manifest, sections))
 
 
