@@ -62,18 +62,19 @@ def _layer_inputs(model: nn.Module, sample: torch.Tensor) -> dict[str, torch.Ten
     return inputs
 
 
-def bench_file(path: str, *, batch: int = 1, repeats: int = 20, threads: int = 1, input_size: Sequence[int] | None = None) -> list[dict[str, Any]]:
+def bench_file(path: str, *, batch: int = 1, repeats: int = 20, threads: int = 1, input_size: Sequence[int] | None = None,
+               allow_imports: bool = False) -> list[dict[str, Any]]:
     """One row per compressed layer: dense, spatial-sparse and Winograd-sparse milliseconds."""
     from .codecs import decode, read_manifest
 
     if batch < 1 or repeats < 1 or threads < 1:
         raise ValueError("--batch, --repeats and --threads must be >= 1")
     manifest = read_manifest(path)
-    size = list(input_size or ((manifest.get("provenance") or {}).get("data") or {}).get("input_size") or [])
+    size = list(input_size or manifest.get("input_size") or ((manifest.get("provenance") or {}).get("data") or {}).get("input_size") or [])
     if len(size) != 3:
         raise ValueError("the file records no input size: pass --input-size C,H,W")
-    dense = decode(path, domain="spatial", runtime=False)
-    decoded = {domain: decode(path, domain=domain) for domain in ("spatial", "winograd")}
+    dense = decode(path, domain="spatial", runtime=False, allow_imports=allow_imports)
+    decoded = {domain: decode(path, domain=domain, allow_imports=allow_imports) for domain in ("spatial", "winograd")}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -513,6 +513,12 @@ def _canonical(name: str) -> str:
     return key
 
 
+def canonical_name(name: str) -> str:
+    """The dataset a name means: aliases resolved (``fmnist`` -> ``fashion-mnist``), paths kept."""
+    key = _canonical(name)
+    return name if key in ("npz", "imagefolder") else key
+
+
 def _check_options(split: str, resize: int | None, channels: int | None, subset: int | None) -> None:
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")

@@ -278,3 +278,34 @@ def get_model(name_or_path: str, *, optional: Mapping[str, Any] | None = None, *
         raise ModelError(f"factory {name_or_path!r} returned {type(model).__name__}, not an nn.Module")
     model.jointsparse_arch = {"name": name_or_path, "kwargs": dict(given)}
     return model
+
+
+def _runs(model: nn.Module, size: tuple[int, ...]) -> str | None:
+    """None if ``model`` runs on one zero image of ``size``, else the error's first line."""
+    parameter = next(model.parameters(), None)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros((1, *size), device=parameter.device if parameter is not None else "cpu"))
+        return None
+    except (RuntimeError, ValueError, IndexError) as error:  # what a shape mismatch raises inside forward
+        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    finally:
+        model.train(was_training)
+
+
+def check_input(model: nn.Module, size: tuple[int, int, int], label: str) -> None:
+    """Raise :class:`ModelError` with a hint (``--resize``/``--channels``) if ``model`` cannot take
+    ``size`` = (C, H, W) images."""
+    problem = _runs(model, size)
+    if problem is None:
+        return
+    channels, height, width = size
+    shown = f"{channels}x{height}x{width}"
+    for other in (1, 3):
+        if other != channels and _runs(model, (other, height, width)) is None:
+            raise ModelError(f"{label} does not run on {shown} inputs, it takes {other} channel(s): try --channels {other} ({problem})")
+    for side in (16, 28, 32, 56, 64, 96, 128, 224, 227):
+        if side > min(height, width) and _runs(model, (channels, side, side)) is None:
+            raise ModelError(f"{label} needs at least {side} px inputs, the data has {height}x{width}: try --resize {side} ({problem})")
+    raise ModelError(f"{label} does not run on {shown} inputs: {problem}")

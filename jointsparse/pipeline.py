@@ -10,6 +10,7 @@ weights and the small objects each stage's API returns.
 from __future__ import annotations
 
 import fnmatch
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -164,8 +165,13 @@ def compress(
     log: Callable[[str], None] = print,
     fingerprint: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
+    input_size: tuple[int, int, int] | list[int] | None = None,
 ) -> CompressResult:
-    """Run every stage of the recipe on ``model`` (trained, dense) and write ``out_path``."""
+    """Run every stage of the recipe on ``model`` (trained, dense) and write ``out_path``.
+
+    ``test_loader=None`` skips every evaluation (the accuracies are NaN). ``input_size``
+    (C, H, W) lets the file record each layer's map size (MACs without the model).
+    """
     from . import codecs  # the coding stage; imported late so that training never needs it
 
     out_path = Path(out_path)
@@ -175,6 +181,9 @@ def compress(
     regularization: dict[str, Any] = {}  # values resolved at run time ("auto" a), kept in the file's provenance
     arch = getattr(model, "jointsparse_arch", None)
     model.to(device)
+
+    def test_accuracy() -> float:
+        return evaluate(model, test_loader, device)["accuracy"] if test_loader is not None else math.nan
 
     def run_stage(stage: str, hooks: list[Any], config: StageConfig, title: str) -> None:
         start = time.perf_counter()
@@ -199,11 +208,11 @@ def compress(
             accuracy[stage] = result.test_accuracy
         else:
             log(f"[{stage}] skipped (0 epochs)")
-            accuracy[stage] = evaluate(model, test_loader, device)["accuracy"]
+            accuracy[stage] = test_accuracy()
         stages.finish(stage, {"model": model.state_dict(), "hooks": [h.state_dict() for h in hooks], "accuracy": accuracy[stage]})
         seconds[stage] = time.perf_counter() - start
 
-    accuracy["dense"] = evaluate(model, test_loader, device)["accuracy"]
+    accuracy["dense"] = test_accuracy()
     log(f"[dense] test accuracy {100 * accuracy['dense']:.2f}%")
 
     regularizer = build_regularizer(model, recipe)
@@ -216,7 +225,7 @@ def compress(
     run_stage("retrain", [regularizer], recipe.retrain, f"{label} retraining")
 
     masks = prune_after_retraining(model, regularizer)
-    accuracy["pruned"] = evaluate(model, test_loader, device)["accuracy"]
+    accuracy["pruned"] = test_accuracy()
     log(f"[prune] spatial density {_overall_density(model):.3f} over all compressed layers, test accuracy {100 * accuracy['pruned']:.2f}%")
     finetune_hooks = [regularizer] if isinstance(regularizer, JointSparsity) else [masks]
     run_stage("finetune", finetune_hooks, recipe.finetune, "masked fine-tuning")
@@ -226,7 +235,7 @@ def compress(
     quantized = codecs.quantize_model(model, quantizer=recipe.quantize.method, bits=bits, seed=recipe.quantize.seed)
     _load_dequantized(model, quantized)
     seconds["quantize"] = time.perf_counter() - start
-    accuracy["quantized"] = evaluate(model, test_loader, device)["accuracy"]
+    accuracy["quantized"] = test_accuracy()
     log(f"[quantize] {recipe.quantize.method}, test accuracy {100 * accuracy['quantized']:.2f}%")
     finetuner = codecs.CodebookFinetuner(model, quantized, lr=recipe.quantize.centroid_lr)
     codebook_hooks = ([regularizer] if isinstance(regularizer, JointSparsity) else []) + [finetuner]
@@ -237,7 +246,7 @@ def compress(
     report = codecs.encode(
         model, out_path, quantizer=recipe.quantize.method, bits=bits, winograd_sparsity=winograd_targets(model, recipe),
         m=recipe.winograd.m, quantized=quantized,  # the fine-tuner updated these codebooks in place
-        coder=coder, recipe=recipe.to_dict(), arch=arch,
+        coder=coder, recipe=recipe.to_dict(), arch=arch, input_size=None if input_size is None else tuple(input_size),
         provenance={**(provenance or {}), "regularization": regularization} if regularization else provenance,
     )
     seconds["encode"] = time.perf_counter() - start

@@ -145,8 +145,13 @@ class DataConfig:
     subset: int | None = None
     batch_size: int = 128
     eval_batch_size: int = 256
+    mean: list[float] | None = None  # normalisation per channel; None: the dataset's training statistics
+    std: list[float] | None = None
+    normalize: bool | None = None  # false: images scaled to [0, 1] only
 
     _checks = {
+        "mean": (lambda v: v is None or (len(v) > 0 and all(math.isfinite(x) for x in v)), "must be a non-empty list of finite numbers"),
+        "std": (lambda v: v is None or (len(v) > 0 and all(math.isfinite(x) and x > 0 for x in v)), "must be a non-empty list of positive numbers"),
         "resize": (lambda v: v is None or v >= 1, "must be >= 1"),
         "channels": (lambda v: v is None or v in (1, 3), "must be 1 or 3"),
         "subset": (lambda v: v is None or v >= 1, "must be >= 1"),
@@ -179,6 +184,9 @@ def _type_ok(value: Any, annotation: Any) -> bool:
         return value is None
     if annotation is Any:
         return True
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_type_ok(v, item_type) for v in value)
     if origin is dict:
         key_type, value_type = typing.get_args(annotation)
         return isinstance(value, dict) and all(isinstance(k, str) and _type_ok(v, value_type) for k, v in value.items())
@@ -264,6 +272,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     raise RecipeError(f"cannot write {value!r} as TOML")

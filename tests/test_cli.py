@@ -98,13 +98,13 @@ def expect_usage_error(result, *, no_file=None):
 def test_bad_input_gives_exit_2_and_one_line(pipeline, tmp_path):
     work, dense, recipe, packed, _ = pipeline
     out = tmp_path / "out.pt"
-    assert "does not exist" in expect_usage_error(run("decode", tmp_path / "missing.jsz", "-o", out, check=False), no_file=out)
+    assert "does not exist" in expect_usage_error(run("decode", tmp_path / "missing.jsz", "--domain", "spatial", "-o", out, check=False), no_file=out)
 
     corrupt = tmp_path / "corrupt.jsz"
     data = bytearray(packed.read_bytes())
     data[len(data) // 2] ^= 0xFF
     corrupt.write_bytes(bytes(data))
-    expect_usage_error(run("decode", corrupt, "-o", out, check=False), no_file=out)
+    expect_usage_error(run("decode", corrupt, "--domain", "spatial", "-o", out, check=False), no_file=out)
     truncated = tmp_path / "truncated.jsz"
     truncated.write_bytes(packed.read_bytes()[:100])
     expect_usage_error(run("evaluate", truncated, "--json", check=False))
