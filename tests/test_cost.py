@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from jointsparse.cost import layer_costs, macs_reduction, total_macs
+from jointsparse.cost import layer_costs, macs_reduction, total_macs, transform_macs
 from jointsparse.models import get_model
 from jointsparse.transforms import filter_to_winograd
 
@@ -44,3 +44,25 @@ def test_sparse_counts_follow_the_weights():
     assert macs_reduction(rows, "spatial") == pytest.approx(total_macs(rows, "dense") / total_macs(rows, "spatial"))
     with pytest.raises(ValueError, match="unknown deployment"):
         total_macs(rows, "quantum")
+
+
+def test_transform_counts_follow_the_nonzero_matrix_entries():
+    # F(2,3): B^T has 8 non-zeros (all +-1), A^T has 6; separable over a 4x4 tile.
+    assert transform_macs(2, 3) == (2 * 4 * 8, (4 + 2) * 6)
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    rows = layer_costs(nn.Sequential(conv), (1, 2, 5, 5))
+    row = rows[0]
+    assert row.tiles == 9
+    assert row.input_transform_macs == 2 * 9 * 64 and row.output_transform_macs == 3 * 9 * 36
+    assert total_macs(rows, "winograd_with_transforms") == row.sparse_winograd_macs + row.input_transform_macs + row.output_transform_macs
+    assert macs_reduction(rows, "winograd_with_transforms") < macs_reduction(rows, "winograd")
+
+
+def test_conventions_say_what_the_counts_hold():
+    from jointsparse.cost import WINOGRAD_PRODUCTS_CONVENTION, WINOGRAD_TRANSFORMS_CONVENTION
+
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    row = layer_costs(nn.Sequential(conv), (1, 2, 7, 7))[0]
+    assert "products" in WINOGRAD_PRODUCTS_CONVENTION and "only" in WINOGRAD_PRODUCTS_CONVENTION
+    assert row.sparse_winograd_macs == row.winograd_nonzero * row.tiles  # products only, no transform term
+    assert "transforms" in WINOGRAD_TRANSFORMS_CONVENTION and "non-zero entry" in WINOGRAD_TRANSFORMS_CONVENTION
