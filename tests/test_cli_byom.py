@@ -161,3 +161,42 @@ def test_bring_your_own_model_end_to_end(tmp_path):
         return
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert torch.allclose(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), reference, atol=1e-4)
+
+
+MYMODELS = """\
+import torch
+from torch import nn
+
+
+class MyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+"""
+
+
+def readme_python_snippet() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Python API"):]
+    return section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 3)]
+
+
+def test_readme_python_snippet_runs_as_written_on_a_user_module(tmp_path):
+    (tmp_path / "mymodels.py").write_text(MYMODELS)
+    check = "\nimport torch\nassert runtime(torch.zeros(2, 1, 28, 28)).shape == (2, 10)\nprint(report['total']['compression_ratio'])\n"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", readme_python_snippet() + check], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip().splitlines()[-1]) > 1
+    from jointsparse.codecs import read_manifest
+
+    manifest = read_manifest(tmp_path / "model.jsz")
+    assert manifest["arch"] == {"name": "mymodels:MyNet", "kwargs": {}} and manifest["input_size"] == [1, 28, 28]
