@@ -668,8 +668,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader went away (`jointsparse bench --json | head`): stop quietly, and keep
         # Python's shutdown flush from raising again on the closed pipe.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (AttributeError, OSError, ValueError):  # stdout is not a real file (tests, embedding)
+            pass
         return EXIT_OK
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into exit codes
         if args.debug:

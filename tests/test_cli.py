@@ -40,7 +40,7 @@ batch_size = 64
 """
 
 
-def run(*args, check=True, timeout=300):
+def run(*args, check=True, timeout=900):  # generous: CI machines are shared
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-m", "jointsparse.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
     if check and result.returncode != 0:
@@ -149,3 +149,67 @@ def test_demo_recipe_matches_the_shipped_example():
     import tomllib
 
     assert shipped == parse_recipe(tomllib.loads(DEMO_RECIPE))
+
+
+def test_cli_polish_in_process(pipeline, tmp_path, capsys, monkeypatch):
+    from jointsparse import __version__
+    from jointsparse.cli import main
+
+    _, dense, _, packed, _ = pipeline
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and __version__ in capsys.readouterr().out
+    # --debug works before the command as well as after it.
+    missing = tmp_path / "missing.jsz"
+    for argv in (["--debug", "info", str(missing)], ["info", str(missing), "--debug"]):
+        with pytest.raises(Exception):
+            main(argv)
+    assert main(["info", str(missing)]) == 2
+    # No command writes over its own input; a missing output directory is an error.
+    before = packed.read_bytes()
+    assert main(["decode", str(packed), "--domain", "spatial", "-o", str(packed)]) == 2
+    assert packed.read_bytes() == before
+    assert "is the input" in capsys.readouterr().err
+    assert main(["decode", str(packed), "--domain", "spatial", "-o", str(tmp_path / "no" / "x.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    # A usage error is one line.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["decode", str(packed), "-o", str(tmp_path / "x.pt")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "--domain" in err
+    # A reader that goes away mid-output is not an error.
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["info", str(packed), "--json"]) == 0
+
+
+def test_model_input_mismatch_is_exit_2_with_a_hint_and_leaves_nothing(tmp_path, capsys):
+    from jointsparse.cli import main
+
+    out = tmp_path / "lenet.pt"
+    assert main(["train", "--model", "lenet5", "--data", "digits", "--epochs", "1", "--quiet", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "lenet5 needs at least 16 px inputs" in err and "--resize 16" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+    assert main(["train", "--model", "vgg_small", "--model-arg", "in_channels=3", "--data", "digits", "--epochs", "1",
+                 "--quiet", "-o", str(out)]) == 2
+    assert "--channels 3" in capsys.readouterr().err
+
+
+def test_rejected_compress_leaves_no_work_directory(pipeline, tmp_path, capsys):
+    from jointsparse.cli import main
+
+    _, dense, _, _, _ = pipeline
+    recipe = tmp_path / "baseline.toml"
+    recipe.write_text("[regularizer]\noptions = { strength = 1.0 }\n")  # options are for baselines only
+    packed = tmp_path / "m.jsz"
+    assert main(["compress", str(dense), "--recipe", str(recipe), "--quiet", "-o", str(packed)]) == 2
+    assert "baseline methods" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["baseline.toml"]
