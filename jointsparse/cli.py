@@ -1,22 +1,34 @@
 """The ``jointsparse`` command line.
 
 Exit codes: 0 success; 2 usage or input errors (a missing or corrupted file, a checkpoint that
-does not fit the model, a bad recipe value, an unknown dataset); 1 an internal failure. Errors
-print one line; ``--debug`` shows the traceback.
+does not fit the model, a bad recipe value, an unknown dataset, an output another run is writing,
+a file system that refuses an output: full, read-only, no permission); 1 an internal failure.
+Errors print one line; ``--debug`` shows the traceback.
+
+``train``, ``compress`` and ``decode`` lock their output (and ``compress`` its work directory)
+for the whole run, see :mod:`jointsparse.output_lock`.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+#: File-system refusals that are the environment's doing, not a bug: exit 2 with the path.
+_FILE_SYSTEM_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG", "ENAMETOOLONG", "ENOTDIR", "EISDIR", "ELOOP")
+    if hasattr(errno, name)
+)
 
 
 class UsageError(ValueError):
@@ -29,16 +41,42 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from .codecs import FormatError
     from .data import DataError
     from .models import ModelError
+    from .output_lock import OutputInUseError
     from .pipeline import PipelineError
     from .recipe import RecipeError
     from .sparsity import SparsityConfigError
     from .export import ExportError
     from .train import CheckpointError
+    from .utils import OutputWriteError
 
     return (
-        UsageError, FormatError, DataError, ModelError, RecipeError, SparsityConfigError,
-        CheckpointError, ModelCheckpointError, PipelineError, ExportError, FileNotFoundError, IsADirectoryError, PermissionError,
+        UsageError, FormatError, DataError, ModelError, RecipeError, SparsityConfigError, CheckpointError,
+        ModelCheckpointError, PipelineError, ExportError, OutputInUseError, OutputWriteError, FileNotFoundError,
+        IsADirectoryError, PermissionError,
     )
+
+
+def _outputs_of(args: argparse.Namespace) -> dict[str, Any]:
+    """What a command writes, for :func:`jointsparse.output_lock.hold_outputs`."""
+    if args.command == "train":
+        return {"outputs": [args.output], "side_files": (".ckpt", ".jsonl")}
+    if args.command == "compress":
+        return {"outputs": [args.output], "work_dirs": [args.workdir or f"{args.output}.work"]}
+    if args.command == "decode":
+        return {"outputs": [args.output]}
+    return {"outputs": []}
+
+
+def _error_message(error: BaseException) -> str:
+    """One line for the user; an OSError names the user's path (never a hidden temp file)."""
+    from .utils import OutputWriteError
+
+    if isinstance(error, OutputWriteError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        reason = "does not exist" if isinstance(error, FileNotFoundError) else (error.strerror or "cannot be used").lower()
+        return f"{error.filename} {reason}"
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -172,6 +210,54 @@ def _pct(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
 
 
+#: Options that say how a run is driven, not what it makes: left out of the recorded invocation
+#: (so a resumed run records what an uninterrupted one does).
+_NOT_RECORDED = frozenset({"resume", "quiet", "json", "debug", "workdir", "help", "func", "subparser", "trust"})
+_PATH_OPTIONS = frozenset({"checkpoint", "recipe", "root", "input"})
+
+
+def _portable_path(path: str, out: Path) -> str:
+    """``path`` as the output file sees it: relative to the output's (resolved) directory."""
+    return os.path.relpath(os.path.realpath(path), os.path.realpath(out.parent))
+
+
+def _portable_data(record: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A data record with its paths (``root``, ``imagefolder:PATH``) as the output sees them."""
+    record = dict(record)
+    if record.get("root"):
+        record["root"] = _portable_path(record["root"], out)
+    name = record.get("name") or ""
+    if name.startswith("imagefolder:"):
+        record["name"] = "imagefolder:" + _portable_path(name.removeprefix("imagefolder:"), out)
+    return record
+
+
+def normalised_invocation(args: argparse.Namespace, out: Path) -> str:
+    """The command line that makes ``out``, however this run was spelled: the sub-command, every
+    option with its resolved value (defaults included), paths relative to the output's
+    directory, the output by its name; never ``--resume`` or other options that do not change
+    the result. A resumed run thus records exactly what an uninterrupted one does."""
+    words = ["jointsparse", args.command]
+    options: list[str] = []
+    for action in args.subparser._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest in _NOT_RECORDED or value is None or value is False or value == []:
+            continue
+        if action.dest == "output":
+            value = out.name
+        elif action.dest in _PATH_OPTIONS:
+            value = _portable_path(value, out)
+        elif action.dest == "data" and value.startswith("imagefolder:"):
+            value = _portable_data({"name": value}, out)["name"]
+        if not action.option_strings:
+            words.append(str(value))
+            continue
+        flag = max(action.option_strings, key=len)
+        for item in (value if isinstance(value, list) else [value]):
+            options += [flag] if item is True else [flag, str(item)]
+    return shlex.join(words + options)
+
+
 def _check_output(path: str, suffix: str | None = None) -> Path:
     out = Path(path)
     if out.is_dir():
@@ -293,7 +379,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         result = compress(
             model, train_loader, test_loader, recipe, out, workdir=workdir, resume=args.resume, device=args.device,
             seed=args.seed, progress=not args.quiet, fingerprint=fingerprint, input_size=data_record["input_size"],
-            provenance={"data": data_record, "command": " ".join(["jointsparse", *sys.argv[1:]])},
+            provenance={"data": _portable_data(data_record, out), "command": normalised_invocation(args, out)},
         )
     except Exception:
         # A run rejected before any stage finished leaves no work directory behind.
@@ -576,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=f"{help_text}\n\nexample:\n  {example}", formatter_class=_HelpFormatter)
         # SUPPRESS: an unset flag here must not undo `jointsparse --debug COMMAND`.
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, subparser=p)
         return p
 
     p = command("train", "train a dense baseline", "jointsparse train --model vgg_small --data digits --epochs 10 -o dense.pt", cmd_train)
@@ -660,8 +746,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .output_lock import hold_outputs
+
     try:
-        return args.func(args)
+        with hold_outputs(**_outputs_of(args)):
+            return args.func(args)
     except KeyboardInterrupt:
         print("jointsparse: interrupted (rerun with --resume to continue)", file=sys.stderr)
         return 130
@@ -676,11 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into exit codes
         if args.debug:
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if isinstance(error, OSError) and error.filename is not None:
-            reason = "does not exist" if isinstance(error, FileNotFoundError) else (error.strerror or "cannot be used").lower()
-            message = f"{error.filename} {reason}"
-        if isinstance(error, _input_errors()):
+        message = _error_message(error)
+        if isinstance(error, _input_errors()) or (isinstance(error, OSError) and error.errno in _FILE_SYSTEM_ERRNOS):
             print(f"jointsparse {args.command}: error: {message}", file=sys.stderr)
             return EXIT_USAGE
         print(f"jointsparse {args.command}: internal error: {type(error).__name__}: {message} (rerun with --debug for the traceback)", file=sys.stderr)

@@ -213,3 +213,160 @@ def test_rejected_compress_leaves_no_work_directory(pipeline, tmp_path, capsys):
     assert main(["compress", str(dense), "--recipe", str(recipe), "--quiet", "-o", str(packed)]) == 2
     assert "baseline methods" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["baseline.toml"]
+
+
+# ---------------------------------------------------- in-process: locks, debris, file-system errors
+
+
+@pytest.fixture
+def small_file(tmp_path):
+    """A real .jsz file (LeNet-5, random weights, half pruned) in a directory of its own."""
+    from jointsparse.codecs import encode
+    from jointsparse.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("lenet5")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                module.weight.mul_(module.weight.abs() > module.weight.abs().median())
+    path = tmp_path / "model.jsz"
+    encode(model, path, bits=4, winograd_sparsity=0.5)
+    return path
+
+
+def cli_error(capsys, *argv):
+    from jointsparse import cli
+
+    code = cli.main([str(a) for a in argv])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return code, lines
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_decode_refuses_an_output_another_run_holds(small_file, capsys):
+    out = small_file.parent / "model.pt"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom jointsparse.output_lock import OutputLock\nwith OutputLock(sys.argv[1]):\n"
+         "    print('locked', flush=True)\n    sys.stdin.read()", str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, lines = cli_error(capsys, "decode", small_file, "--domain", "spatial", "-o", out)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"PID {holder.pid}" in lines[0] and "in use" in lines[0]
+    assert not out.exists()
+
+
+def test_decode_removes_debris_of_killed_writers_and_leaves_only_its_output(small_file, capsys, monkeypatch):
+    directory = small_file.parent
+    debris = directory / f".model.pt.{dead_pid()}.abcd1234.tmp"
+    debris.write_bytes(b"half a checkpoint")
+    temp_names = []
+    real_replace = os.replace
+
+    def spy_replace(source, target):
+        temp_names.append(Path(source).name)
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", spy_replace)
+    code, lines = cli_error(capsys, "decode", small_file, "--domain", "winograd", "-o", directory / "model.pt")
+    assert code == 0, lines
+    assert sorted(os.listdir(directory)) == ["model.jsz", "model.pt"]
+    assert temp_names and all(name.startswith(f".model.pt.{os.getpid()}.") for name in temp_names)
+
+
+@pytest.mark.parametrize(
+    "failing, code, reason",
+    [("write", "ENOSPC", "No space left on device"), ("fsync", "ENOSPC", "No space left on device"),
+     ("replace", "EROFS", "Read-only file system"), ("open", "EACCES", "Permission denied")],
+)
+def test_a_file_system_refusal_exits_2_naming_the_output_and_leaves_nothing(small_file, capsys, monkeypatch, failing, code, reason):
+    import errno
+
+    directory = small_file.parent
+    out = directory / "model.pt"
+    number = getattr(errno, code)
+    real = getattr(os, failing)
+
+    def refuse(*args, **kwargs):
+        if failing == "open" and not str(args[0]).startswith(str(directory)):
+            return real(*args, **kwargs)  # reading the input and imports still work
+        if failing == "write" and args[0] in (1, 2):
+            return real(*args, **kwargs)
+        raise OSError(number, os.strerror(number), *(args[:1] if failing in ("open", "replace") else ()))
+
+    monkeypatch.setattr(os, failing, refuse)
+    status, lines = cli_error(capsys, "decode", small_file, "--domain", "spatial", "-o", out)
+    monkeypatch.undo()
+    assert status == 2 and len(lines) == 1, lines
+    assert lines[0] == f"jointsparse decode: error: cannot write {out}: {reason}"
+    assert os.listdir(directory) == ["model.jsz"]
+
+
+TINY_RECIPE = """\
+[sparsity.spatial]
+"*" = 0.5
+[sparsity.winograd]
+"*" = 0.5
+[retrain]
+epochs = 1
+max_steps_per_epoch = 3
+[finetune]
+epochs = 1
+max_steps_per_epoch = 3
+[codebook]
+epochs = 1
+max_steps_per_epoch = 3
+[data]
+batch_size = 32
+"""
+
+
+def test_a_resumed_compress_writes_the_bytes_of_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
+    """Provenance records the normalised invocation: not --resume, not how paths were spelled."""
+    import jointsparse.pipeline as compress_module
+    from jointsparse import cli
+    from jointsparse.checkpoint import save_model
+    from jointsparse.codecs import read_manifest
+    from jointsparse.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("vgg_small", width=0.125, hidden=32)
+    save_model(tmp_path / "dense.pt", model.state_dict(), model.jointsparse_arch)
+    (tmp_path / "recipe.toml").write_text(TINY_RECIPE)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    common = ["--data", "digits", "--subset", "256", "--quiet"]
+    uninterrupted = tmp_path / "a" / "model.jsz"
+
+    def run_cli(*argv: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["jointsparse", *argv])  # as if typed in a shell
+        return cli.main(list(argv))
+
+    assert run_cli("compress", str(tmp_path / "dense.pt"), *common, "--recipe", str(tmp_path / "recipe.toml"), "-o", str(uninterrupted)) == 0
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path / "b")
+    with monkeypatch.context() as patch:
+        patch.setattr(compress_module, "prune_after_retraining", killed)
+        assert run_cli("compress", "../dense.pt", *common, "--recipe", "../recipe.toml", "-o", "model.jsz") == 130
+    assert not (tmp_path / "b" / "model.jsz").exists() and (tmp_path / "b" / "model.jsz.work" / "retrain.done").is_file()
+    resumed = tmp_path / "b" / "model.jsz"
+    assert run_cli("compress", str(tmp_path / "b" / ".." / "dense.pt"), *common, "--recipe", "./../recipe.toml", "--resume",
+                   "--output", "./model.jsz") == 0
+    assert "already done" in capsys.readouterr().out
+    assert resumed.read_bytes() == uninterrupted.read_bytes()
+    command = read_manifest(resumed)["provenance"]["command"]
+    assert "--resume" not in command and "--output model.jsz" in command and " ../dense.pt " in command, command

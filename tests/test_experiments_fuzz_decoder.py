@@ -1,0 +1,46 @@
+"""The adversarial campaign against the .jsz reader (experiments/fuzz_decoder.py): its memory
+measurement and its cases."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "fuzz_decoder.py"
+
+
+@pytest.fixture(scope="module")
+def fuzz():
+    spec = importlib.util.spec_from_file_location("fuzz_decoder", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fuzz_decoder"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_memory_measurement_sees_torch_tensors(fuzz):
+    worker = fuzz.Worker()
+    try:
+        size = 64 << 20
+        result = worker.run(str(size), ("probe",), 300)["probe"]
+    finally:
+        worker.stop()
+    assert result["outcome"] == "ok"
+    assert size <= result["peak"] <= size + (8 << 20), result
+
+
+def test_cases_are_deterministic_and_pass_the_checksums(fuzz):
+    seeds = fuzz.seed_files()
+    first = [fuzz.make_case(seeds, 7, index) for index in range(20)]
+    assert first == [fuzz.make_case(seeds, 7, index) for index in range(20)]
+    reached = 0
+    for _, _, _, data in first:
+        try:
+            fuzz.unframe(data)
+            reached += 1
+        except ValueError as error:  # a text mutation may break the JSON, never a checksum
+            assert "checksum" not in str(error) and "magic" not in str(error), error
+    assert reached >= 15
