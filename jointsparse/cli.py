@@ -749,7 +749,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .output_lock import hold_outputs
 
     try:
-        with hold_outputs(**_outputs_of(args)):
+        outputs = _outputs_of(args)
+        for out in outputs["outputs"]:
+            _check_output(out)  # before the lock, which would create a missing directory
+        with hold_outputs(**outputs):
             return args.func(args)
     except KeyboardInterrupt:
         print("jointsparse: interrupted (rerun with --resume to continue)", file=sys.stderr)
