@@ -41,6 +41,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from .codecs import FormatError
     from .data import DataError
     from .models import ModelError
+    from .nn.choice import ChoiceError
     from .output_lock import OutputInUseError
     from .pipeline import PipelineError
     from .recipe import RecipeError
@@ -52,7 +53,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     return (
         UsageError, FormatError, DataError, ModelError, RecipeError, SparsityConfigError, CheckpointError,
         ModelCheckpointError, PipelineError, ExportError, OutputInUseError, OutputWriteError, FileNotFoundError,
-        IsADirectoryError, PermissionError,
+        IsADirectoryError, PermissionError, ChoiceError,
     )
 
 
@@ -269,6 +270,46 @@ def _check_output(path: str, suffix: str | None = None) -> Path:
     return out
 
 
+def _force_map(items: Sequence[str] | None) -> dict[str, str]:
+    """``--force LAYER=FORM`` options (LAYER a name or glob) as a dict."""
+    forced: dict[str, str] = {}
+    for item in items or []:
+        name, sep, form = item.partition("=")
+        if not sep or not name or not form:
+            raise UsageError(f"--force takes LAYER=FORM (FORM: dense, spatial or winograd), got {item!r}")
+        forced[name] = form
+    return forced
+
+
+def _auto_options(args: argparse.Namespace) -> dict[str, Any]:
+    """decode() keywords for ``--domain auto`` from --batch/--threads/--force/--input-size."""
+    if getattr(args, "domain", None) != "auto":
+        if getattr(args, "force", None):
+            raise UsageError("--force applies to --domain auto")
+        return {}
+    if args.batch < 1 or (args.threads is not None and args.threads < 1):
+        raise UsageError("--batch and --threads must be >= 1")
+    size = [int(v) for v in args.input_size.split(",")] if getattr(args, "input_size", None) else None
+    return {"batch": args.batch, "threads": args.threads, "force": _force_map(args.force), "input_size": size}
+
+
+def _print_choices(model: Any, threads: int | None, batch: int) -> None:
+    from .nn.choice import format_choices
+
+    choices = getattr(model, "deployment_choices", None)
+    if choices:
+        print(f"per-layer deployment (timed at batch {batch}, {threads or 'current'} thread(s)):")
+        for line in format_choices(choices):
+            print(f"  {line}")
+
+
+def _print_choices_dict(choices: dict[str, Any], auto: dict[str, Any]) -> None:
+    class _Holder:
+        deployment_choices = choices
+
+    _print_choices(_Holder(), auto.get("threads"), auto.get("batch", 1))
+
+
 def _trust_gate(path: str, trust: bool) -> dict[str, Any]:
     """The file's manifest, once its architecture may be built: a registry model, or ``--trust``
     for a file that names its own factory (one message for every command)."""
@@ -282,21 +323,22 @@ def _trust_gate(path: str, trust: bool) -> dict[str, Any]:
     return manifest
 
 
-def _decode_file(path: str, domain: str, trust: bool):
-    """``codecs.decode`` behind the trust gate."""
+def _decode_file(path: str, domain: str, trust: bool, auto: dict[str, Any] | None = None):
+    """``codecs.decode`` behind the trust gate (``auto``: the ``--domain auto`` keywords)."""
     from .codecs import decode
 
     manifest = _trust_gate(path, trust)
-    return decode(path, domain=domain, allow_imports=trust), manifest
+    return decode(path, domain=domain, allow_imports=trust, **(auto or {})), manifest
 
 
-def _load_any(path: str, domain: str | None, model_name: str | None, model_kwargs: dict[str, Any], trust: bool):
+def _load_any(path: str, domain: str | None, model_name: str | None, model_kwargs: dict[str, Any], trust: bool,
+              auto: dict[str, Any] | None = None):
     """A runnable model from a .jsz file (decoded to ``domain``) or a checkpoint, where its data
     options are recorded, and a label for what runs (the domain, or the checkpoint's kind)."""
     from .checkpoint import load_model
 
     if path.endswith(".jsz"):
-        model, manifest = _decode_file(path, domain or "spatial", trust)
+        model, manifest = _decode_file(path, domain or "spatial", trust, auto)
         return model, (manifest.get("provenance") or {}).get("data") or {}, domain or "spatial"
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path!r} does not exist")
@@ -429,16 +471,25 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     out = _check_output(args.output)
     _not_input(out, args.input)
+    auto = _auto_options(args)
     arch, state, manifest = decode_state(args.input)
     if arch and arch.get("name"):
         from .models import is_user_factory
 
-        if is_user_factory(arch["name"]) and not args.trust:
+        if is_user_factory(arch["name"]) and not args.trust and args.domain != "auto":
             print(f"jointsparse: note: not checked against {arch['name']!r} (that imports it): pass --trust to check", file=sys.stderr)
-        else:
+        elif args.domain != "auto":
             _decode_file(args.input, "spatial", args.trust)  # builds the architecture: refuses tensors that do not fit
     meta = {"source": os.path.basename(args.input), "data": (manifest.get("provenance") or {}).get("data")}
-    if args.domain == "winograd":
+    if args.domain == "auto":
+        choices = _decode_file(args.input, "auto", args.trust, auto)[0].deployment_choices
+        _print_choices_dict(choices, auto)
+        meta["deployment_choices"] = {name: entry["choice"] for name, entry in choices.items()}
+        winograd = {k: v for k, v in winograd_weights(args.input).items() if choices[k]["choice"] == "winograd"}
+        for module in winograd:
+            del state[f"{module}.weight"]
+        save_model(out, state, arch, domain="winograd" if winograd else "spatial", winograd=winograd, meta=meta)
+    elif args.domain == "winograd":
         winograd = winograd_weights(args.input)
         for module in winograd:
             del state[f"{module}.weight"]
@@ -452,16 +503,21 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .train import evaluate
 
-    model, recorded, label = _load_any(args.input, args.domain, args.model, _model_kwargs(args.model_arg), args.trust)
+    auto = _auto_options(args)
+    model, recorded, label = _load_any(args.input, args.domain, args.model, _model_kwargs(args.model_arg), args.trust, auto)
     options = _data_options(args, {k: v for k, v in recorded.items() if k != "input_size"})
     _, test_loader, info = _loaders(options, 0)
     _check_data_matches(recorded, info, args.input)
     _check_input(model, info, args.input)
     result = evaluate(model, test_loader, args.device)
     payload = {"input": args.input, "domain": label, "data": options["name"], **result}
+    choices = getattr(model, "deployment_choices", None)
+    if choices:
+        payload["deployment_choices"] = choices
     if args.json:
         print(json.dumps(payload))
     else:
+        _print_choices(model, auto.get("threads"), auto.get("batch", 1))
         print(f"{args.input} [{label}] on {options['name']}: accuracy {_pct(result['accuracy'])}, "
               f"loss {result['loss']:.4f} ({result['n']} images)")
     return EXIT_OK
@@ -544,7 +600,10 @@ def _input_size(text: str | None) -> list[int] | None:
 def cmd_info(args: argparse.Namespace) -> int:
     from .codecs import format_report
 
+    auto = _auto_options(args)
     payload = info_payload(args.input, _input_size(args.input_size), trust=args.trust)
+    if auto:
+        payload["deployment_choices"] = _decode_file(args.input, "auto", args.trust, auto)[0].deployment_choices
     if args.json:
         print(json.dumps(payload, indent=2, default=str))
         return EXIT_OK
@@ -563,19 +622,24 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(INFO_LEGEND)
     else:
         print("(no input size recorded: pass --input-size C,H,W for the MAC table)")
+    if auto:
+        print()
+        _print_choices_dict(payload["deployment_choices"], auto)
     return EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_file, format_bench
+    from .bench import bench_file, bench_model, format_bench
 
     _trust_gate(args.input, args.trust)
-    rows = bench_file(args.input, batch=args.batch, repeats=args.repeats, threads=args.threads,
-                      input_size=_input_size(args.input_size), allow_imports=args.trust)
+    options = dict(batch=args.batch, repeats=args.repeats, threads=args.threads, input_size=_input_size(args.input_size),
+                   allow_imports=args.trust)
+    rows = bench_file(args.input, **options)
+    whole = bench_model(args.input, **options)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"layers": rows, "model": whole}, indent=2))
     else:
-        print(format_bench(rows, threads=args.threads, batch=args.batch))
+        print(format_bench(rows, threads=args.threads, batch=args.batch, whole=whole))
     return EXIT_OK
 
 
@@ -639,6 +703,16 @@ def _add_data(parser: argparse.ArgumentParser, required: bool = False, recorded:
     group.add_argument("--no-normalize", action="store_true", help="feed images scaled to [0, 1] without normalisation")
 
 
+def _add_auto(parser: argparse.ArgumentParser, input_size: bool = True) -> None:
+    group = parser.add_argument_group("--domain auto (per-layer choice, timed on this machine; timings cached in ~/.cache/jointsparse)")
+    group.add_argument("--batch", type=int, default=1, help="batch size to choose for (default 1)")
+    group.add_argument("--threads", type=int, help="torch threads to choose for (default: torch's current setting)")
+    group.add_argument("--force", action="append", metavar="LAYER=FORM",
+                       help="force a layer (name or glob, e.g. 'features.*') to dense, spatial or winograd (repeatable)")
+    if input_size:
+        group.add_argument("--input-size", help="C,H,W to time at (default: recorded in the file)")
+
+
 def _add_model(parser: argparse.ArgumentParser, required: bool = False) -> None:
     parser.add_argument("--model", required=required, default=None, metavar="NAME",
                         help="lenet5, alexnet, resnet18, resnet20, vgg_small or module:factory (modules in the current directory import)")
@@ -700,14 +774,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("decode", "decode a .jsz file into a PyTorch checkpoint of one domain",
                 "jointsparse decode model.jsz --domain winograd -o model-winograd.pt", cmd_decode)
     p.add_argument("input", help="the .jsz file")
-    p.add_argument("--domain", choices=("spatial", "winograd"), required=True, help="the deployment to write")
+    p.add_argument("--domain", choices=("spatial", "winograd", "auto"), required=True,
+                   help="the deployment to write; auto: per layer, the fastest of dense, spatial and Winograd, timed on this machine")
+    _add_auto(p)
     p.add_argument("-o", "--output", required=True, help="the checkpoint to write (not the input; its directory must exist)")
     _add_trust(p)
 
     p = command("evaluate", "accuracy and loss of a .jsz file (decoded) or a checkpoint",
                 "jointsparse evaluate model.jsz --domain winograd --json", cmd_evaluate)
     p.add_argument("input", help="a .jsz file or a checkpoint")
-    p.add_argument("--domain", choices=("spatial", "winograd"), default=None, help="for .jsz files (default: spatial)")
+    p.add_argument("--domain", choices=("spatial", "winograd", "auto"), default=None, help="for .jsz files (default: spatial)")
+    _add_auto(p, input_size=False)
     _add_model(p)
     _add_data(p, recorded=True)
     _add_trust(p)
@@ -717,10 +794,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("info", "per-layer sizes, densities, entropy bounds and MACs of a .jsz file", "jointsparse info model.jsz --json", cmd_info)
     p.add_argument("input", help="the .jsz file")
     p.add_argument("--input-size", default=None, metavar="C,H,W", help="input size for the MAC table (default: recorded in the file)")
+    p.add_argument("--domain", choices=("auto",), help="also choose and report each layer's deployment (timed on this machine; builds the model)")
+    _add_auto(p, input_size=False)
     _add_trust(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    p = command("bench", "time each decoded layer in both domains against dense F.conv2d", "jointsparse bench model.jsz --batch 1 --threads 1", cmd_bench)
+    p = command("bench", "time each decoded layer, and the whole model (dense, spatial, Winograd, auto), against dense",
+                "jointsparse bench model.jsz --batch 1 --threads 1", cmd_bench)
     p.add_argument("input", help="the .jsz file")
     p.add_argument("--batch", type=int, default=1, help="batch size")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per layer (the median is reported)")

@@ -22,7 +22,7 @@ from .quantize import BitsSpec, QuantizedLayer, compressible_layers, quantize_mo
 
 __all__ = ["DOMAINS", "encode", "decode", "decode_state", "deploy", "winograd_mask", "winograd_weights"]
 
-DOMAINS = ("spatial", "winograd")
+DOMAINS = ("spatial", "winograd", "auto")
 
 WinogradSpec = Union[None, float, Mapping[str, float]]
 
@@ -256,16 +256,69 @@ def winograd_weights(path: Union[str, os.PathLike], *, max_expansion: Optional[f
     return out
 
 
-def deploy(model: nn.Module, layers: Mapping[str, StoredLayer], domain: str) -> nn.Module:
+def _runtime_forms(module: nn.Module, stored: StoredLayer) -> dict[str, nn.Module]:
+    """Every runtime form of one decoded layer: ``dense`` (the module itself), ``spatial``
+    (CSR, forced sparse) and ``winograd`` (sparse Winograd, where the layer has that form)."""
+    from ..nn import SparseConv2d, SparseLinear, WinogradConv2d
+
+    forms: dict[str, nn.Module] = {"dense": module}
+    if isinstance(module, nn.Conv2d):
+        forms["spatial"] = SparseConv2d.from_conv(module, sparse=True)
+    elif isinstance(module, nn.Linear):
+        forms["spatial"] = SparseLinear.from_linear(module, sparse=True)
+    else:
+        raise FormatError(f"layer {stored.module!r} is a {type(module).__name__}, not a Conv2d or Linear")
+    if stored.winograd is not None and has_winograd_form(module):
+        m = stored.winograd["m"]
+        mask = winograd_mask(module.weight, m, stored.winograd["threshold"])
+        forms["winograd"] = WinogradConv2d.from_conv(module, m=m, winograd_mask=mask, sparse=True)
+    return forms
+
+
+def _swap(model: nn.Module, name: str, replacement: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    if not child:
+        raise FormatError("the model itself is a compressed layer; wrap it in a container module")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+
+
+def deploy(
+    model: nn.Module,
+    layers: Mapping[str, StoredLayer],
+    domain: str,
+    *,
+    sample: Optional[torch.Tensor] = None,
+    threads: Optional[int] = None,
+    force: Optional[Mapping[str, str]] = None,
+    timing_cache: Any = None,
+) -> nn.Module:
     """Swap each compressed layer of ``model`` for its sparse runtime form, in place.
 
     ``spatial``: ``SparseConv2d`` / ``SparseLinear``. ``winograd``: ``WinogradConv2d`` with the
-    stored threshold where the layer has a Winograd form, spatial sparse elsewhere.
+    stored threshold where the layer has a Winograd form, spatial sparse elsewhere. ``auto``: each
+    layer keeps the fastest of its dense, spatial and Winograd forms, timed on its input when the
+    model runs ``sample`` at ``threads`` threads (see :func:`jointsparse.nn.choice.choose`;
+    ``force`` maps layer names or globs to a form; ``timing_cache`` is a ``TimingCache``, None for
+    the default file, or False for none). The choices are left in ``model.deployment_choices``.
     """
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; use one of {DOMAINS}")
     from ..nn import SparseConv2d, SparseLinear, WinogradConv2d
 
+    if domain == "auto":
+        from ..nn.choice import TimingCache, choose, layer_inputs
+
+        if sample is None:
+            raise ValueError("domain 'auto' needs a sample input to time the layers on")
+        names = [stored.module for stored in layers.values()]
+        inputs = layer_inputs(model, sample, set(names))
+        forms = {stored.module: _runtime_forms(model.get_submodule(stored.module), stored) for stored in layers.values()}
+        cache = None if timing_cache is False else (timing_cache if timing_cache is not None else TimingCache())
+        choices = choose(forms, inputs, threads=threads, force=force, cache=cache)
+        for name, entry in choices.items():
+            _swap(model, name, forms[name][entry["choice"]])
+        model.deployment_choices = choices
+        return model
     for stored in layers.values():
         module = model.get_submodule(stored.module)
         if domain == "winograd" and stored.winograd is not None and has_winograd_form(module):
@@ -278,10 +331,7 @@ def deploy(model: nn.Module, layers: Mapping[str, StoredLayer], domain: str) -> 
             replacement = SparseLinear.from_linear(module)
         else:
             raise FormatError(f"layer {stored.module!r} is a {type(module).__name__}, not a Conv2d or Linear")
-        parent_name, _, child = stored.module.rpartition(".")
-        if not child:
-            raise FormatError("the model itself is a compressed layer; wrap it in a container module")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+        _swap(model, stored.module, replacement)
     return model
 
 
@@ -292,11 +342,22 @@ def decode(
     allow_imports: bool = False,
     max_expansion: Optional[float] = DEFAULT_MAX_EXPANSION,
     runtime: bool = True,
+    batch: int = 1,
+    threads: Optional[int] = None,
+    input_size: Optional[Any] = None,
+    force: Optional[Mapping[str, str]] = None,
+    timing_cache: Any = None,
 ) -> nn.Module:
-    """Rebuild the model stored in ``path`` for the ``spatial`` or ``winograd`` deployment (eval mode).
+    """Rebuild the model stored in ``path`` for the ``spatial``, ``winograd`` or ``auto`` deployment (eval mode).
 
     ``runtime=False`` skips the swap to sparse runtime layers: the architecture's own modules
     carrying the decoded weights (e.g. for MAC counting); ``domain`` is then irrelevant.
+
+    ``auto`` times each layer's dense, spatial and Winograd forms on this machine for ``batch``
+    images of ``input_size`` (C, H, W; default: recorded in the file) at ``threads`` torch threads
+    (default: the current setting) and keeps the fastest; ``force`` maps layer names or globs to
+    a form, and ``timing_cache`` is as in :func:`deploy`. The choices are in
+    ``model.deployment_choices``.
 
     The architecture comes from ``jointsparse.models.get_model``; a file naming a
     ``package.module:factory`` is refused unless ``allow_imports=True``, because building it
@@ -304,8 +365,16 @@ def decode(
     """
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; use one of {DOMAINS}")
+    if not (isinstance(batch, int) and batch >= 1):
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
     contents = load(path, max_expansion=max_expansion)
     model = _build_model(contents.arch, _state_dict(contents), allow_imports)
     if runtime:
-        deploy(model, contents.layers, domain)
+        sample = None
+        if domain == "auto":
+            size = list(input_size or ((contents.manifest.get("provenance") or {}).get("data") or {}).get("input_size") or [])
+            if len(size) != 3:
+                raise ValueError("the file records no input size; domain 'auto' needs input_size=(C, H, W)")
+            sample = torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))
+        deploy(model.eval(), contents.layers, domain, sample=sample, threads=threads, force=force, timing_cache=timing_cache)
     return model.eval()
