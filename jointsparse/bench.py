@@ -81,7 +81,20 @@ def _input_size(path: str, input_size: Sequence[int] | None) -> list[int]:
     size = list(input_size or manifest.get("input_size") or ((manifest.get("provenance") or {}).get("data") or {}).get("input_size") or [])
     if len(size) != 3:
         raise ValueError("the file records no input size: pass --input-size C,H,W")
-def _check_bench_args(batch: int, repeats: int, threads: int) -> None:
+    return size
+
+
+def bench_file(path: str, *, batch: int = 1, repeats: int = 20, threads: int = 1, input_size: Sequence[int] | None = None,
+               allow_imports: bool = False) -> list[dict[str, Any]]:
+    """One row per compressed layer: dense, spatial-sparse and Winograd-sparse milliseconds, and
+    for a sparse form slower than dense, the likely reason."""
+    from .codecs import decode
+    from .nn.choice import layer_inputs
+
+    _check_bench_args(batch, repeats, threads)
+    size = _input_size(path, input_size)
+    dense = decode(path, domain="spatial", runtime=False, allow_imports=allow_imports)
+    decoded = {domain: decode(path, domain=domain, allow_imports=allow_imports) for domain in ("spatial", "winograd")}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
