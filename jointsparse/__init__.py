@@ -1,6 +1,8 @@
 """jointsparse: compress CNNs under joint spatial/Winograd sparsity into one file that decodes
 to a sparse spatial or a sparse Winograd convolution."""
 
-from .codecs import decode, encode
+__version__ = "0.1.0"  # the one place; pyproject.toml reads it
 
-__all__ = ["decode", "encode"]
+from .codecs import decode, encode  # noqa: E402
+
+__all__ = ["__version__", "decode", "encode"]

@@ -45,19 +45,20 @@ def _check_bench_args(batch: int, repeats: int, threads: int) -> None:
 
 def _input_size(path: str, input_size: Sequence[int] | None) -> list[int]:
     manifest = read_manifest(path)
-    size = list(input_size or ((manifest.get("provenance") or {}).get("data") or {}).get("input_size") or [])
+    size = list(input_size or manifest.get("input_size") or ((manifest.get("provenance") or {}).get("data") or {}).get("input_size") or [])
     if len(size) != 3:
         raise ValueError("the file records no input size: pass --input-size C,H,W")
     return size
 
 
-def bench_file(path: str, *, batch: int = 1, repeats: int = 20, threads: int = 1, input_size: Sequence[int] | None = None) -> list[dict[str, Any]]:
+def bench_file(path: str, *, batch: int = 1, repeats: int = 20, threads: int = 1, input_size: Sequence[int] | None = None,
+               allow_imports: bool = False) -> list[dict[str, Any]]:
     """One row per compressed layer: dense, spatial-sparse and Winograd-sparse milliseconds, and
     for a sparse form slower than dense, the likely reason."""
     _check_bench_args(batch, repeats, threads)
     size = _input_size(path, input_size)
-    dense = decode(path, domain="spatial", runtime=False)
-    decoded = {domain: decode(path, domain=domain) for domain in ("spatial", "winograd")}
+    dense = decode(path, domain="spatial", runtime=False, allow_imports=allow_imports)
+    decoded = {domain: decode(path, domain=domain, allow_imports=allow_imports) for domain in ("spatial", "winograd")}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -82,7 +83,7 @@ def bench_file(path: str, *, batch: int = 1, repeats: int = 20, threads: int = 1
 
 
 def bench_model(path: str, *, batch: int = 1, repeats: int = 20, threads: int = 1, input_size: Sequence[int] | None = None,
-                timing_cache: Any = None) -> dict[str, Any]:
+                timing_cache: Any = None, allow_imports: bool = False) -> dict[str, Any]:
     """Whole decoded model: dense, spatial, Winograd and auto (chosen for this batch and thread
     count), each with median and spread, and the auto model's per-layer choices."""
     _check_bench_args(batch, repeats, threads)
@@ -90,9 +91,10 @@ def bench_model(path: str, *, batch: int = 1, repeats: int = 20, threads: int = 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        models = {"dense": decode(path, domain="spatial", runtime=False)}
-        models.update({domain: decode(path, domain=domain) for domain in ("spatial", "winograd")})
-        models["auto"] = decode(path, domain="auto", batch=batch, threads=threads, input_size=size, timing_cache=timing_cache)
+        models = {"dense": decode(path, domain="spatial", runtime=False, allow_imports=allow_imports)}
+        models.update({domain: decode(path, domain=domain, allow_imports=allow_imports) for domain in ("spatial", "winograd")})
+        models["auto"] = decode(path, domain="auto", batch=batch, threads=threads, input_size=size, timing_cache=timing_cache,
+                                allow_imports=allow_imports)
         sample = torch.randn(batch, *size, generator=torch.Generator().manual_seed(1))
         timings = time_interleaved({name: (lambda model=model: model(sample)) for name, model in models.items()}, repeats)
     finally:

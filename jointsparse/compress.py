@@ -9,6 +9,7 @@ weights and the small objects each stage's API returns.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class CompressResult:
     seconds: dict[str, float] = field(default_factory=dict)
     densities: dict[str, dict[str, float | None]] = field(default_factory=dict)
     metric: str = "accuracy"
+    regularization: dict[str, Any] = field(default_factory=dict)  # e.g. {"a": {"spatial": ..., "winograd": ...}}
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -121,15 +123,24 @@ def compress(
     fingerprint: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
     task: Task = CLASSIFICATION,
+    input_size: tuple[int, int, int] | list[int] | None = None,
 ) -> CompressResult:
     """Run every stage of the recipe on ``model`` (trained, dense) and write ``out_path``.
-    ``task`` supplies the training loss and the metric each stage reports."""
+
+    ``task`` supplies the training loss and the metric each stage reports. ``test_loader=None``
+    skips every evaluation (the scores are NaN). ``input_size`` (C, H, W) lets the file record
+    each layer's map size (MACs without the model).
+    """
     out_path = Path(out_path)
     stages = _Stages(Path(workdir or f"{out_path}.work"), resume, {"recipe": recipe.to_dict(), **(fingerprint or {})})
     scores: dict[str, float] = {}
     seconds: dict[str, float] = {}
+    regularization: dict[str, Any] = {}  # values resolved at run time ("auto" a), kept in the file's provenance
     arch = getattr(model, "jointsparse_arch", None)
     model.to(device)
+
+    def test_score() -> float:
+        return evaluate(model, test_loader, device, task)["metric"] if test_loader is not None else math.nan
 
     def run_stage(stage: str, hooks: list[Any], config: StageConfig, title: str) -> None:
         start = time.perf_counter()
@@ -139,7 +150,7 @@ def compress(
             for hook, state in zip(hooks, done["hooks"]):
                 hook.load_state_dict(state)
             scores[stage] = done["score"] if "score" in done else done["accuracy"]  # markers written before tasks existed
-            log(f"[{stage}] already done (test {task.metric} {task.format(done['score'])})")
+            log(f"[{stage}] already done (test {task.metric} {task.format(scores[stage])})")
             return
         if config.epochs > 0:
             log(f"[{stage}] {title}: {config.epochs} epoch(s), lr {config.lr}")
@@ -154,20 +165,24 @@ def compress(
             scores[stage] = result.test_metric
         else:
             log(f"[{stage}] skipped (0 epochs)")
-            scores[stage] = evaluate(model, test_loader, device, task)["metric"]
+            scores[stage] = test_score()
         stages.finish(stage, {"model": model.state_dict(), "hooks": [h.state_dict() for h in hooks], "score": scores[stage]})
         seconds[stage] = time.perf_counter() - start
 
-    scores["dense"] = evaluate(model, test_loader, device, task)["metric"]
+    scores["dense"] = test_score()
     log(f"[dense] test {task.metric} {task.format(scores['dense'])}")
 
     regularizer = build_regularizer(model, recipe)
+    if getattr(regularizer, "learnable", False):  # joint sparsity's learnable coefficients: record the resolved a
+        regularization["a"] = dict(regularizer.a)
+        log(f"[retrain] a = spatial {regularizer.a['spatial']:.6g}, winograd {regularizer.a['winograd']:.6g}"
+            f" (recipe: {recipe.regularizer.a_spatial}, {recipe.regularizer.a_winograd})")
     method = recipe.regularizer.method
     label = f"{method} ({recipe.regularizer.mode})" if method == "joint_sparsity" else method  # mode is joint sparsity's only
     run_stage("retrain", [regularizer], recipe.retrain, f"{label} retraining")
 
     regularizer.prune()
-    scores["pruned"] = evaluate(model, test_loader, device, task)["metric"]
+    scores["pruned"] = test_score()
     log(f"[prune] spatial density {_overall_density(model):.3f} over all compressed layers, test {task.metric} {task.format(scores['pruned'])}")
     run_stage("finetune", regularizer.finetune_hooks(), recipe.finetune, "masked fine-tuning")
 
@@ -178,7 +193,7 @@ def compress(
     )
     _load_dequantized(model, quantized)
     seconds["quantize"] = time.perf_counter() - start
-    scores["quantized"] = evaluate(model, test_loader, device, task)["metric"]
+    scores["quantized"] = test_score()
     log(f"[quantize] {recipe.quantize.method}, test {task.metric} {task.format(scores['quantized'])}")
     finetuner = codecs.CodebookFinetuner(model, quantized, lr=recipe.quantize.centroid_lr)
     run_stage("codebook", regularizer.finetune_hooks() + [finetuner], recipe.codebook, "codebook fine-tuning")
@@ -189,14 +204,15 @@ def compress(
     report = codecs.encode(
         model, out_path, quantizer=recipe.quantize.method, winograd_sparsity=recipe.sparsity.winograd,
         m=recipe.winograd.m, quantized=quantized,  # the fine-tuner updated these codebooks in place
-        coder=coder, recipe=recipe.to_dict(), arch=arch, provenance=provenance,
+        coder=coder, recipe=recipe.to_dict(), arch=arch, input_size=None if input_size is None else tuple(input_size),
+        provenance={**(provenance or {}), "regularization": regularization} if regularization else provenance,
     )
     seconds["encode"] = time.perf_counter() - start
     log(f"[encode] wrote {out_path} ({out_path.stat().st_size:,} bytes)")
     densities = {
         row["name"].removesuffix(".weight"): {"spatial": row["density"], "winograd": row["winograd_density"]} for row in report["layers"]
     }
-    return CompressResult(out_path, report, scores, seconds, densities, task.metric)
+    return CompressResult(out_path, report, scores, seconds, densities, task.metric, regularization)
 
 
 def _load_dequantized(model: nn.Module, quantized: dict[str, Any]) -> None:

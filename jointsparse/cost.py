@@ -2,6 +2,8 @@
 
 The counts are per image. Conv and linear layers are found by module type; their output sizes come
 from one forward pass of a zero tensor, so any architecture works without a shape table.
+:func:`layer_cost` computes one row from a weight and its output size alone, which is how a
+``.jsz`` file's costs are counted without building its model (the file records the sizes).
 """
 
 from __future__ import annotations
@@ -83,6 +85,36 @@ def transform_macs(m: int, r: int) -> tuple[int, int]:
     return 2 * t * int(torch.count_nonzero(bt)), (t + m) * int(torch.count_nonzero(at))
 
 
+def layer_cost(
+    name: str, weight: torch.Tensor, output_size: tuple[int, int] | None, *, groups: int = 1,
+    winograd_m: int | None = None, winograd_threshold: float = 0.0,
+) -> LayerCost:
+    """One layer's costs from its weight, its output map size (None for a linear layer) and, for
+    a layer run in the Winograd domain, its tile ``m`` and threshold on ``|G w G^T|``."""
+    weight = weight.detach()
+    params, nonzero = weight.numel(), int(torch.count_nonzero(weight))
+    if output_size is None or weight.ndim == 2:
+        return LayerCost(name, "linear", params, nonzero, (1, 1), params, nonzero)
+    out_h, out_w = output_size
+    pixels = out_h * out_w
+    row = LayerCost(name, "conv", params, nonzero, (out_h, out_w), params * pixels, nonzero * pixels)
+    if winograd_m is not None:
+        m, r = winograd_m, weight.shape[-1]
+        t = m + r - 1
+        tiles = tile_count(out_h, m) * tile_count(out_w, m)
+        kept = winograd_mask(weight, m, winograd_threshold)
+        row.winograd_tile = t
+        row.tiles = tiles
+        row.winograd_params = kept.numel()
+        row.winograd_nonzero = int(kept.sum())
+        row.dense_winograd_macs = kept.numel() * tiles
+        row.sparse_winograd_macs = row.winograd_nonzero * tiles
+        per_input_tile, per_output_tile = transform_macs(m, r)
+        row.input_transform_macs = weight.shape[1] * groups * tiles * per_input_tile
+        row.output_transform_macs = weight.shape[0] * tiles * per_output_tile
+    return row
+
+
 def layer_costs(
     model: nn.Module,
     input_size: tuple[int, ...],
@@ -101,29 +133,13 @@ def layer_costs(
     for name, module in model.named_modules():
         if name not in sizes:
             continue
-        weight = module.weight.detach()
-        params, nonzero = weight.numel(), int(torch.count_nonzero(weight))
         if isinstance(module, nn.Linear):
-            rows.append(LayerCost(name, "linear", params, nonzero, (1, 1), params, nonzero))
+            rows.append(layer_cost(name, module.weight, None))
             continue
-        out_h, out_w = sizes[name][-2:]
-        pixels = out_h * out_w
-        row = LayerCost(name, "conv", params, nonzero, (out_h, out_w), params * pixels, nonzero * pixels)
-        if has_winograd_form(module):
-            r = module.kernel_size[0]
-            t = m + r - 1
-            tiles = tile_count(out_h, m) * tile_count(out_w, m)
-            kept = winograd_mask(weight, m, thresholds.get(name, 0.0))
-            row.winograd_tile = t
-            row.tiles = tiles
-            row.winograd_params = kept.numel()
-            row.winograd_nonzero = int(kept.sum())
-            row.dense_winograd_macs = kept.numel() * tiles
-            row.sparse_winograd_macs = row.winograd_nonzero * tiles
-            per_input_tile, per_output_tile = transform_macs(m, r)
-            row.input_transform_macs = module.in_channels * tiles * per_input_tile
-            row.output_transform_macs = module.out_channels * tiles * per_output_tile
-        rows.append(row)
+        rows.append(layer_cost(
+            name, module.weight, tuple(sizes[name][-2:]), groups=module.groups,
+            winograd_m=m if has_winograd_form(module) else None, winograd_threshold=thresholds.get(name, 0.0),
+        ))
     return rows
 
 

@@ -11,8 +11,14 @@ Names understood by :func:`get_dataset` / :func:`make_loaders`:
   scikit-image and scikit-learn ship (:mod:`jointsparse.superres`): ``train`` and ``val`` are
   32 px patches of 15 training images, ``test`` is 5 held-out whole images (batch 1). Its
   ``DataInfo.task`` is ``"super-resolution"`` (targets are images, not labels).
+- ``npz:PATH``: a NumPy ``.npz`` archive with ``x_train``, ``y_train`` and optionally ``x_test``,
+  ``y_test``; images NHW, NCHW or NHWC, uint8 (scaled by 1/255) or float (used as is); labels
+  integers ``0..K-1`` (K classes, from the largest label).
 - ``imagefolder:PATH``: an ImageNet-style tree ``PATH/train/<class>/*`` and ``PATH/val/<class>/*``
-  (``PATH/test`` is accepted too), read through torchvision (``pip install 'jointsparse[vision]'``).
+  (``PATH/test`` is accepted too), read lazily with Pillow.
+
+A dataset without a test split (an npz without ``x_test``, a folder without ``val``/``test``)
+gives ``make_loaders(..., require_test=False)`` a ``None`` test loader.
 
 Tensor datasets (all but ``imagefolder``) keep every image in memory, resized once up front and
 stored as uint8 where the source is 8-bit. Scaling to [0, 1], grey-to-RGB replication and
@@ -20,12 +26,15 @@ normalization happen per batch on the fly, so a 3-channel 67 px Fashion-MNIST co
 pixel of memory, not twelve. :func:`make_loaders` fetches whole batches with one indexing
 operation instead of one ``__getitem__`` per image.
 
-Normalization uses the *training* split's pixel mean and standard deviation at native
-resolution (the same numbers for both splits, so the test set is never looked at).
+Normalization uses, by default, the *training* split's pixel mean and standard deviation at
+native resolution (the same numbers for both splits, so the test set is never looked at;
+ImageNet's for image folders); ``mean=``/``std=`` (one value per channel) replace them, and
+``normalize=False`` turns it off. :class:`DataInfo` records the values used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import os
@@ -46,6 +55,7 @@ from . import superres
 __all__ = [
     "DataError",
     "DatasetNotFoundError",
+    "NoTestSplitError",
     "IdxFormatError",
     "DataInfo",
     "TensorImageDataset",
@@ -59,7 +69,7 @@ __all__ = [
 
 Split = Literal["train", "val", "test"]
 
-KNOWN_DATASETS = ("digits", "fashion-mnist", "mnist", "sr-natural", "imagefolder:PATH")
+KNOWN_DATASETS = ("digits", "fashion-mnist", "mnist", "sr-natural", "npz:PATH", "imagefolder:PATH")
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DATA_ENV = "JOINTSPARSE_DATA"
@@ -89,6 +99,10 @@ class DatasetNotFoundError(DataError):
     """The dataset's files are not on this machine; the message says how to get them."""
 
 
+class NoTestSplitError(DatasetNotFoundError):
+    """The dataset has a training split only."""
+
+
 class IdxFormatError(DataError):
     """A file is not a valid (optionally gzipped) IDX file."""
 
@@ -103,11 +117,15 @@ class DataInfo:
     input_size: tuple[int, int]
     train_size: int
     test_size: int
+    mean: tuple[float, ...] | None = None  # the normalization applied (None: none)
+    std: tuple[float, ...] | None = None
     task: str = "classification"  # or "super-resolution": what jointsparse.tasks.task_for builds
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_size"] = list(self.input_size)
+        d["mean"] = None if self.mean is None else list(self.mean)
+        d["std"] = None if self.std is None else list(self.std)
         return d
 
 
@@ -255,6 +273,8 @@ class TensorImageDataset(Dataset):
         self._scale = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
         self._mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self._std = None if std is None else torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        # Statistics per output channel of replicated grey images: replicate first, then normalize.
+        self._replicate_first = self._mean is not None and self._mean.shape[1] == channels != native
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -265,6 +285,8 @@ class TensorImageDataset(Dataset):
 
     def _prepare(self, raw: torch.Tensor) -> torch.Tensor:
         x = raw.to(torch.float32) * self._scale
+        if self._replicate_first:
+            x = x.expand(-1, self.channels, -1, -1)
         if self._mean is not None:
             x = (x - self._mean) / self._std
         if x.shape[1] != self.channels:
@@ -321,55 +343,187 @@ def _select_subset(n: int, subset: int | None, subset_seed: int | None) -> torch
     return torch.randperm(n, generator=gen)[:subset].sort().values
 
 
+# -------------------------------------------------------------------------------------- npz
+
+
+def _npz_images(array: np.ndarray, where: str) -> torch.Tensor:
+    """NHW, NCHW or NHWC (channels 1 or 3; NCHW when both readings fit) to a [N, C, H, W] tensor."""
+    if array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim == 4:
+        if array.shape[1] not in (1, 3) and array.shape[3] in (1, 3):
+            array = array.transpose(0, 3, 1, 2)
+        elif array.shape[1] not in (1, 3):
+            raise DataError(f"{where}: images of shape {array.shape} have neither 1 nor 3 channels (NCHW or NHWC)")
+    else:
+        raise DataError(f"{where}: images must be NHW, NCHW or NHWC, got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(array))
+    if not np.issubdtype(array.dtype, np.floating):
+        raise DataError(f"{where}: images must be uint8 (0..255) or float, got {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _npz_labels(array: np.ndarray, count: int, where: str) -> torch.Tensor:
+    if array.ndim != 1 or array.shape[0] != count or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{where}: labels must be {count} integers in a 1-D array, got {array.dtype} {array.shape}")
+    if count and array.min() < 0:
+        raise DataError(f"{where}: negative label {int(array.min())}")
+    return torch.from_numpy(array.astype(np.int64))
+
+
+@lru_cache(maxsize=2)
+def _load_npz(path: str, mtime_ns: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Both splits of an npz archive (cached per path and modification time)."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"npz file {path!r} does not exist") from None
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path!r} is not a readable .npz archive: {error}") from None
+    with archive:
+        missing = [key for key in ("x_train", "y_train") if key not in archive.files]
+        if missing:
+            raise DataError(f"{path!r} lacks {', '.join(missing)} (has {', '.join(archive.files) or 'nothing'})")
+        splits = {}
+        for split in ("train", "test"):
+            if f"x_{split}" not in archive.files:
+                continue
+            try:
+                images = _npz_images(archive[f"x_{split}"], f"{path}:x_{split}")
+                labels = _npz_labels(archive[f"y_{split}"], images.shape[0], f"{path}:y_{split}")
+            except KeyError:
+                raise DataError(f"{path!r} has x_{split} but no y_{split}") from None
+            except ValueError as error:  # object arrays need pickle: refused
+                raise DataError(f"{path!r}: {error}") from None
+            splits[split] = (images, labels)
+    if "test" in splits and splits["test"][0].shape[1:] != splits["train"][0].shape[1:]:
+        raise DataError(f"{path!r}: x_test images {tuple(splits['test'][0].shape[1:])} differ from x_train's {tuple(splits['train'][0].shape[1:])}")
+    return splits
+
+
+def _npz_splits(path: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"npz file {path!r} does not exist") from None
+    return _load_npz(path, mtime)
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std on the [0, 1] scale (uint8) or as stored (float)."""
+    x = images.to(torch.float64) / (255.0 if images.dtype == torch.uint8 else 1.0)
+    flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+    return flat.mean(1).tolist(), flat.std(1).clamp_min(1e-12).tolist()
+
+
 # ----------------------------------------------------------------------------- imagefolder
 
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
-def _imagefolder(path: str, split: str, resize: int | None, channels: int | None, normalize: bool):
-    try:
-        from torchvision import datasets, transforms
-    except ImportError:
-        raise DataError(
-            "imagefolder datasets need torchvision: pip install 'jointsparse[vision]' (or torchvision)"
-        ) from None
-    base = Path(path)
+
+class ImageFolderDataset(Dataset):
+    """An ImageNet-layout folder read lazily with Pillow: ``root/<class>/<image>``.
+
+    Training: a random resized crop (scale 0.08-1, aspect 3/4-4/3) and a horizontal flip, from
+    torch's global generator; evaluation: the shorter side resized to ``side * 256 / 224``, then
+    the centre ``side`` x ``side``. Classes are the sorted sub-directory names.
+    """
+
+    def __init__(self, root: Path, side: int, channels: int, train: bool, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+        self.classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
+        self.samples = [
+            (path, label)
+            for label, name in enumerate(self.classes)
+            for path in sorted((root / name).rglob("*"))
+            if path.suffix.lower() in _IMAGE_SUFFIXES and path.is_file()
+        ]
+        if not self.samples:
+            raise DatasetNotFoundError(f"imagefolder: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) under {root}/<class>/")
+        self.side, self.channels, self.train = side, channels, train
+        self._mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self._std = None if std is None else torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        area = width * height
+        for _ in range(10):
+            target = area * float(torch.empty(1).uniform_(0.08, 1.0))
+            aspect = math.exp(float(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3))))
+            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                left = int(torch.randint(0, width - w + 1, (1,)))
+                top = int(torch.randint(0, height - h + 1, (1,)))
+                return left, top, left + w, top + h
+        side = min(width, height)  # fall back to the centre square
+        left, top = (width - side) // 2, (height - side) // 2
+        return left, top, left + side, top + side
+
+    def _load(self, path: Path):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB" if self.channels == 3 else "L")
+        except (OSError, UnidentifiedImageError) as error:
+            raise DataError(f"imagefolder: cannot read {path}: {error}") from None
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
+        path, label = self.samples[index]
+        image = self._load(path)
+        if self.train:
+            image = image.resize((self.side, self.side), Image.BILINEAR, box=self._crop_box(*image.size))
+            if float(torch.rand(1)) < 0.5:
+                image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        else:
+            short = round(self.side * 256 / 224)
+            width, height = image.size
+            scale = short / min(width, height)
+            image = image.resize((max(self.side, round(width * scale)), max(self.side, round(height * scale))), Image.BILINEAR)
+            left, top = (image.size[0] - self.side) // 2, (image.size[1] - self.side) // 2
+            image = image.crop((left, top, left + self.side, top + self.side))
+        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).to(torch.float32).div_(255.0)
+        x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+        if self._mean is not None:
+            x = (x - self._mean) / self._std
+        return x.contiguous(), torch.tensor(label, dtype=torch.int64)
+
+
+def _imagefolder_split(base: Path, split: str) -> Path:
     candidates = ["train"] if split == "train" else ["val", "test"]
     folder = next((base / c for c in candidates if (base / c).is_dir()), None)
-    if folder is None:
-        raise DatasetNotFoundError(
-            f"imagefolder: no {' or '.join(candidates)} directory under {base}; expected the ImageNet layout "
-            f"{base}/train/<class>/*.JPEG and {base}/val/<class>/*.JPEG"
-        )
-    side = resize or 224
-    ops: list[Any] = []
-    if split == "train":
-        ops += [transforms.RandomResizedCrop(side), transforms.RandomHorizontalFlip()]
-    else:
-        ops += [transforms.Resize(round(side * 256 / 224)), transforms.CenterCrop(side)]
-    out_channels = channels or 3
-    if out_channels != 3:
-        ops.append(transforms.Grayscale(num_output_channels=out_channels))
-    ops.append(transforms.ToTensor())
-    if normalize:
-        mean, std = _IMAGENET_STATS
-        if out_channels != 3:
-            mean, std = (sum(mean) / 3,) * out_channels, (sum(std) / 3,) * out_channels
-        ops.append(transforms.Normalize(mean, std))
-    dataset = datasets.ImageFolder(str(folder), transform=transforms.Compose(ops))
-    return dataset, len(dataset.classes), out_channels, (side, side)
+    if folder is not None:
+        return folder
+    error = NoTestSplitError if split == "test" and (base / "train").is_dir() else DatasetNotFoundError
+    raise error(
+        f"imagefolder: no {' or '.join(candidates)} directory under {base}; expected the ImageNet layout "
+        f"{base}/train/<class>/*.JPEG and {base}/val/<class>/*.JPEG"
+    )
 
 
 # ----------------------------------------------------------------------------------- public
 
 
 def _canonical(name: str) -> str:
-    if name.lower().startswith("imagefolder:"):
-        if not name[len("imagefolder:") :]:
-            raise DataError("imagefolder needs a path: imagefolder:/path/to/imagenet")
-        return "imagefolder"
+    for prefix in ("imagefolder", "npz"):
+        if name.lower().startswith(f"{prefix}:"):
+            if not name[len(prefix) + 1 :]:
+                raise DataError(f"{prefix} needs a path: {prefix}:/path/to/{'imagenet' if prefix == 'imagefolder' else 'data.npz'}")
+            return prefix
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in ("digits", "fashion-mnist", "mnist", "sr-natural"):
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(KNOWN_DATASETS)}")
     return key
+
+
+def canonical_name(name: str) -> str:
+    """The dataset a name means: aliases resolved (``fmnist`` -> ``fashion-mnist``), paths kept."""
+    key = _canonical(name)
+    return name if key in ("npz", "imagefolder") else key
 
 
 def _check_options(split: str, resize: int | None, channels: int | None, subset: int | None) -> None:
@@ -383,6 +537,29 @@ def _check_options(split: str, resize: int | None, channels: int | None, subset:
         raise DataError(f"subset must be a positive int, got {subset!r}")
 
 
+def _normalization(
+    normalize: bool, mean: Sequence[float] | None, std: Sequence[float] | None, default: tuple[Sequence[float], Sequence[float]],
+    native: int, channels: int,
+) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The (mean, std) to apply: the given ones (one value each, per native or output channel) or the default."""
+    if not normalize:
+        return None, None
+    if (mean is None) != (std is None):
+        raise DataError("give both mean and std, or neither")
+    if mean is None:
+        mean, std = default
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) != len(std):
+        raise DataError(f"mean has {len(mean)} values, std {len(std)}: give one per channel")
+    if len(mean) == 1 and channels > 1:
+        mean, std = mean * native, std * native
+    if len(mean) not in (native, channels):
+        raise DataError(f"mean/std have {len(mean)} values; the images have {channels} channel(s)")
+    if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise DataError(f"std must be positive and every value finite, got mean {list(mean)}, std {list(std)}")
+    return mean, std
+
+
 def get_dataset(
     name: str,
     split: Split,
@@ -393,12 +570,16 @@ def get_dataset(
     subset: int | None = None,
     subset_seed: int | None = None,
     normalize: bool = True,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> Dataset:
     """One split of a dataset. The returned dataset carries ``.info`` (a :class:`DataInfo`).
 
     ``resize``: square side in pixels (bilinear, done once). ``channels``: 1 or 3 (grey images
     are replicated). ``subset``: keep N images of this split: the first N, or a random N seeded
-    by ``subset_seed``. ``normalize``: subtract the training mean and divide by its std.
+    by ``subset_seed``. ``normalize``: subtract a mean and divide by a std per channel, by default
+    the training split's (``mean``/``std`` replace them). A missing test split raises
+    :class:`NoTestSplitError`.
     """
     _check_options(split, resize, channels, subset)
     key = _canonical(name)
@@ -407,24 +588,46 @@ def get_dataset(
     if split == "val":
         raise DataError(f"{name} has no 'val' split (only sr-natural has one); use 'train' or 'test'")
     if key == "imagefolder":
-        dataset, num_classes, in_ch, size = _imagefolder(name.split(":", 1)[1], split, resize, channels, normalize)
+        folder = _imagefolder_split(Path(name.split(":", 1)[1]), split)
+        out_channels = channels or 3
+        grey_stats = (sum(_IMAGENET_STATS[0]) / 3,), (sum(_IMAGENET_STATS[1]) / 3,)
+        norm = _normalization(normalize, mean, std, _IMAGENET_STATS if out_channels == 3 else grey_stats, out_channels, out_channels)
+        side = resize or 224
+        dataset: Dataset = ImageFolderDataset(folder, side, out_channels, split == "train", *norm)
+        num_classes = len(dataset.classes)
         keep = _select_subset(len(dataset), subset, subset_seed)
         if keep is not None:
             dataset = torch.utils.data.Subset(dataset, keep.tolist())
-        dataset.info = DataInfo(name, num_classes, in_ch, size, -1, -1)  # sizes unknown per split
+        dataset.info = DataInfo(name, num_classes, out_channels, (side, side), -1, -1, *norm)  # sizes unknown per split
         return dataset
 
-    images, labels = _prepared(key, split, None if root is None else str(root), resize, subset, subset_seed)
-    if key == "digits":
-        train_images = _load_digits_splits()["train"][0]
-        stats = (float(train_images.mean()), float(train_images.std()))
+    if key == "npz":
+        path = name.split(":", 1)[1]
+        splits = _npz_splits(path)
+        if split not in splits:
+            raise NoTestSplitError(f"{path!r} has no x_test/y_test: a training split only")
+        images, labels = splits[split]
+        num_classes = int(max(int(y.max()) if len(y) else 0 for _, y in splits.values())) + 1
+        keep = _select_subset(len(labels), subset, subset_seed)
+        if keep is not None:
+            images, labels = images[keep], labels[keep]
+        if resize is not None:
+            images = _resize_images(images, resize)
+        stats = _channel_stats(splits["train"][0])
     else:
-        stats = _IDX_STATS[key]
-    in_ch = channels or images.shape[1]
-    mean, std = ([stats[0]] * images.shape[1], [stats[1]] * images.shape[1]) if normalize else (None, None)
-    dataset = TensorImageDataset(images, labels, channels=in_ch, mean=mean, std=std, num_classes=10)
+        images, labels = _prepared(key, split, None if root is None else str(root), resize, subset, subset_seed)
+        num_classes = 10
+        if key == "digits":
+            train_images = _load_digits_splits()["train"][0]
+            stats = ([float(train_images.mean())], [float(train_images.std())])
+        else:
+            stats = ([_IDX_STATS[key][0]], [_IDX_STATS[key][1]])
+    native = images.shape[1]
+    in_ch = channels or native
+    norm = _normalization(normalize, mean, std, stats, native, in_ch)
+    dataset = TensorImageDataset(images, labels, channels=in_ch, mean=norm[0], std=norm[1], num_classes=num_classes)
     sizes = {"train": len(labels) if split == "train" else -1, "test": len(labels) if split == "test" else -1}
-    dataset.info = DataInfo(key, 10, in_ch, dataset.input_size, sizes["train"], sizes["test"])
+    dataset.info = DataInfo(name if key == "npz" else key, num_classes, in_ch, dataset.input_size, sizes["train"], sizes["test"], *norm)
     return dataset
 
 
@@ -502,9 +705,12 @@ def make_loaders(
     num_workers: int = 0,
     distributed: bool = False,
     normalize: bool = True,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     drop_last: bool = False,
     eval_split: Split = "test",
-) -> tuple[DataLoader, DataLoader, DataInfo]:
+    require_test: bool = True,
+) -> tuple[DataLoader, DataLoader | None, DataInfo]:
     """Train and test loaders plus a :class:`DataInfo`.
 
     The training order is a permutation seeded by ``(seed, epoch)`` only (a
@@ -517,14 +723,20 @@ def make_loaders(
     the shards. ``subset`` / ``test_subset`` cut the training / evaluation split.
     ``eval_split``: the split the second loader serves (``"val"`` exists for ``sr-natural``
     only: validation patches, so that nothing during training looks at the test images).
-    Whole images of different sizes (``sr-natural``'s test split) come one per batch.
+    Whole images of different sizes (``sr-natural``'s test split) come one per batch. With
+    ``require_test=False`` a dataset without a test split gives ``None`` as the test loader.
     """
     if batch_size < 1 or eval_batch_size < 1:
         raise DataError(f"batch sizes must be positive, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
-    common = dict(root=root, resize=resize, channels=channels, normalize=normalize)
+    common = dict(root=root, resize=resize, channels=channels, normalize=normalize, mean=mean, std=std)
     train_set = get_dataset(name, "train", subset=subset, subset_seed=subset_seed, **common)
-    test_set = get_dataset(name, eval_split, subset=test_subset, **common)
-    if not getattr(test_set, "batch_indexing", True):
+    try:
+        test_set: Dataset | None = get_dataset(name, eval_split, subset=test_subset, **common)
+    except NoTestSplitError:
+        if require_test:
+            raise
+        test_set = None
+    if test_set is not None and not getattr(test_set, "batch_indexing", True):
         eval_batch_size = 1
     if distributed:
         import torch.distributed as dist
@@ -535,9 +747,9 @@ def make_loaders(
     else:
         rank, world = 0, 1
     train_sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
-    test_sampler = ShardSampler(len(test_set), rank, world)
     train_loader = _loader(train_set, train_sampler, batch_size, drop_last, num_workers)
-    test_loader = _loader(test_set, test_sampler, eval_batch_size, False, num_workers)
-    info = train_set.info
-    info = DataInfo(info.name, info.num_classes, info.in_channels, info.input_size, len(train_set), len(test_set), info.task)
+    test_loader = None
+    if test_set is not None:
+        test_loader = _loader(test_set, ShardSampler(len(test_set), rank, world), eval_batch_size, False, num_workers)
+    info = dataclasses.replace(train_set.info, train_size=len(train_set), test_size=0 if test_set is None else len(test_set))
     return train_loader, test_loader, info

@@ -7,8 +7,11 @@ that a compressed file can name the architecture it decodes into and rebuild it.
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
+import sys
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -277,31 +280,116 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+class UntrustedModelError(ModelError):
+    """A file names code to import and run, and the user has not said ``--trust``."""
+
+
+def is_user_factory(name: str) -> bool:
+    """True for a ``package.module:factory`` reference: building it imports and runs that code."""
+    return ":" in name
+
+
+def check_trusted(name: str, trust: bool, where: str) -> None:
+    """Refuse to import a factory named by a file unless the user said ``--trust``.
+
+    Registry names (``lenet5``, ...) are always allowed: they run only this package's code.
+    """
+    if is_user_factory(name) and not trust:
+        raise UntrustedModelError(f"{where} names the factory {name!r}; building it runs that code: pass --trust if you trust the file")
+
+
 def _import_factory(reference: str) -> Callable[..., nn.Module]:
     module_name, _, attribute = reference.partition(":")
+    # As with ``python -m``: modules in the current directory import without PYTHONPATH=.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ModelError(f"cannot import module {module_name!r} for model {reference!r}: {error}") from None
+        raise ModelError(f"cannot import module {module_name!r} for model {reference!r} (searched the current directory and sys.path): {error}") from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ModelError(f"module {module_name!r} has no callable {attribute!r}")
     return factory
 
 
-def get_model(name_or_path: str, **kwargs: Any) -> nn.Module:
-    """Build a model by registry name (``alexnet``, ...) or a user factory ``package.module:factory``."""
-    if ":" in name_or_path:
+def _signature(factory: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins and some C types have none
+        return None
+
+
+def accepted_kwargs(factory: Callable[..., Any], offered: Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of ``offered`` that ``factory`` takes by keyword (all of it if it has ``**kwargs``)."""
+    signature = _signature(factory)
+    if signature is None:
+        return dict(offered)
+    params = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return dict(offered)
+    names = {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return {k: v for k, v in offered.items() if k in names}
+
+
+def get_model(name_or_path: str, *, optional: Mapping[str, Any] | None = None, **kwargs: Any) -> nn.Module:
+    """Build a model by registry name (``alexnet``, ...) or a user factory ``package.module:factory``.
+
+    ``kwargs`` are passed as given (a factory that does not take one is an error); of
+    ``optional`` (what the data implies, e.g. ``num_classes``, ``in_channels``) the factory
+    receives only the keywords it accepts. ``model.jointsparse_arch`` records what was passed.
+    """
+    if is_user_factory(name_or_path):
         factory = _import_factory(name_or_path)
     elif name_or_path in MODELS:
         factory = MODELS[name_or_path]
     else:
         raise ModelError(f"unknown model {name_or_path!r}; known: {', '.join(sorted(MODELS))}, or package.module:factory")
+    signature = _signature(factory)
+    shown = f"{name_or_path}{signature}" if signature is not None else name_or_path
+    given = {**accepted_kwargs(factory, {k: v for k, v in (optional or {}).items() if k not in kwargs}), **kwargs}
+    if signature is not None:
+        try:
+            signature.bind(**given)
+        except TypeError as error:
+            raise ModelError(f"model {shown} does not accept {sorted(given)}: {error}") from None
     try:
-        model = factory(**kwargs)
+        model = factory(**given)
     except TypeError as error:
-        raise ModelError(f"model {name_or_path!r} does not accept {sorted(kwargs)}: {error}") from None
+        raise ModelError(f"model {shown} failed with {sorted(given)}: {error}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"factory {name_or_path!r} returned {type(model).__name__}, not an nn.Module")
-    model.jointsparse_arch = {"name": name_or_path, "kwargs": dict(kwargs)}
+    model.jointsparse_arch = {"name": name_or_path, "kwargs": dict(given)}
     return model
+
+
+def _runs(model: nn.Module, size: tuple[int, ...]) -> str | None:
+    """None if ``model`` runs on one zero image of ``size``, else the error's first line."""
+    parameter = next(model.parameters(), None)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros((1, *size), device=parameter.device if parameter is not None else "cpu"))
+        return None
+    except (RuntimeError, ValueError, IndexError) as error:  # what a shape mismatch raises inside forward
+        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    finally:
+        model.train(was_training)
+
+
+def check_input(model: nn.Module, size: tuple[int, int, int], label: str) -> None:
+    """Raise :class:`ModelError` with a hint (``--resize``/``--channels``) if ``model`` cannot take
+    ``size`` = (C, H, W) images."""
+    problem = _runs(model, size)
+    if problem is None:
+        return
+    channels, height, width = size
+    shown = f"{channels}x{height}x{width}"
+    for other in (1, 3):
+        if other != channels and _runs(model, (other, height, width)) is None:
+            raise ModelError(f"{label} does not run on {shown} inputs, it takes {other} channel(s): try --channels {other} ({problem})")
+    for side in (16, 28, 32, 56, 64, 96, 128, 224, 227):
+        if side > min(height, width) and _runs(model, (channels, side, side)) is None:
+            raise ModelError(f"{label} needs at least {side} px inputs, the data has {height}x{width}: try --resize {side} ({problem})")
+    raise ModelError(f"{label} does not run on {shown} inputs: {problem}")

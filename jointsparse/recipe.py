@@ -81,8 +81,9 @@ class RegularizerConfig:
     method: str = "joint_sparsity"
     mode: str = "joint"
     learnable: bool = True
-    a_spatial: float = 1.0
-    a_winograd: float = 1.0
+    # "auto": a = exp(rho_0) R_0 per domain (= N R_0 / e), the dense model at equilibrium (docs/method.md)
+    a_spatial: float | str = "auto"
+    a_winograd: float | str = "auto"
     lambda_spatial: float = 1.0
     lambda_winograd: float = 1.0
     init_log_coefficient: float | None = None
@@ -91,8 +92,8 @@ class RegularizerConfig:
 
     _checks = {
         "mode": (lambda v: v in ("joint", "spatial", "winograd"), "must be 'joint', 'spatial' or 'winograd'"),
-        "a_spatial": (lambda v: v >= 0, "must be >= 0"),
-        "a_winograd": (lambda v: v >= 0, "must be >= 0"),
+        "a_spatial": (lambda v: v == "auto" or (not isinstance(v, str) and v >= 0), "must be \"auto\" or a number >= 0"),
+        "a_winograd": (lambda v: v == "auto" or (not isinstance(v, str) and v >= 0), "must be \"auto\" or a number >= 0"),
         "lambda_spatial": (lambda v: v >= 0, "must be >= 0"),
         "lambda_winograd": (lambda v: v >= 0, "must be >= 0"),
         "update_every": (lambda v: v >= 1, "must be >= 1"),
@@ -163,8 +164,13 @@ class DataConfig:
     subset: int | None = None
     batch_size: int = 128
     eval_batch_size: int = 256
+    mean: list[float] | None = None  # normalisation per channel; None: the dataset's training statistics
+    std: list[float] | None = None
+    normalize: bool | None = None  # false: images scaled to [0, 1] only
 
     _checks = {
+        "mean": (lambda v: v is None or (len(v) > 0 and all(math.isfinite(x) for x in v)), "must be a non-empty list of finite numbers"),
+        "std": (lambda v: v is None or (len(v) > 0 and all(math.isfinite(x) and x > 0 for x in v)), "must be a non-empty list of positive numbers"),
         "resize": (lambda v: v is None or v >= 1, "must be >= 1"),
         "channels": (lambda v: v is None or v in (1, 3), "must be 1 or 3"),
         "subset": (lambda v: v is None or v >= 1, "must be >= 1"),
@@ -197,6 +203,9 @@ def _type_ok(value: Any, annotation: Any) -> bool:
         return value is None
     if annotation is Any:
         return True
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_type_ok(v, item_type) for v in value)
     if origin is dict:
         key_type, value_type = typing.get_args(annotation)
         return isinstance(value, dict) and all(isinstance(k, str) and _type_ok(v, value_type) for k, v in value.items())
@@ -282,6 +291,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     raise RecipeError(f"cannot write {value!r} as TOML")

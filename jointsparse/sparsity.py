@@ -211,7 +211,8 @@ class JointSparsity(Sparsifier):
     form (strided, 1x1, linear) get the spatial term only, in every mode that has one.
 
     ``learnable=True`` trains ``rho`` per domain (``a_spatial``, ``a_winograd`` are the ``a``
-    hyper-parameters); the coefficient ``exp(rho)`` is capped at the domain's weight count N,
+    hyper-parameters; ``"auto"`` sets ``a = exp(rho_0) R_0``, which puts the model as it is now at
+    equilibrium: ``N R_0 / e`` with the default ``rho_0``; :attr:`a` holds the values used); the coefficient ``exp(rho)`` is capped at the domain's weight count N,
     so that the penalty alone shrinks a targeted weight by at most ``1 - 2 lr`` per SGD step
     (stable for any lr < 1) instead of overshooting through zero. ``learnable=False`` uses
     ``lambda_spatial`` / ``lambda_winograd`` as fixed coefficients.
@@ -225,8 +226,8 @@ class JointSparsity(Sparsifier):
         mode: str = "joint",
         m: int = DEFAULT_M,
         learnable: bool = True,
-        a_spatial: float = 1.0,
-        a_winograd: float = 1.0,
+        a_spatial: float | str = 1.0,
+        a_winograd: float | str = 1.0,
         init_log_coefficient: float | None = None,
         lambda_spatial: float = 1.0,
         lambda_winograd: float = 1.0,
@@ -265,11 +266,25 @@ class JointSparsity(Sparsifier):
             )
             for domain, count in (("spatial", self.spatial_count), ("winograd", self.winograd_count))
         }
-        self.a = {"spatial": a_spatial, "winograd": a_winograd}
         self.fixed = {"spatial": lambda_spatial, "winograd": lambda_winograd}
         self.updates = 0
         self.pruning: PruningMasks | None = None
         self.update_thresholds()
+        self.a = self._resolve_a({"spatial": a_spatial, "winograd": a_winograd})
+
+    def _resolve_a(self, given: dict[str, float | str]) -> dict[str, float]:
+        """Numbers as given; ``"auto"`` as ``exp(rho_0) R_0`` of the current weights (docs/method.md)."""
+        for domain, value in given.items():
+            if not (value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0)):
+                raise SparsityConfigError(f"a_{domain} must be 'auto' or a number >= 0, got {value!r}")
+        if "auto" not in given.values():
+            return {domain: float(value) for domain, value in given.items()}
+        with torch.no_grad():
+            start = self.penalties()
+        return {
+            domain: float(self.log_coefficients[domain].detach().exp() * start[domain]) if value == "auto" else float(value)
+            for domain, value in given.items()
+        }
 
     # -- the regularizer -------------------------------------------------------------------
     def _winograd(self, layer: RegularizedLayer) -> torch.Tensor:

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-jointsparse demo --out "${1:-demo-out}"
+source scripts/env.sh
+"$PYTHON" -m jointsparse.cli demo --out "${1:-demo-out}"

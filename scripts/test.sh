@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-python3 -m pytest "$@"
+source scripts/env.sh
+"$PYTHON" -m pytest "$@"

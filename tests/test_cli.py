@@ -40,7 +40,7 @@ batch_size = 64
 """
 
 
-def run(*args, check=True, timeout=300):
+def run(*args, check=True, timeout=900):  # generous: CI machines are shared
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-m", "jointsparse.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
     if check and result.returncode != 0:
@@ -122,13 +122,13 @@ def expect_usage_error(result, *, no_file=None):
 def test_bad_input_gives_exit_2_and_one_line(pipeline, tmp_path):
     work, dense, recipe, packed, _ = pipeline
     out = tmp_path / "out.pt"
-    assert "does not exist" in expect_usage_error(run("decode", tmp_path / "missing.jsz", "-o", out, check=False), no_file=out)
+    assert "does not exist" in expect_usage_error(run("decode", tmp_path / "missing.jsz", "--domain", "spatial", "-o", out, check=False), no_file=out)
 
     corrupt = tmp_path / "corrupt.jsz"
     data = bytearray(packed.read_bytes())
     data[len(data) // 2] ^= 0xFF
     corrupt.write_bytes(bytes(data))
-    expect_usage_error(run("decode", corrupt, "-o", out, check=False), no_file=out)
+    expect_usage_error(run("decode", corrupt, "--domain", "spatial", "-o", out, check=False), no_file=out)
     truncated = tmp_path / "truncated.jsz"
     truncated.write_bytes(packed.read_bytes()[:100])
     expect_usage_error(run("evaluate", truncated, "--json", check=False))
@@ -175,6 +175,70 @@ def test_demo_recipe_matches_the_shipped_example():
     assert shipped == parse_recipe(tomllib.loads(DEMO_RECIPE))
 
 
+def test_cli_polish_in_process(pipeline, tmp_path, capsys, monkeypatch):
+    from jointsparse import __version__
+    from jointsparse.cli import main
+
+    _, dense, _, packed, _ = pipeline
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and __version__ in capsys.readouterr().out
+    # --debug works before the command as well as after it.
+    missing = tmp_path / "missing.jsz"
+    for argv in (["--debug", "info", str(missing)], ["info", str(missing), "--debug"]):
+        with pytest.raises(Exception):
+            main(argv)
+    assert main(["info", str(missing)]) == 2
+    # No command writes over its own input; a missing output directory is an error.
+    before = packed.read_bytes()
+    assert main(["decode", str(packed), "--domain", "spatial", "-o", str(packed)]) == 2
+    assert packed.read_bytes() == before
+    assert "is the input" in capsys.readouterr().err
+    assert main(["decode", str(packed), "--domain", "spatial", "-o", str(tmp_path / "no" / "x.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    # A usage error is one line.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["decode", str(packed), "-o", str(tmp_path / "x.pt")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "--domain" in err
+    # A reader that goes away mid-output is not an error.
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["info", str(packed), "--json"]) == 0
+
+
+def test_model_input_mismatch_is_exit_2_with_a_hint_and_leaves_nothing(tmp_path, capsys):
+    from jointsparse.cli import main
+
+    out = tmp_path / "lenet.pt"
+    assert main(["train", "--model", "lenet5", "--data", "digits", "--epochs", "1", "--quiet", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "lenet5 needs at least 16 px inputs" in err and "--resize 16" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+    assert main(["train", "--model", "vgg_small", "--model-arg", "in_channels=3", "--data", "digits", "--epochs", "1",
+                 "--quiet", "-o", str(out)]) == 2
+    assert "--channels 3" in capsys.readouterr().err
+
+
+def test_rejected_compress_leaves_no_work_directory(pipeline, tmp_path, capsys):
+    from jointsparse.cli import main
+
+    _, dense, _, _, _ = pipeline
+    recipe = tmp_path / "baseline.toml"
+    recipe.write_text("[regularizer]\noptions = { strength = 1.0 }\n")  # options are for baselines only
+    packed = tmp_path / "m.jsz"
+    assert main(["compress", str(dense), "--recipe", str(recipe), "--quiet", "-o", str(packed)]) == 2
+    assert "baseline methods" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["baseline.toml"]
+
+
 # ---------------------------------------------------- in-process: locks, debris, file-system errors
 
 
@@ -218,7 +282,7 @@ def test_decode_refuses_an_output_another_run_holds(small_file, capsys):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        code, lines = cli_error(capsys, "decode", small_file, "-o", out)
+        code, lines = cli_error(capsys, "decode", small_file, "--domain", "spatial", "-o", out)
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
@@ -266,7 +330,7 @@ def test_a_file_system_refusal_exits_2_naming_the_output_and_leaves_nothing(smal
         raise OSError(number, os.strerror(number), *(args[:1] if failing in ("open", "replace") else ()))
 
     monkeypatch.setattr(os, failing, refuse)
-    status, lines = cli_error(capsys, "decode", small_file, "-o", out)
+    status, lines = cli_error(capsys, "decode", small_file, "--domain", "spatial", "-o", out)
     monkeypatch.undo()
     assert status == 2 and len(lines) == 1, lines
     assert lines[0] == f"jointsparse decode: error: cannot write {out}: {reason}"

@@ -15,6 +15,7 @@ from jointsparse.data import (
     DataError,
     DatasetNotFoundError,
     IdxFormatError,
+    NoTestSplitError,
     ShardSampler,
     TensorImageDataset,
     get_dataset,
@@ -192,7 +193,8 @@ def test_batch_indexing_equals_item_indexing():
 @pytest.mark.parametrize(
     "name, kwargs, message",
     [
-        ("imagenet", {}, "unknown dataset 'imagenet'; known: digits, fashion-mnist, mnist, sr-natural, imagefolder:PATH"),
+        ("imagenet", {}, "unknown dataset 'imagenet'; known: digits, fashion-mnist, mnist, sr-natural, npz:PATH, imagefolder:PATH"),
+        ("npz:", {}, "npz needs a path"),
         ("digits", {"resize": 0}, "resize must be a positive int"),
         ("digits", {"channels": 2}, "channels must be 1 or 3"),
         ("digits", {"subset": -5}, "subset must be a positive int"),
@@ -213,15 +215,95 @@ def test_bad_split_and_rgb_to_grey():
         TensorImageDataset(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long), channels=1, num_classes=10)
 
 
-def test_imagefolder_needs_torchvision(tmp_path):
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        with pytest.raises(DataError, match=r"jointsparse\[vision\]"):
-            get_dataset(f"imagefolder:{tmp_path}", "train")
-    else:
-        with pytest.raises(DatasetNotFoundError, match="ImageNet layout"):
-            get_dataset(f"imagefolder:{tmp_path}", "train")
+def write_image_folder(base: Path, splits=("train", "val"), per_class: int = 3, size=(13, 9)) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for name in ("cat", "dog"):
+            (base / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(base / split / name / f"{i}.png")
+    (base / "train" / "cat" / "notes.txt").write_text("not an image")
+
+
+def test_imagefolder_reads_with_pillow(tmp_path):
+    write_image_folder(tmp_path)
+    train = get_dataset(f"imagefolder:{tmp_path}", "train", resize=8)
+    test = get_dataset(f"imagefolder:{tmp_path}", "test", resize=8, channels=1, mean=[0.5], std=[0.25])
+    assert len(train) == 6 and train.classes == ["cat", "dog"] and train.info.num_classes == 2
+    x, y = train[4]
+    assert x.shape == (3, 8, 8) and int(y) == 1
+    assert test.info.mean == (0.5,) and test[0][0].shape == (1, 8, 8)
+    # Evaluation crops deterministically: the same image twice gives the same tensor.
+    assert torch.equal(test[2][0], test[2][0])
+    with pytest.raises(DatasetNotFoundError, match="ImageNet layout"):
+        get_dataset(f"imagefolder:{tmp_path / 'nothing'}", "train")
+
+
+def test_imagefolder_without_val_is_a_train_only_dataset(tmp_path):
+    write_image_folder(tmp_path, splits=("train",))
+    with pytest.raises(NoTestSplitError):
+        get_dataset(f"imagefolder:{tmp_path}", "test")
+    train_loader, test_loader, info = make_loaders(f"imagefolder:{tmp_path}", resize=8, batch_size=4, require_test=False)
+    assert test_loader is None and info.test_size == 0
+    assert next(iter(train_loader))[0].shape == (4, 3, 8, 8)
+
+
+@pytest.mark.parametrize("layout", ["NHW", "NCHW", "NHWC"])
+def test_npz_layouts_and_scaling(tmp_path, layout):
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, size=(10, 6, 6), dtype=np.uint8)
+    images = {"NHW": grey, "NCHW": np.repeat(grey[:, None], 3, 1), "NHWC": np.repeat(grey[..., None], 3, 3)}[layout]
+    labels = np.arange(10) % 4
+    np.savez(tmp_path / "d.npz", x_train=images, y_train=labels, x_test=images[:4], y_test=labels[:4])
+    train = get_dataset(f"npz:{tmp_path / 'd.npz'}", "train", normalize=False)
+    channels = 1 if layout == "NHW" else 3
+    assert train.info.in_channels == channels and train.info.num_classes == 4 and train.info.input_size == (6, 6)
+    x, y = train[3]
+    assert torch.allclose(x[0], torch.from_numpy(grey[3]).float() / 255) and int(y) == 3
+    # Default normalization: the training split's own statistics per channel.
+    normalized = get_dataset(f"npz:{tmp_path / 'd.npz'}", "train")
+    assert len(normalized.info.mean) == channels
+    assert abs(float(normalized[list(range(10))][0].mean())) < 1e-5
+
+
+def test_npz_float_images_train_only_and_errors(tmp_path):
+    floats = np.random.default_rng(1).normal(size=(8, 1, 5, 5)).astype(np.float32)
+    np.savez(tmp_path / "f.npz", x_train=floats, y_train=np.zeros(8, dtype=np.int64))
+    train_loader, test_loader, info = make_loaders(f"npz:{tmp_path / 'f.npz'}", normalize=False, batch_size=8, require_test=False)
+    assert test_loader is None and info.test_size == 0
+    assert torch.allclose(next(iter(train_loader))[0].sort(0).values, torch.from_numpy(floats).sort(0).values)
+    with pytest.raises(NoTestSplitError, match="training split only"):
+        make_loaders(f"npz:{tmp_path / 'f.npz'}")
+    np.savez(tmp_path / "bad.npz", x_train=floats, y_train=np.zeros(3, dtype=np.int64))
+    with pytest.raises(DataError, match="labels must be 8 integers"):
+        get_dataset(f"npz:{tmp_path / 'bad.npz'}", "train")
+    np.savez(tmp_path / "nolabels.npz", x_train=floats)
+    with pytest.raises(DataError, match="lacks y_train"):
+        get_dataset(f"npz:{tmp_path / 'nolabels.npz'}", "train")
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        get_dataset(f"npz:{tmp_path / 'missing.npz'}", "train")
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        get_dataset(f"npz:{tmp_path / 'text.npz'}", "train")
+
+
+def test_custom_mean_std_and_no_normalize():
+    plain = get_dataset("digits", "train", normalize=False)
+    custom = get_dataset("digits", "train", mean=[0.5], std=[2.0])
+    assert custom.info.mean == (0.5,) and custom.info.std == (2.0,)
+    assert torch.allclose(custom[0][0], (plain[0][0] - 0.5) / 2.0)
+    rgb = get_dataset("digits", "train", channels=3, mean=[0.1, 0.2, 0.3], std=[1.0, 1.0, 1.0])
+    assert torch.allclose(rgb[0][0][2], plain[0][0][0] - 0.3)
+    assert plain.info.mean is None
+    with pytest.raises(DataError, match="give both mean and std"):
+        get_dataset("digits", "train", mean=[0.5])
+    with pytest.raises(DataError, match="2 values"):
+        get_dataset("digits", "train", mean=[0.5, 0.5], std=[1.0, 1.0])
+    with pytest.raises(DataError, match="std must be positive"):
+        get_dataset("digits", "train", mean=[0.5], std=[0.0])
 
 
 # ---------------------------------------------------------------------------------- loaders

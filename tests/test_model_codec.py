@@ -268,7 +268,9 @@ def test_decode_refuses_what_it_should(tmp_path):
         decode(path, "frequency", allow_imports=True)
     no_arch = tmp_path / "no_arch.jsz"
     plain = nn.Sequential(nn.Linear(4, 3))
-    encode(plain, no_arch)
+    with pytest.raises(ValueError, match=r"Sequential\(\) does not rebuild.*arch=\{'name'"):
+        encode(plain, no_arch)
+    encode(plain, no_arch, allow_no_arch=True)
     with pytest.raises(FormatError, match="no architecture"):
         decode(no_arch)
     assert decode_state(no_arch)[0] is None
@@ -303,3 +305,36 @@ def test_default_coder_is_smaller_than_zstd_on_a_sparse_model(tmp_path):
     ans = report(tmp_path / "ans.jsz")["total"]
     assert ans["index_bytes"] <= 1.05 * ans["index_entropy_bytes"]
     assert np.isclose(ans["position_vs_entropy"], 1.0, atol=0.01)
+
+
+class NoArgNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.fc = nn.Linear(2 * 5 * 5, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).flatten(1))
+
+
+def test_encode_stores_an_importable_class_and_layer_maps(tmp_path):
+    model = NoArgNet()
+    path = tmp_path / "n.jsz"
+    encode(model, path, input_size=(1, 5, 5))
+    contents = load(path)
+    assert contents.arch == {"name": f"{__name__}:NoArgNet", "kwargs": {}}
+    assert contents.manifest["input_size"] == [1, 5, 5]
+    entries = {entry["module"]: entry for entry in contents.manifest["layers"]}
+    assert entries["conv"]["output_size"] == [5, 5] and entries["conv"]["groups"] == 1
+    assert entries["fc"]["output_size"] == [1, 1]
+    decoded = decode(path, allow_imports=True)
+    x = torch.randn(2, 1, 5, 5)
+    assert decoded(x).shape == (2, 3)
+
+    class Local(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match="not importable.*arch="):
+        encode(Local(), tmp_path / "l.jsz")

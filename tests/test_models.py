@@ -89,3 +89,39 @@ def test_cascade_insertion_keeps_the_function_and_the_trained_layers():
     assert 0 < (noisy(x) - shallow(x)).abs().max() < 0.05
     with pytest.raises(ValueError):
         ctsrcnn_insert_layers(shallow, 0)
+
+
+def third_party_net(width: int = 4) -> torch.nn.Module:
+    """A factory that takes neither num_classes nor in_channels."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, width))
+
+
+def test_factory_receives_only_the_optional_keywords_it_accepts():
+    model = get_model("tests.test_models:third_party_net", optional={"num_classes": 10, "in_channels": 1}, width=6)
+    assert model(torch.zeros(1, 4)).shape == (1, 6)
+    assert model.jointsparse_arch == {"name": "tests.test_models:third_party_net", "kwargs": {"width": 6}}
+    assert get_model("lenet5", optional={"num_classes": 7}).jointsparse_arch["kwargs"] == {"num_classes": 7}
+    # An explicit keyword the factory does not take is an error that shows the signature.
+    with pytest.raises(ModelError, match=r"third_party_net\(width: int = 4\)"):
+        get_model("tests.test_models:third_party_net", depth=2)
+
+
+def test_factory_in_the_current_directory_imports_without_pythonpath(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "cwd_models_for_test.py").write_text(
+        "import torch\ndef net(num_classes=2):\n    return torch.nn.Linear(3, num_classes)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    model = get_model("cwd_models_for_test:net", optional={"num_classes": 5})
+    assert model.out_features == 5
+
+
+def test_trust_gate_names_the_factory_and_the_flag():
+    from jointsparse.models import UntrustedModelError, check_trusted
+
+    check_trusted("lenet5", False, "x.jsz")
+    check_trusted("pkg.mod:f", True, "x.jsz")
+    with pytest.raises(UntrustedModelError, match=r"'pkg.mod:f'.*--trust"):
+        check_trusted("pkg.mod:f", False, "x.jsz")

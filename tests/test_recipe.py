@@ -37,6 +37,8 @@ def test_dump_round_trips(tmp_path):
         ("[retrain]\nlr = 'fast'\n", "retrain.lr = 'fast' has the wrong type"),
         ("[retrain]\nepochs = true\n", "wrong type"),
         ("[retrain\n", "not valid TOML"),
+        ("[regularizer]\na_spatial = 'big'\n", "regularizer.a_spatial = 'big' must be \"auto\" or a number"),
+        ("[regularizer]\na_winograd = -1.0\n", "regularizer.a_winograd = -1.0 must be"),
     ],
 )
 def test_bad_recipes_name_the_key(tmp_path, text, message):
@@ -47,3 +49,10 @@ def test_bad_recipes_name_the_key(tmp_path, text, message):
 def test_missing_recipe(tmp_path):
     with pytest.raises(RecipeError, match="does not exist"):
         load_recipe(tmp_path / "nope.toml")
+
+
+def test_a_defaults_to_auto_and_takes_numbers(tmp_path):
+    assert Recipe().regularizer.a_spatial == "auto" and Recipe().regularizer.a_winograd == "auto"
+    recipe = load_recipe(write(tmp_path, "[regularizer]\na_spatial = 300\na_winograd = 'auto'\n"))
+    assert recipe.regularizer.a_spatial == 300 and recipe.regularizer.a_winograd == "auto"
+    assert load_recipe(write(tmp_path, dump_recipe(recipe))) == recipe

@@ -242,3 +242,17 @@ def test_squash_mask_stops_holding():
     model(torch.randn(4, 2, 7, 7)).square().sum().backward()
     optimizer.step()
     assert bool(model[0].weight[gone].any())
+
+
+def test_auto_a_puts_the_starting_model_at_equilibrium():
+    model = small_net()
+    reg = JointSparsity(model, 0.5, 0.5, a_spatial="auto", a_winograd=2.5)
+    start = {k: v.detach() for k, v in reg.penalties().items()}
+    # a = N R_0 / e with the default rho_0 = ln N - 1: the gradient of the cost in rho is zero.
+    assert reg.a["spatial"] == pytest.approx(reg.spatial_count * float(start["spatial"]) / math.e, rel=1e-5)
+    assert reg.a["winograd"] == 2.5
+    rho = reg.log_coefficients["spatial"]
+    grad = float(rho.detach().exp() * start["spatial"] - reg.a["spatial"])
+    assert abs(grad) < 1e-6 * reg.a["spatial"]
+    with pytest.raises(SparsityConfigError, match="a_spatial must be 'auto' or a number"):
+        JointSparsity(model, 0.5, 0.5, a_spatial="big")

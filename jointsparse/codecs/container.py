@@ -61,6 +61,8 @@ def save(
     recipe: Optional[Mapping[str, Any]] = None,
     provenance: Optional[Mapping[str, Any]] = None,
     tool_version: Optional[str] = None,
+    input_size: Optional[list[int]] = None,
+    maps: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> Path:
     """Entropy-code ``layers`` and write the ``.jsz`` file atomically (temp file + ``os.replace``).
 
@@ -68,7 +70,8 @@ def save(
     ``winograd``: per layer name, ``{"m", "r", "threshold", "sparsity"}`` for layers with a
     Winograd form. ``original_parameter_count`` defaults to the layer and raw element counts.
     ``recipe`` and ``provenance`` (e.g. the data set and command line) are stored as given; both
-    must be plain JSON values.
+    must be plain JSON values. ``input_size`` ([C, H, W]) and ``maps`` (per layer name,
+    ``{"output_size": [H, W], "groups": g}``) record the shapes MAC counts need (optional keys).
     """
     require_little_endian()
     if coder not in CODERS:
@@ -85,6 +88,9 @@ def save(
     layer_entries = []
     for name, layer in layers.items():
         layer_entries.append(layer_record(name, layer, coder, winograd.get(name), sections))
+        if maps is not None and name in maps:
+            layer_entries[-1]["output_size"] = [int(v) for v in maps[name]["output_size"]]
+            layer_entries[-1]["groups"] = int(maps[name]["groups"])
     raw_entries = [raw_record(name, tensor, sections) for name, tensor in raw.items()]
     if original_parameter_count is None:
         original_parameter_count = sum(layer.numel for layer in layers.values()) + sum(t.numel() for t in raw.values())
@@ -99,6 +105,8 @@ def save(
         "layers": layer_entries,
         "raw": raw_entries,
     }
+    if input_size is not None:
+        manifest["input_size"] = [int(v) for v in input_size]
     return atomic_write_bytes(path, pack(manifest, sections))
 
 

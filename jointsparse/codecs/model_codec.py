@@ -71,6 +71,8 @@ def encode(
     arch: Optional[Mapping[str, Any]] = None,
     seed: int = 0,
     provenance: Optional[Mapping[str, Any]] = None,
+    input_size: Optional[tuple[int, int, int]] = None,
+    allow_no_arch: bool = False,
 ) -> dict:
     """Quantize ``model`` as it is (or take the already fine-tuned ``quantized`` layers), code it,
     write ``path`` atomically and return :func:`jointsparse.codecs.report` of the file.
@@ -81,6 +83,12 @@ def encode(
     ``|G w_q G^T|``; None stores threshold 0 (keep every non-zero). ``arch`` defaults to
     ``model.jointsparse_arch``. Biases, BatchNorm parameters and buffers are stored losslessly.
     ``recipe`` and ``provenance`` (plain JSON: e.g. data set, command line) go into the manifest.
+
+    Without ``arch`` or ``model.jointsparse_arch``, the model's class is stored when it rebuilds
+    the same tensors with no arguments (``package.module:Class``); otherwise encode refuses, with a
+    message showing how to pass ``arch``, unless ``allow_no_arch=True`` (weights only: read them
+    back with :func:`decode_state`). ``input_size`` (C, H, W) stores each layer's output map size
+    and groups, so that MACs can be counted from the file without building the model.
     """
     if m < 1:
         raise ValueError(f"Winograd output tile m must be >= 1, got {m}")
@@ -93,6 +101,9 @@ def encode(
         _check_quantized(quantized, layers)
     quantized = {name: quantized[name] for name in layers}  # model order
     arch = arch if arch is not None else getattr(model, "jointsparse_arch", None)
+    if arch is None and not allow_no_arch:
+        arch = _class_reference(model)
+    maps = _layer_maps(model, input_size) if input_size is not None else None
     raw = {name: tensor for name, tensor in model.state_dict().items() if name not in quantized}
     winograd = _winograd_entries(model, quantized, winograd_sparsity, m)
     original = sum(p.numel() for p in model.parameters())
@@ -106,6 +117,8 @@ def encode(
         winograd=winograd,
         recipe=recipe,
         provenance=provenance,
+        input_size=None if input_size is None else [int(v) for v in input_size],
+        maps=maps,
     )
     size = os.path.getsize(written)
     planned = planned_bytes(
@@ -115,6 +128,49 @@ def encode(
     if planned > DEFAULT_MAX_EXPANSION * size:
         warnings.warn(f"{written} decodes to {planned} bytes, more than load()'s default cap; decode it with max_expansion=None", stacklevel=2)
     return report(written)
+
+
+def _class_reference(model: nn.Module) -> dict:
+    """``{"name": "module:Class", "kwargs": {}}`` if ``Class()`` rebuilds the model's tensors, else refuse."""
+    cls = type(model)
+    name = f"{cls.__module__}:{cls.__qualname__}"
+    how = (
+        "pass arch={'name': 'package.module:factory', 'kwargs': {...}} naming an importable factory that rebuilds it "
+        "(or build it with jointsparse.models.get_model), or allow_no_arch=True to store weights only"
+    )
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        raise ValueError(f"cannot store an architecture reference for {cls.__qualname__} (defined in {'a script' if cls.__module__ == '__main__' else 'a function'}, not importable): {how}")
+    try:
+        with torch.device("meta"):
+            probe = cls()
+        fits = {k: tuple(v.shape) for k, v in probe.state_dict().items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    except Exception:  # needs arguments, or fails to build: no reference we can vouch for
+        fits = False
+    if not fits:
+        raise ValueError(f"{name}() does not rebuild this model's tensors, so the file could not be decoded into it: {how}")
+    return {"name": name, "kwargs": {}}
+
+
+def _layer_maps(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, dict]:
+    """Per compressed weight: ``{"output_size": [H, W], "groups": g}`` from one forward pass on zeros
+    (``[1, 1]`` and 1 for linear layers); layers the pass does not reach are left out."""
+    sizes: dict[str, list[int]] = {}
+    layers = compressible_layers(model)
+    handles = [
+        module.register_forward_hook(lambda mod, args, out, name=name: sizes.__setitem__(name, list(out.shape[-2:]) if out.ndim == 4 else [1, 1]))
+        for name, (module, _) in layers.items()
+    ]
+    was_training = model.training
+    try:
+        parameter = next(model.parameters(), None)
+        with torch.no_grad():
+            model.eval()(torch.zeros((1, *input_size), device=parameter.device if parameter is not None else "cpu"))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return {name: {"output_size": [int(v) for v in sizes[name]], "groups": int(getattr(module, "groups", 1))}
+            for name, (module, _) in layers.items() if name in sizes}
 
 
 def decode_state(path: Union[str, os.PathLike], *, max_expansion: Optional[float] = DEFAULT_MAX_EXPANSION) -> tuple[Optional[dict], dict[str, torch.Tensor], dict]:
