@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .codecs import decode, decode_state, read_manifest, winograd_weights
 from .utils import atomic_write_bytes
 
 FORMATS = ("onnx", "safetensors")
@@ -59,8 +60,6 @@ def recorded_input_size(manifest: dict[str, Any]) -> list[int] | None:
 def export_onnx(path: str | os.PathLike[str], out: str | os.PathLike[str], *, trust: bool = False,
                 input_size: Sequence[int] | None = None, opset: int = 17) -> dict[str, Any]:
     """Write the spatial deployment of ``path`` as ONNX; returns ``{"input_size", "bytes"}``."""
-    from .codecs import decode, read_manifest
-
     onnx = _require("onnx")
     manifest = read_manifest(path)
     size = list(input_size) if input_size else recorded_input_size(manifest)
@@ -105,8 +104,6 @@ def export_safetensors(path: str | os.PathLike[str], out: str | os.PathLike[str]
 
     Nothing is imported or built: only the file's tensors are read.
     """
-    from .codecs import decode_state, winograd_weights
-
     _require("safetensors")
     from safetensors.torch import save
 
