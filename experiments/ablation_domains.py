@@ -29,7 +29,6 @@ import copy
 import datetime
 import hashlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -39,23 +38,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from jointsparse.bench import cpu_model
 from jointsparse.cost import layer_costs, macs_reduction
 from jointsparse.data import make_loaders
+from jointsparse.layers import prunable_layers
 from jointsparse.models import get_model
+from jointsparse.nn import winograd_prune
+from jointsparse.provenance import code_version, command_line, machine_info
 from jointsparse.sparsity import (
     MODES,
     JointSparsity,
     layer_densities,
-    prunable_layers,
     spatial_prune,
-    winograd_prune,
+    winograd_thresholds,
 )
 from jointsparse.train import TrainConfig, evaluate, train
 from jointsparse.transforms import has_winograd_form
 from jointsparse.utils import atomic_write_text
-
-from provenance import code_version, command_line
 
 RESULT_STEM = "ablation_domains"
 MODE_ORDER = ("spatial", "winograd", "joint")
@@ -133,11 +131,6 @@ def settings_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU model, core count and torch version, for result files (the project's one helper)."""
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "device": "CPU only", "torch": torch.__version__}
-
-
 # ---------------------------------------------------------------------------------- stages
 
 
@@ -177,8 +170,10 @@ def deploy(retrained: nn.Module, finetuned: nn.Module | None, args: argparse.Nam
     spatial_model = finetuned if finetuned is not None else pruned_spatial
     # Winograd deployment: only Winograd-form layers change domain; the rest is spatially pruned.
     base = spatial_prune(retrained, spatial_only) if spatial_only else copy.deepcopy(retrained)
-    winograd_model, thresholds = winograd_prune(base, winograd_targets, m=args.m)
-    one_file_model, one_file_thresholds = winograd_prune(spatial_model, winograd_targets, m=args.m)
+    thresholds = winograd_thresholds(base, winograd_targets, args.m)
+    one_file_thresholds = winograd_thresholds(spatial_model, winograd_targets, args.m)
+    winograd_model = winograd_prune(base, {name: (args.m, t) for name, t in thresholds.items()})
+    one_file_model = winograd_prune(spatial_model, {name: (args.m, t) for name, t in one_file_thresholds.items()})
 
     accuracy = {
         "retrained_unpruned": evaluate(retrained, test_loader)["accuracy"],

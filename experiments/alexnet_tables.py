@@ -25,11 +25,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_tables import NetworkSpec, main  # a sibling script: the directory of the running script is on sys.path
 
-from paper_tables import NetworkSpec, main  # noqa: E402
-
-from jointsparse.models import alexnet_pool_copy_factor  # noqa: E402
+from jointsparse.models import alexnet_pool_copy_factor
 
 
 def describe(resolution: int) -> str:

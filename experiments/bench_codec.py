@@ -33,7 +33,7 @@ import zstandard
 from jointsparse.codecs import load, quantize_weight, save
 from jointsparse.codecs.entropy import order0_entropy_bits
 from jointsparse.utils import atomic_write_text
-from jointsparse.bench import cpu_model
+from jointsparse.provenance import cpu_model
 
 MODELS = {
     "LeNet-5": {

@@ -26,7 +26,7 @@ from torch import nn
 
 from jointsparse.nn import SparseConv2d, WinogradConv2d
 from jointsparse.utils import atomic_write_text
-from jointsparse.bench import cpu_model
+from jointsparse.provenance import cpu_model
 
 
 @dataclass(frozen=True)

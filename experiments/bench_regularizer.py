@@ -30,12 +30,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation_domains import command_line, machine_info  # noqa: E402  (sibling script)
-
-from jointsparse.models import get_model  # noqa: E402
-from jointsparse.sparsity import JointSparsity  # noqa: E402
-from jointsparse.utils import atomic_write_text  # noqa: E402
+from jointsparse.models import get_model
+from jointsparse.provenance import command_line, machine_info
+from jointsparse.sparsity import JointSparsity
+from jointsparse.utils import atomic_write_text
 
 TARGET_RATIO = 1.2
 

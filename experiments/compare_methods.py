@@ -1,10 +1,10 @@
 """Issue #6's comparison: every sparsity method through the same compression pipeline.
 
 Each dense model is trained once (cached as ``<out-dir>/<model>/dense.pt``); every method then
-starts from that checkpoint and runs :func:`jointsparse.pipeline.compress` (retrain with the
+starts from that checkpoint and runs :func:`jointsparse.compress.compress` (retrain with the
 method's hook -> prune/finalize -> masked fine-tune -> quantize -> codebook fine-tune -> encode)
 into a real ``.jsz``. The file is then decoded for both deployments and evaluated, and its
-report and MAC counts are read back from the file (``codecs.report``, ``cli.info_payload``).
+report and MAC counts are read back from the file (``codecs.report``, ``jointsparse.info.info_payload``).
 
 Every method stores the same Winograd target (``--winograd-target``) for decode-time pruning,
 so the Winograd column shows which methods survive Winograd pruning: only joint sparsity is
@@ -33,13 +33,13 @@ import numpy as np
 import torch
 
 from jointsparse.baselines import DEEP_COMPRESSION_BITS, INDEX_BITS, METHODS, relative_index_layer_encode
-from jointsparse.bench import machine_summary
 from jointsparse.checkpoint import load_model, save_model
-from jointsparse.cli import info_payload
 from jointsparse.codecs import decode, load
+from jointsparse.compress import compress
 from jointsparse.data import make_loaders
+from jointsparse.info import info_payload
 from jointsparse.models import get_model
-from jointsparse.pipeline import compress, train_config
+from jointsparse.provenance import machine_summary
 from jointsparse.recipe import StageConfig, parse_recipe
 from jointsparse.train import evaluate, seed_everything, train
 from jointsparse.utils import atomic_write_text
@@ -140,7 +140,7 @@ def train_dense(model_name: str, loaders: tuple, info: Any, args: argparse.Names
     model = get_model(model_name, num_classes=info.num_classes, in_channels=info.in_channels, **MODEL_KWARGS[model_name])
     stage = StageConfig(epochs=args.epochs_dense, lr=args.dense_lr, weight_decay=5e-4, max_steps_per_epoch=args.max_steps or 0)
     start = time.perf_counter()
-    result = train(model, loaders[0], loaders[1], train_config(stage, seed=args.seed, device="cpu", progress=False),
+    result = train(model, loaders[0], loaders[1], stage.train_config(seed=args.seed, device="cpu", progress=False),
                    checkpoint_path=out / "dense.ckpt", stage="dense")
     (out / "dense.ckpt").unlink(missing_ok=True)
     save_model(path, model.state_dict(), model.jointsparse_arch,
@@ -235,7 +235,7 @@ def markdown(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
         "(codebook fine-tuning), and of the .jsz decoded for the spatial and the Winograd deployment "
         "(`codecs.decode(path, domain)`). Densities from `codecs.report` (Winograd density after the stored "
         "threshold, over Winograd-form layers). Ratio = 32 x all original parameters / (8 x file bytes). "
-        "MACs per image from `cli.info_payload` (sparse spatial and sparse Winograd deployments). "
+        "MACs per image from `jointsparse.info.info_payload` (sparse spatial and sparse Winograd deployments). "
         "`HR bytes` is *not* a file: the same quantized weights coded Deep Compression's way "
         "(Huffman + relative indices, 8-bit conv / 5-bit FC gaps, `relative_index_layer_encode`) "
         "plus codebooks and raw tensors, with its ratio beside it.",

@@ -46,7 +46,6 @@ import sys
 import tempfile
 import time
 import traceback
-import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable
@@ -108,26 +107,18 @@ def seed_files() -> dict[str, bytes]:
 
 
 # ------------------------------------------------------------------------------- framing
-# The adversary writes its own frame (docs/format.md section 1) from manifest TEXT: the library's
-# writer refuses what an attacker would send (NaN, duplicate keys, malformed JSON).
-_HEADER = struct.Struct("<8sHHIIIQ")
-_SECTION = struct.Struct("<QII")
-MAGIC, END = b"\x89JSZ\r\n\x1a\n", b"JSZE"
 
 
 def frame(manifest_text: bytes, sections: list[bytes], compress: bool = True) -> bytes:
-    import zstandard
+    """A file around manifest TEXT (which no writer would produce: NaN, duplicate keys, broken
+    JSON), with every checksum computed, so the case reaches the parser."""
+    from jointsparse.codecs.framing import pack_text
 
-    stored = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(manifest_text) if compress else manifest_text
-    table = b"".join(_SECTION.pack(len(s), zlib.crc32(s), 0) for s in sections)
-    total = _HEADER.size + len(table) + len(stored) + sum(map(len, sections)) + 8
-    header = _HEADER.pack(MAGIC, 1, 1 if compress else 0, len(sections), len(stored), zlib.crc32(stored), total)
-    body = b"".join([header, table, stored, *sections])
-    return body + struct.pack("<I4s", zlib.crc32(body), END)
+    return pack_text(manifest_text, sections, compress=compress)
 
 
 def unframe(data: bytes) -> tuple[dict, list[bytes]]:
-    from jointsparse.codecs.container import unpack
+    from jointsparse.codecs.framing import unpack
 
     manifest, sections = unpack(data)
     return manifest, [bytes(s) for s in sections]
@@ -449,8 +440,8 @@ def make_case(seeds: dict[str, bytes], campaign_seed: int, index: int) -> tuple[
 
 
 def _operations() -> dict[str, Callable[[str], Any]]:
-    from jointsparse.cli import info_payload
     from jointsparse.codecs import decode, report, winograd_weights
+    from jointsparse.info import info_payload
 
     return {
         "decode_spatial": lambda path: decode(path, "spatial"),

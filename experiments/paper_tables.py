@@ -6,7 +6,7 @@ Stages, each its own invocation if wanted (``--stages``), each resumable and rec
 ``<work-dir>/<stage>.json`` so that the report is rebuilt from every finished stage:
 
 - ``dense``: the dense baseline (the trainer's checkpoint resumes a killed run);
-- ``joint``: the recipe through ``jointsparse.pipeline.compress`` into a real ``.jsz`` file,
+- ``joint``: the recipe through ``jointsparse.compress.compress`` into a real ``.jsz`` file,
   decoded in both domains (``jointsparse.codecs.decode``) and evaluated: Tables A and B;
 - ``ablation``: Table C, the recipe in ``spatial``, ``winograd`` and ``joint`` regularizer mode
   with the same shortened budget (retraining capped at ``--ablation-steps``, no fine-tuning),
@@ -34,18 +34,16 @@ from typing import Any, Callable
 
 import torch
 
-from jointsparse.bench import machine_summary
-from jointsparse.cli import info_payload
 from jointsparse.codecs import decode
+from jointsparse.compress import compress
 from jointsparse.cost import WINOGRAD_PRODUCTS_CONVENTION, WINOGRAD_TRANSFORMS_CONVENTION
 from jointsparse.data import make_loaders
+from jointsparse.info import info_payload
 from jointsparse.models import get_model
-from jointsparse.pipeline import compress
+from jointsparse.provenance import code_version, command_line, machine_summary
 from jointsparse.recipe import Recipe, load_recipe
 from jointsparse.train import TrainConfig, evaluate, get_rank, init_distributed, is_rank0, seed_everything, train
 from jointsparse.utils import atomic_torch_save, atomic_write_text
-
-from provenance import code_version, command_line
 
 STAGES = ("dense", "joint", "ablation", "highres")
 ABLATION_MODES = ("spatial", "winograd", "joint")

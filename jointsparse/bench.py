@@ -6,8 +6,6 @@ median of ``repeats`` runs. Every ratio is against the dense layer timed in the 
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from typing import Any, Callable, Sequence
@@ -15,22 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-
-def cpu_model() -> str:
-    """The processor's model name (for the machine line of every results table)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def machine_summary() -> str:
-    """One line naming the CPU, its core count and the torch build, for results headers."""
-    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
+from .codecs import decode, read_manifest
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int = 20, warmup: int = 3) -> float:
@@ -64,8 +47,6 @@ def _layer_inputs(model: nn.Module, sample: torch.Tensor) -> dict[str, torch.Ten
 
 def bench_file(path: str, *, batch: int = 1, repeats: int = 20, threads: int = 1, input_size: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """One row per compressed layer: dense, spatial-sparse and Winograd-sparse milliseconds."""
-    from .codecs import decode, read_manifest
-
     if batch < 1 or repeats < 1 or threads < 1:
         raise ValueError("--batch, --repeats and --threads must be >= 1")
     manifest = read_manifest(path)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .models import get_model
+from .nn import WinogradConv2d
 from .utils import atomic_torch_save
 
 FORMAT = "jointsparse-model"
@@ -127,8 +128,6 @@ def load_state(model: nn.Module, payload: Mapping[str, Any], where: str) -> None
         raise ModelCheckpointError(f"checkpoint {where!r} does not fit the {type(model).__name__} model: {detail}")
     model.load_state_dict(state, strict=False)
     if winograd:
-        from .nn import WinogradConv2d  # runtime stage, only needed for Winograd checkpoints
-
         for name, entry in winograd.items():
             conv = model.get_submodule(name)
             if not isinstance(conv, nn.Conv2d):

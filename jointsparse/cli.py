@@ -21,6 +21,21 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .bench import bench_file, format_bench
+from .checkpoint import ModelCheckpointError, load_model, save_model
+from .codecs import FormatError, decode, decode_state, format_report, read_manifest, winograd_weights
+from .compress import PipelineError, compress
+from .data import DataError, make_loaders
+from .demo import run_demo
+from .info import InfoError, info_payload
+from .layers import LayerKeyError
+from .models import ModelError, get_model
+from .output_lock import OutputInUseError, hold_outputs
+from .recipe import RecipeError, StageConfig, load_recipe
+from .sparsity import SparsityConfigError
+from .train import CheckpointError, evaluate, seed_everything, train
+from .utils import OutputWriteError, atomic_write_text
+
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
 #: File-system refusals that are the environment's doing, not a bug: exit 2 with the path.
@@ -36,21 +51,10 @@ class UsageError(ValueError):
 
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Every exception class that means "bad input" rather than a bug."""
-    from .checkpoint import ModelCheckpointError
-    from .codecs import FormatError
-    from .data import DataError
-    from .models import ModelError
-    from .output_lock import OutputInUseError
-    from .pipeline import PipelineError
-    from .recipe import RecipeError
-    from .sparsity import SparsityConfigError
-    from .train import CheckpointError
-    from .utils import OutputWriteError
-
     return (
         UsageError, FormatError, DataError, ModelError, RecipeError, SparsityConfigError, CheckpointError,
-        ModelCheckpointError, PipelineError, OutputInUseError, OutputWriteError, FileNotFoundError, IsADirectoryError,
-        PermissionError,
+        ModelCheckpointError, PipelineError, InfoError, LayerKeyError, OutputInUseError, OutputWriteError,
+        FileNotFoundError, IsADirectoryError, PermissionError,
     )
 
 
@@ -67,8 +71,6 @@ def _outputs_of(args: argparse.Namespace) -> dict[str, Any]:
 
 def _error_message(error: BaseException) -> str:
     """One line for the user; an OSError names the user's path (never a hidden temp file)."""
-    from .utils import OutputWriteError
-
     if isinstance(error, OutputWriteError):
         return str(error)
     if isinstance(error, OSError) and error.filename is not None:
@@ -111,7 +113,6 @@ def _data_options(args: argparse.Namespace, defaults: dict[str, Any] | None = No
 
 
 def _loaders(options: dict[str, Any], seed: int):
-    from .data import make_loaders
 
     return make_loaders(
         options["name"], batch_size=options.get("batch_size") or 128, eval_batch_size=options.get("eval_batch_size") or 256,
@@ -128,7 +129,6 @@ def _data_record(options: dict[str, Any], info: Any) -> dict[str, Any]:
 
 def _write_json(path: str | None, payload: Any) -> None:
     if path:
-        from .utils import atomic_write_text
 
         atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
@@ -197,10 +197,7 @@ def _check_output(path: str, suffix: str | None = None) -> Path:
 def _load_any(path: str, domain: str | None, model_name: str | None, model_kwargs: dict[str, Any]):
     """A runnable model from a .jsz file (decoded to ``domain``) or a checkpoint, plus where
     its data options are recorded."""
-    from .checkpoint import load_model
-
     if path.endswith(".jsz"):
-        from .codecs import decode, read_manifest
 
         manifest = read_manifest(path)
         model = decode(path, domain=domain or "spatial")
@@ -218,12 +215,6 @@ def _load_any(path: str, domain: str | None, model_name: str | None, model_kwarg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import save_model
-    from .models import get_model
-    from .recipe import StageConfig
-    from .pipeline import train_config
-    from .train import seed_everything, train
-
     out = _check_output(args.output)
     options = _data_options(args)
     seed_everything(args.seed)
@@ -233,7 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     stage = StageConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
                         weight_decay=args.weight_decay, schedule=args.schedule, max_steps_per_epoch=args.max_steps or 0)
     result = train(
-        model, train_loader, test_loader, train_config(stage, seed=args.seed, device=args.device, progress=not args.quiet),
+        model, train_loader, test_loader, stage.train_config(seed=args.seed, device=args.device, progress=not args.quiet),
         checkpoint_path=f"{out}.ckpt", resume="auto" if args.resume else False, log_path=f"{out}.jsonl", stage="dense",
     )
     save_model(out, model.state_dict(), model.jointsparse_arch,
@@ -244,11 +235,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .pipeline import compress
-    from .recipe import load_recipe
-    from .train import seed_everything
-
     out = _check_output(args.output, ".jsz")
     recipe = load_recipe(args.recipe)
     model, payload = load_model(args.checkpoint, args.model, _model_kwargs(args.model_arg))
@@ -301,9 +287,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from .checkpoint import save_model
-    from .codecs import decode_state, winograd_weights
-
     out = _check_output(args.output)
     arch, state, manifest = decode_state(args.input)
     meta = {"source": os.path.abspath(args.input), "data": (manifest.get("provenance") or {}).get("data")}
@@ -319,8 +302,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .train import evaluate
-
     model, recorded = _load_any(args.input, args.domain, args.model, _model_kwargs(args.model_arg))
     recorded = {k: v for k, v in recorded.items() if k != "input_size"}
     options = _data_options(args, recorded)
@@ -336,45 +317,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def info_payload(path: str, input_size: Sequence[int] | None = None) -> dict[str, Any]:
-    """``codecs.report`` plus MACs in both domains from ``cost.layer_costs``."""
-    from .codecs import decode, read_manifest, report
-    from .cost import layer_costs, macs_reduction, total_macs
-
-    rep = report(path)
-    manifest = read_manifest(path)
-    size = list(input_size or ((manifest.get("provenance") or {}).get("data") or {}).get("input_size") or [])
-    payload = {"report": rep}
-    if size:
-        model = decode(path, domain="spatial", runtime=False)
-        rows_by_module = {row["name"].removesuffix(".weight"): row for row in rep["layers"]}
-        thresholds = {name: row["winograd_threshold"] for name, row in rows_by_module.items() if row["winograd_threshold"] is not None}
-        rows = layer_costs(model, (1, *size), m=_winograd_m(manifest), winograd_thresholds=thresholds)
-        payload["macs"] = {
-            "input_size": size,
-            "layers": [row.as_dict() for row in rows],
-            "dense": total_macs(rows, "dense"),
-            "spatial": total_macs(rows, "spatial"),
-            "winograd": total_macs(rows, "winograd"),
-            "winograd_with_transforms": total_macs(rows, "winograd_with_transforms"),
-            "reduction_spatial": macs_reduction(rows, "spatial"),
-            "reduction_winograd": macs_reduction(rows, "winograd"),
-            "reduction_winograd_with_transforms": macs_reduction(rows, "winograd_with_transforms"),
-        }
-    return payload
-
-
-def _winograd_m(manifest: dict[str, Any]) -> int:
-    """The file's Winograd output tile (one m per file; the cost model takes one)."""
-    tiles = {layer["winograd"]["m"] for layer in manifest.get("layers", []) if layer.get("winograd")}
-    if len(tiles) > 1:
-        raise UsageError(f"the file mixes Winograd tiles {sorted(tiles)}; the MAC table supports one")
-    return tiles.pop() if tiles else 2
-
-
 def cmd_info(args: argparse.Namespace) -> int:
-    from .codecs import format_report
-
     size = [int(v) for v in args.input_size.split(",")] if args.input_size else None
     payload = info_payload(args.input, size)
     if args.json:
@@ -398,8 +341,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_file, format_bench
-
     rows = bench_file(args.input, batch=args.batch, repeats=args.repeats, threads=args.threads,
                       input_size=[int(v) for v in args.input_size.split(",")] if args.input_size else None)
     if args.json:
@@ -410,8 +351,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     return run_demo(Path(args.out), quiet=args.quiet)
 
 
@@ -513,8 +452,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .output_lock import hold_outputs
-
     try:
         with hold_outputs(**_outputs_of(args)):
             return args.func(args)

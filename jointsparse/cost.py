@@ -13,7 +13,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from .transforms import filter_to_winograd, has_winograd_form, tile_count, winograd_matrices
+from .transforms import DEFAULT_M, has_winograd_form, tile_count, winograd_kept_count, winograd_matrices
 
 
 # How the figures are counted, in the words every report uses (tests tie them to the code below).
@@ -53,6 +53,8 @@ class LayerCost:
 
 
 def _output_sizes(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Output shape of every conv and linear layer, from one forward pass on PyTorch's meta
+    device: shapes without computing or allocating anything, whatever the input size."""
     sizes: dict[str, tuple[int, ...]] = {}
     handles = []
     for name, module in model.named_modules():
@@ -61,10 +63,9 @@ def _output_sizes(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, tu
     was_training = model.training
     try:
         model.eval()
-        parameter = next(model.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
+        tensors = {name: tensor.to("meta") for name, tensor in [*model.named_parameters(), *model.named_buffers()]}
         with torch.no_grad():
-            model(torch.zeros((1, *input_size[1:]), device=device))
+            torch.func.functional_call(model, tensors, (torch.zeros((1, *input_size[1:]), device="meta"),))
     finally:
         model.train(was_training)
         for handle in handles:
@@ -86,14 +87,16 @@ def transform_macs(m: int, r: int) -> tuple[int, int]:
 def layer_costs(
     model: nn.Module,
     input_size: tuple[int, ...],
-    m: int = 2,
+    m: int | Mapping[str, int] = DEFAULT_M,
     winograd_thresholds: Mapping[str, float] | None = None,
 ) -> list[LayerCost]:
     """One :class:`LayerCost` per conv and linear layer that the forward pass reaches.
 
     ``input_size`` is (N, C, H, W); only C, H and W matter (the counts are per image).
     The Winograd non-zeros count ``|G w G^T| > threshold`` with the layer's threshold from
-    ``winograd_thresholds`` (keyed by module name; 0 by default, i.e. every non-zero).
+    ``winograd_thresholds`` (keyed by module name; 0 by default, i.e. every non-zero). ``m`` is
+    the Winograd output tile, one for all layers or per module name (``DEFAULT_M`` for a name
+    not given).
     """
     sizes = _output_sizes(model, input_size)
     thresholds = winograd_thresholds or {}
@@ -110,17 +113,17 @@ def layer_costs(
         pixels = out_h * out_w
         row = LayerCost(name, "conv", params, nonzero, (out_h, out_w), params * pixels, nonzero * pixels)
         if has_winograd_form(module):
+            tile = m.get(name, DEFAULT_M) if isinstance(m, Mapping) else m
             r = module.kernel_size[0]
-            t = m + r - 1
-            tiles = tile_count(out_h, m) * tile_count(out_w, m)
-            winograd = filter_to_winograd(weight.double(), m)
+            t = tile + r - 1
+            tiles = tile_count(out_h, tile) * tile_count(out_w, tile)
             row.winograd_tile = t
             row.tiles = tiles
-            row.winograd_params = winograd.numel()
-            row.winograd_nonzero = int((winograd.abs() > thresholds.get(name, 0.0)).sum())
-            row.dense_winograd_macs = winograd.numel() * tiles
+            row.winograd_params = params // (r * r) * t * t
+            row.winograd_nonzero = winograd_kept_count(weight, tile, thresholds.get(name, 0.0))
+            row.dense_winograd_macs = row.winograd_params * tiles
             row.sparse_winograd_macs = row.winograd_nonzero * tiles
-            per_input_tile, per_output_tile = transform_macs(m, r)
+            per_input_tile, per_output_tile = transform_macs(tile, r)
             row.input_transform_macs = module.in_channels * tiles * per_input_tile
             row.output_transform_macs = module.out_channels * tiles * per_output_tile
         rows.append(row)

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .train.config import TrainConfig
+from .transforms import DEFAULT_M
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
@@ -52,6 +55,22 @@ class StageConfig:
         "schedule": (lambda v: v in ("cosine", "step", "constant"), "must be 'cosine', 'step' or 'constant'"),
         "max_steps_per_epoch": (lambda v: v >= 0, "must be >= 0"),
     }
+
+    def train_config(self, *, seed: int, device: str, progress: bool) -> TrainConfig:
+        """The trainer's settings for this stage (step lines off: the stage logs per epoch)."""
+        return TrainConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
+            max_steps_per_epoch=self.max_steps_per_epoch or None,
+            seed=seed,
+            device=device,
+            progress=progress,
+            log_every=0,
+        )
 
 
 @dataclass
@@ -118,7 +137,7 @@ class QuantizeConfig:
 class WinogradConfig:
     """Winograd F(m x m, r x r): the output tile ``m`` for every layer, with per-layer overrides."""
 
-    m: int = 2
+    m: int = DEFAULT_M
     layers: dict[str, int] = field(default_factory=dict)
 
     _checks = {

@@ -1,4 +1,4 @@
-"""Joint spatial/Winograd sparsity regularization, pruning masks and decode-time Winograd pruning.
+"""Joint spatial/Winograd sparsity regularization, pruning masks and Winograd thresholds.
 
 SPEC section 3 (a *reconstruction* of Choi et al.; every choice below is a constructor argument):
 
@@ -12,22 +12,26 @@ SPEC section 3 (a *reconstruction* of Choi et al.; every choice below is a const
 - cost term ``exp(rho_S) R_S + exp(rho_W) R_W - a_S rho_S - a_W rho_W`` with learnable ``rho``, or
   ``lambda_S R_S + lambda_W R_W`` with fixed coefficients.
 
-The objects here follow the trainer's hook protocol (``parameters``, ``penalty``,
-``after_backward``, ``after_step``, ``attach_optimizer``, ``state_dict``/``load_state_dict``).
+The objects here follow the trainer's hook protocol (``parameters``, ``penalty``, ``after_step``,
+``attach_optimizer``, ``state_dict``/``load_state_dict``); :class:`Sparsifier` is the contract
+that :class:`JointSparsity` and every baseline method implement.
 """
 
 from __future__ import annotations
 
 import copy
-import fnmatch
+import functools
 import math
+import weakref
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .transforms import filter_to_winograd, has_winograd_form
+from .layers import prunable_layers, resolve_per_layer, winograd_layers
+from .transforms import DEFAULT_M, filter_to_winograd, has_winograd_form, pruned_count, winograd_mask, winograd_threshold
 
 MODES = ("joint", "spatial", "winograd")
 
@@ -49,40 +53,6 @@ def _check_fraction(value: float, what: str) -> float:
     if not 0.0 <= value < 1.0 or math.isnan(value):
         raise SparsityConfigError(f"{what} must be in [0, 1), got {value}")
     return value
-
-
-def resolve_per_layer(spec: SparsitySpec, names: Iterable[str], what: str) -> dict[str, float]:
-    """Per-layer values from a default plus overrides.
-
-    ``spec`` is a float (every layer) or a mapping from exact layer names or globs
-    (``fnmatch``, e.g. ``"fc*"``) to values. An exact name wins over globs; among globs the first
-    match in the mapping's order wins; ``"*"`` serves as the default. A layer no key matches
-    gets 0 (not regularized). A key that matches no layer is an error, so typos do not pass
-    silently.
-    """
-    names = list(names)
-    if not isinstance(spec, Mapping):
-        value = _check_fraction(spec, what)
-        return {name: value for name in names}
-    resolved: dict[str, float] = {}
-    used: set[str] = set()
-    for name in names:
-        candidates = [name, f"{name}.weight"]
-        exact = next((key for key in candidates if key in spec), None)
-        key = exact or next((k for k in spec if any(fnmatch.fnmatchcase(c, k) for c in candidates)), None)
-        if key is not None:
-            used.add(key)
-        resolved[name] = _check_fraction(spec[key], f"{what}[{key!r}]") if key is not None else 0.0
-    unused = [key for key in spec if key not in used]
-    if unused:
-        raise SparsityConfigError(f"{what}: {', '.join(map(repr, unused))} match no layer; layers are {', '.join(names)}")
-    return resolved
-
-
-def pruned_count(fraction: float, numel: int) -> int:
-    """How many of ``numel`` weights a target sparsity removes, rounded to the nearest count
-    (``ceil`` would turn 0.07 * 100 = 7.000000000000001 into 8)."""
-    return min(numel, max(0, round(fraction * numel)))
 
 
 def magnitude_quantile(values: torch.Tensor, fraction: float, generator: torch.Generator | None = None) -> float:
@@ -115,18 +85,22 @@ class RegularizedLayer:
         return self.module.weight
 
 
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every Conv2d and Linear, by module name: the layers whose weights the toolkit compresses."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))}
-
-
 class PruningMasks:
-    """Keeps pruned weights at exactly zero through further training.
+    """Holds pruned weights at exactly zero through any further training, with no call to make.
 
-    The gradients of pruned weights are zeroed after every backward pass, and the optimizer's
-    per-weight state (momentum, Adam moments) at those positions is zeroed once when attached, so
-    neither momentum nor weight decay can move a pruned weight: masks that are real, not
-    re-applied after the fact.
+    Two hooks do it, registered at construction: a gradient hook on each masked weight zeroes the
+    pruned entries of its gradient (so gradient clipping, Adam moments and momentum see none), and
+    a global optimizer step post-hook (``torch.optim.optimizer.register_optimizer_step_post_hook``,
+    so it covers optimizers created later, by any training loop) re-zeroes the pruned weights after
+    every step: SGD's weight decay and momentum move a weight even when its gradient is zero, so
+    gradient masking alone would not hold. A parametrization would hold the mask too, but it
+    renames the weight in ``state_dict`` (``parametrizations.weight.original``) and changes every
+    checkpoint and the encoder's view; these hooks leave plain ``weight`` tensors. The cost is one
+    elementwise multiply per masked weight per backward and per step.
+
+    The hold lasts while this object is alive (its owner keeps it: the sparsifier that pruned,
+    or the caller) and until :meth:`remove`. ``attach_optimizer`` zeroes an optimizer's existing
+    per-weight state at pruned positions (a resumed optimizer's momentum).
     """
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
@@ -142,16 +116,19 @@ class PruningMasks:
             self.params[name] = weight
             self.masks[name] = keep.to(device=weight.device, dtype=torch.bool)
         self.apply()
+        self._handles = _hold(self)
 
     def apply(self) -> None:
         with torch.no_grad():
             for name, weight in self.params.items():
                 weight.mul_(self.masks[name])
 
-    def after_backward(self, step: int) -> None:
-        for name, weight in self.params.items():
-            if weight.grad is not None:
-                weight.grad.mul_(self.masks[name])
+    def remove(self) -> None:
+        """Stop holding: the weights stay as they are, later training may move the pruned ones."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        _HOLDING.discard(self)
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         for name, weight in self.params.items():
@@ -173,7 +150,59 @@ class PruningMasks:
         self.apply()
 
 
-class JointSparsity:
+#: Every PruningMasks that holds its masks; the one optimizer step post-hook below re-zeroes them.
+_HOLDING: "weakref.WeakSet[PruningMasks]" = weakref.WeakSet()
+
+
+def _after_any_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    for masks in list(_HOLDING):
+        masks.apply()
+
+
+register_optimizer_step_post_hook(_after_any_optimizer_step)
+
+
+def _hold(masks: PruningMasks) -> list:
+    """Register ``masks``' gradient hooks and add it to the holding set. Both keep only a weak
+    reference, so a PruningMasks nobody keeps stops holding."""
+    ref = weakref.ref(masks)
+
+    def mask_gradient(grad: torch.Tensor, name: str) -> torch.Tensor:
+        live = ref()
+        return grad if live is None else grad * live.masks[name]
+
+    _HOLDING.add(masks)
+    return [weight.register_hook(functools.partial(mask_gradient, name=name)) for name, weight in masks.params.items()]
+
+
+class Sparsifier:
+    """The contract every sparsity method implements, in the spirit of
+    ``torch.ao.pruning.BaseSparsifier``:
+
+    - *prepare*: the constructor takes the model and the per-layer configuration;
+    - *step*: during retraining the object is a trainer hook (``penalty``, ``after_step``, ...);
+    - :meth:`prune` ends the method's schedule and returns the :class:`PruningMasks` that hold the
+      pruned weights at zero from then on, under any training loop;
+    - :meth:`finetune_hooks`: the hooks the later training stages keep (the masks need none);
+    - :meth:`squash_mask` stops holding the masks; the weights are plain tensors with their zeros.
+    """
+
+    model: nn.Module
+    pruning: PruningMasks | None = None
+
+    def prune(self) -> PruningMasks:
+        raise NotImplementedError
+
+    def finetune_hooks(self) -> list[Any]:
+        return []
+
+    def squash_mask(self) -> None:
+        if self.pruning is not None:
+            self.pruning.remove()
+            self.pruning = None
+
+
+class JointSparsity(Sparsifier):
     """Joint spatial/Winograd sparsity regularizer (SPEC section 3).
 
     ``spatial_sparsity`` / ``winograd_sparsity``: the target fraction of zeros per layer, as a
@@ -194,7 +223,7 @@ class JointSparsity:
         spatial_sparsity: SparsitySpec = 0.7,
         winograd_sparsity: SparsitySpec = 0.7,
         mode: str = "joint",
-        m: int = 2,
+        m: int = DEFAULT_M,
         learnable: bool = True,
         a_spatial: float = 1.0,
         a_winograd: float = 1.0,
@@ -211,17 +240,15 @@ class JointSparsity:
         self.model, self.mode, self.m, self.learnable = model, mode, m, learnable
         self.update_every, self.seed = update_every, seed
         layers = prunable_layers(model)
-        spatial = resolve_per_layer(spatial_sparsity, layers, "spatial_sparsity")
-        winograd = resolve_per_layer(winograd_sparsity, layers, "winograd_sparsity")
+        spatial = resolve_per_layer(spatial_sparsity, layers, "spatial_sparsity", check=_check_fraction)
+        winograd = resolve_per_layer(winograd_sparsity, winograd_layers(model), "winograd_sparsity", check=_check_fraction)
         self.layers: list[RegularizedLayer] = []
         for name, module in layers.items():
             s_spatial = spatial[name] if mode in ("joint", "spatial") or not has_winograd_form(module) else 0.0
-            s_winograd = winograd[name] if mode in ("joint", "winograd") and has_winograd_form(module) else 0.0
+            s_winograd = winograd.get(name, 0.0) if mode in ("joint", "winograd") else 0.0
             self.layers.append(RegularizedLayer(name, module, s_spatial, s_winograd))
         # Targets are kept even in modes that do not regularize a domain: pruning and densities use them.
-        self.spatial_targets, self.winograd_targets = spatial, {
-            name: winograd[name] for name, module in layers.items() if has_winograd_form(module)
-        }
+        self.spatial_targets, self.winograd_targets = spatial, winograd
         self.spatial_count = sum(layer.weight.numel() for layer in self.layers if layer.spatial_sparsity > 0)
         self.winograd_count = sum(
             layer.weight.numel() // layer.weight.shape[-1] ** 2 * (m + layer.weight.shape[-1] - 1) ** 2
@@ -295,10 +322,6 @@ class JointSparsity:
     def parameters(self) -> list[torch.Tensor]:
         return list(self.log_coefficients.values()) if self.learnable else []
 
-    def after_backward(self, step: int) -> None:
-        if self.pruning is not None:
-            self.pruning.after_backward(step)
-
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         if self.pruning is not None:
             self.pruning.attach_optimizer(optimizer)
@@ -332,7 +355,7 @@ class JointSparsity:
             by_name[name].spatial_threshold, by_name[name].winograd_threshold = float(spatial), float(winograd)
         self.updates = int(state["updates"])
         if "pruning" in state:
-            self.pruning = PruningMasks(self.model, state["pruning"]["masks"])
+            self._hold_masks(state["pruning"]["masks"])
 
     # -- pruning and reporting -------------------------------------------------------------
     def prune(self) -> PruningMasks:
@@ -354,8 +377,17 @@ class JointSparsity:
                 keep = torch.ones(magnitude.numel(), dtype=torch.bool, device=magnitude.device)
                 keep[order[:k]] = False
                 masks[layer.name] = keep.view_as(magnitude)
+        return self._hold_masks(masks)
+
+    def _hold_masks(self, masks: Mapping[str, torch.Tensor]) -> PruningMasks:
+        if self.pruning is not None:
+            self.pruning.remove()
         self.pruning = PruningMasks(self.model, masks)
         return self.pruning
+
+    def finetune_hooks(self) -> list[Any]:
+        """The regularizer stays on while the pruned model is fine-tuned (SPEC section 3)."""
+        return [self]
 
     def densities(self) -> dict[str, dict[str, float | None]]:
         """Per layer: the fraction of non-zero spatial weights, and of non-zero Winograd weights
@@ -363,7 +395,7 @@ class JointSparsity:
         return layer_densities(self.model, self.m)
 
 
-def layer_densities(model: nn.Module, m: int = 2, winograd_thresholds: Mapping[str, float] | None = None) -> dict[str, dict[str, float | None]]:
+def layer_densities(model: nn.Module, m: int = DEFAULT_M, winograd_thresholds: Mapping[str, float] | None = None) -> dict[str, dict[str, float | None]]:
     """Per conv/linear layer: spatial non-zero fraction and Winograd fraction above threshold."""
     thresholds = winograd_thresholds or {}
     out: dict[str, dict[str, float | None]] = {}
@@ -373,8 +405,7 @@ def layer_densities(model: nn.Module, m: int = 2, winograd_thresholds: Mapping[s
             spatial = float((weight != 0).float().mean()) if weight.numel() else 0.0
             winograd = None
             if has_winograd_form(module):
-                big = filter_to_winograd(weight.double(), m)
-                winograd = float((big.abs() > thresholds.get(name, 0.0)).float().mean())
+                winograd = float(winograd_mask(weight, m, thresholds.get(name, 0.0)).float().mean())
             out[name] = {"spatial": spatial, "winograd": winograd}
     return out
 
@@ -386,35 +417,9 @@ def spatial_prune(model: nn.Module, sparsity: SparsitySpec) -> nn.Module:
     return pruned
 
 
-def winograd_thresholds(model: nn.Module, sparsity: SparsitySpec, m: int = 2) -> dict[str, float]:
+def winograd_thresholds(model: nn.Module, sparsity: SparsitySpec, m: int = DEFAULT_M) -> dict[str, float]:
     """Per Winograd-form layer, the threshold under which ``|G w G^T|`` is pruned: the exact
     ``sparsity``-quantile of the layer's Winograd magnitudes (0 for a target of 0)."""
-    layers = {name: module for name, module in prunable_layers(model).items() if has_winograd_form(module)}
-    targets = resolve_per_layer(sparsity, layers, "winograd_sparsity")
-    out: dict[str, float] = {}
-    with torch.no_grad():
-        for name, module in layers.items():
-            big = filter_to_winograd(module.weight.double(), m).abs().flatten()
-            k = pruned_count(targets[name], big.numel())
-            out[name] = float(big.kthvalue(k).values) if k > 0 else 0.0
-    return out
-
-
-def winograd_prune(model: nn.Module, sparsity: SparsitySpec | None = None, *, thresholds: Mapping[str, float] | None = None, m: int = 2) -> tuple[nn.Module, dict[str, float]]:
-    """Decode-time Winograd pruning without a file.
-
-    Returns a copy of ``model`` in which each Winograd-form conv is a sparse
-    :class:`jointsparse.nn.WinogradConv2d` keeping ``|G w G^T| > threshold``, and the thresholds
-    used. Give either target ``sparsity`` (per-layer quantiles) or explicit ``thresholds``.
-    """
-    from .nn import WinogradConv2d  # the runtime stage; imported here so training never needs it
-
-    if (sparsity is None) == (thresholds is None):
-        raise SparsityConfigError("winograd_prune needs exactly one of sparsity or thresholds")
-    used = dict(thresholds) if thresholds is not None else winograd_thresholds(model, sparsity, m)
-    pruned = copy.deepcopy(model)
-    for name, module in list(pruned.named_modules()):
-        if name in used and has_winograd_form(module):
-            keep = filter_to_winograd(module.weight.detach().double(), m).abs() > used[name]
-            pruned.set_submodule(name, WinogradConv2d.from_conv(module, m=m, winograd_mask=keep))
-    return pruned, used
+    layers = winograd_layers(model)
+    targets = resolve_per_layer(sparsity, layers, "winograd_sparsity", check=_check_fraction)
+    return {name: winograd_threshold(module.weight, targets[name], m) for name, module in layers.items()}

@@ -25,7 +25,7 @@ from jointsparse.baselines import (
     scale_channels,
     thin_model,
 )
-from jointsparse.baselines._common import keep_largest, resolve_layer_values
+from jointsparse.baselines._common import keep_largest
 from jointsparse.models import get_model
 
 
@@ -75,16 +75,6 @@ def roundtrip_state(state: dict) -> dict:
 
 
 # -- shared plumbing ------------------------------------------------------------------------------
-
-
-def test_resolve_layer_values_matches_like_resolve_per_layer():
-    names = ["conv1", "conv2", "fc6", "fc7"]
-    check = lambda v, what: float(v)  # noqa: E731
-    got = resolve_layer_values({"fc6": 5.0, "fc*": 2.0, "conv1": 7}, names, "lam", check, default=-1.0)
-    assert got == {"conv1": 7.0, "conv2": -1.0, "fc6": 5.0, "fc7": 2.0}
-    assert resolve_layer_values(3, names, "lam", check, default=0) == dict.fromkeys(names, 3.0)
-    with pytest.raises(ValueError, match="'fc9' match no layer"):
-        resolve_layer_values({"fc9": 1.0}, names, "lam", check, default=0)
 
 
 def test_keep_largest_is_exact_under_ties():

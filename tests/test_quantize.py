@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from jointsparse.codecs import CodebookFinetuner, kmeans_1d, quantize_model, quantize_weight
-from jointsparse.codecs.quantize import dither
+from jointsparse.codecs.quantize import dither, layer_bits
+from jointsparse.layers import LayerKeyError
 
 
 def _naive_lloyd(values: np.ndarray, centroids: np.ndarray, iterations: int = 1000) -> np.ndarray:
@@ -146,12 +147,21 @@ def test_quantize_model_covers_every_conv_and_linear_with_per_kind_bits():
     assert [layers[n].kind for n in layers] == ["conv", "conv", "linear"]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # not modified
     assert [q.bits for q in quantize_model(model, bits=3).values()] == [3, 3, 3]
-    mixed = quantize_model(model, bits={"features.0": 2, "fc.weight": 7})
+    mixed = quantize_model(model, bits={"features.0": 2, "fc": 7})
     assert [q.bits for q in mixed.values()] == [2, 6, 7]
     universal = quantize_model(model, "universal", seed=10)
     assert [q.dither_seed for q in universal.values()] == [10, 11, 12]
-    with pytest.raises(ValueError, match="unknown layers"):
+    with pytest.raises(LayerKeyError, match="match no layer; layers are features.0, features.3, fc"):
         quantize_model(model, bits={"classifier": 4})
+    with pytest.raises(LayerKeyError, match="match no layer"):  # keys are module names, not parameter names
+        quantize_model(model, bits={"fc.weight": 7})
+
+
+def test_layer_bits_exact_name_beats_a_glob_in_any_order():
+    model = _pruned_small()
+    for spec in ({"features.*": 4, "features.0": 8}, {"features.0": 8, "features.*": 4}):
+        assert layer_bits(model, spec) == {"features.0": 8, "features.3": 4, "fc": 5}
+    assert layer_bits(model, {"*": 3, "f*": 7}) == {"features.0": 3, "features.3": 3, "fc": 3}  # first glob wins
 
 
 # -- codebook fine-tuning -------------------------------------------------------------------
@@ -161,7 +171,8 @@ def _train_steps(model, hooks, steps, optimizer, x, y):
         optimizer.zero_grad()
         loss.backward()
         for hook in hooks:
-            hook.after_backward(step)
+            if hasattr(hook, "after_backward"):  # a sparsifier's masks need no call
+                hook.after_backward(step)
         optimizer.step()
         for hook in hooks:
             hook.after_step(step)

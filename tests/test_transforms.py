@@ -120,3 +120,20 @@ def test_float32_tolerance_on_awkward_shape():
 )
 def test_has_winograd_form(module, expected):
     assert has_winograd_form(module) is expected
+
+
+def test_the_winograd_pruning_rule():
+    from jointsparse.transforms import DEFAULT_M, pruned_count, winograd_mask, winograd_pruned, winograd_threshold
+
+    torch.manual_seed(3)
+    weight = torch.randn(5, 3, 3, 3)
+    big = filter_to_winograd(weight.double(), DEFAULT_M)
+    for sparsity in (0.0, 0.3, 0.75):
+        threshold = winograd_threshold(weight, sparsity, DEFAULT_M)
+        kept = winograd_mask(weight, DEFAULT_M, threshold)
+        assert int((~kept).sum()) == pruned_count(sparsity, big.numel())
+        values, mask = winograd_pruned(weight, DEFAULT_M, threshold)
+        assert torch.equal(mask, kept) and torch.equal(values, big)
+    assert winograd_threshold(weight, 0.0, 2) == 0.0
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        winograd_threshold(weight, 1.0, 2)

@@ -1,4 +1,4 @@
-"""Plumbing shared by the baseline methods: option checks, per-layer values, exact top-k masks,
+"""Plumbing shared by the baseline methods: option checks, exact top-k masks,
 conv/BatchNorm pairing, and a hook base class that owns the optimizer and the pruning masks.
 """
 
@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from ..sparsity import PruningMasks, SparsityConfigError, prunable_layers, resolve_per_layer
+from ..layers import prunable_layers
+from ..sparsity import PruningMasks, Sparsifier, SparsityConfigError
 
-T = TypeVar("T")
 LayerSpec = Any  # a value for every layer, or a mapping of layer names / globs to values
 
 
@@ -65,32 +65,6 @@ def check_choice(value: Any, what: str, choices: Iterable[str]) -> str:
     return value
 
 
-def resolve_layer_values(
-    spec: LayerSpec,
-    names: Iterable[str],
-    what: str,
-    check: Callable[[Any, str], T],
-    default: T,
-) -> dict[str, T]:
-    """Per-layer values of any kind, with :func:`jointsparse.sparsity.resolve_per_layer`'s rules.
-
-    ``spec`` is one value for every layer or a mapping of exact names / globs to values (exact
-    name first, then the first matching glob; a key matching no layer is an error). Layers no
-    key matches get ``default``. Each value goes through ``check(value, label)``.
-    """
-    names = list(names)
-    if not isinstance(spec, Mapping):
-        value = check(spec, what)
-        return {name: value for name in names}
-    keys = list(spec)
-    # resolve_per_layer only carries fractions in [0, 1); encode *which key matched* as one, so its
-    # matching rules and its typo check apply verbatim instead of being written a second time.
-    slots = len(keys) + 1
-    matched = resolve_per_layer({key: (index + 1) / slots for index, key in enumerate(keys)}, names, what)
-    checked = {key: check(spec[key], f"{what}[{key!r}]") for key in keys}
-    return {name: checked[keys[round(code * slots) - 1]] if code > 0 else default for name, code in matched.items()}
-
-
 # -- masks ---------------------------------------------------------------------------------------
 
 
@@ -133,7 +107,7 @@ def following_batchnorm(model: nn.Module) -> dict[str, tuple[str, nn.modules.bat
 # -- the hook base class -------------------------------------------------------------------------
 
 
-class BaselineHook:
+class BaselineHook(Sparsifier):
     """Trainer-hook plumbing shared by the methods.
 
     - ``attach_optimizer`` keeps the optimizer: prox steps read their learning rate from the
@@ -187,8 +161,6 @@ class BaselineHook:
     def after_backward(self, step: int) -> None:
         if self.optimizer is not None:
             self._step_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
-        if self.pruning is not None:
-            self.pruning.after_backward(step)
 
     def after_step(self, step: int) -> None:
         try:
@@ -210,12 +182,22 @@ class BaselineHook:
             self.on_finalized()
         return self.pruning
 
+    def prune(self) -> PruningMasks:
+        """Finish the method (:meth:`finalize`) and hold its zeros: its own final masks, or, for a
+        method that holds none, every weight that ended at zero."""
+        self.finalize()
+        if self.pruning is None:
+            self.set_masks({name: module.weight.detach() != 0 for name, module in self.layers.items()})
+        return self.pruning
+
     def final_masks(self) -> dict[str, torch.Tensor] | None:
         """The masks to hold after training (override); None keeps the current ones, if any."""
         return None
 
     def set_masks(self, masks: Mapping[str, torch.Tensor]) -> PruningMasks:
         """Hold ``masks`` (True = keep) from now on: zero the pruned weights and their optimizer state."""
+        if self.pruning is not None:
+            self.pruning.remove()
         self.pruning = PruningMasks(self.model, masks)
         if self.optimizer is not None:
             self.pruning.attach_optimizer(self.optimizer)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import resolve_per_layer
 from ._common import (
     BaselineConfigError,
     BaselineHook,
@@ -37,7 +38,6 @@ from ._common import (
     check_nonnegative,
     keep_count,
     keep_largest,
-    resolve_layer_values,
 )
 
 PRUNE_MODES = ("filter_norm", "magnitude", "none")
@@ -88,7 +88,7 @@ class Bridgeout(BaselineHook):
         sparsity: LayerSpec = 0.5,
     ) -> None:
         super().__init__(model)
-        self.p = {name: value for name, value in resolve_layer_values(p, self.layers, "p", check_fraction, 0.0).items() if value > 0}
+        self.p = {name: value for name, value in resolve_per_layer(p, self.layers, "p", check=check_fraction, default=0.0).items() if value > 0}
         if not self.p:
             raise BaselineConfigError("bridgeout: p is 0 for every layer, so it would do nothing")
         self.q = check_nonnegative(q, "q")
@@ -98,8 +98,8 @@ class Bridgeout(BaselineHook):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise BaselineConfigError(f"seed must be an int, got {seed!r}")
         self.seed = seed
-        self.prune = check_choice(prune, "prune", PRUNE_MODES)
-        self.sparsity = resolve_layer_values(sparsity, self.layers, "sparsity", check_fraction, 0.0)
+        self.prune_mode = check_choice(prune, "prune", PRUNE_MODES)
+        self.sparsity = resolve_per_layer(sparsity, self.layers, "sparsity", check=check_fraction, default=0.0)
         self.output_layer = list(self.layers)[-1]
         for name in self.p:
             layer = self.layers[name]
@@ -142,7 +142,7 @@ class Bridgeout(BaselineHook):
 
     # -- the end
     def final_masks(self) -> dict[str, torch.Tensor] | None:
-        if self.prune == "none":
+        if self.prune_mode == "none":
             return None
         masks = {}
         with torch.no_grad():
@@ -150,7 +150,7 @@ class Bridgeout(BaselineHook):
                 if sparsity <= 0:
                     continue
                 weight = self.layers[name].weight
-                if self.prune == "magnitude":
+                if self.prune_mode == "magnitude":
                     masks[name] = keep_largest(weight.abs(), weight.numel() - round(sparsity * weight.numel()))
                 elif name != self.output_layer:  # the output layer's neurons are the classes
                     norms = weight.flatten(1).norm(dim=1)

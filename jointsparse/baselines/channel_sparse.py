@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..models import get_model
-from ._common import BaselineConfigError, BaselineHook, LayerSpec, check_fraction, keep_count, resolve_layer_values
+from ..layers import resolve_per_layer
+from ._common import BaselineConfigError, BaselineHook, LayerSpec, check_fraction, keep_count
 
 #: The input side used to check a generically narrowed model end to end (AlexNet needs >= 63 px).
 DEFAULT_INPUT_SIZE = {"lenet5": 28, "alexnet": 67, "resnet18": 32, "resnet20": 32, "vgg_small": 28}
@@ -59,7 +60,7 @@ class ChannelSparse(BaselineHook):
         convs = {name: layer for name, layer in self.layers.items() if isinstance(layer, nn.Conv2d)}
         if not convs:
             raise BaselineConfigError("channel_sparse: the model has no Conv2d layer")
-        self.alphas = resolve_layer_values(alpha, convs, "alpha", _check_alpha, default=1.0)
+        self.alphas = resolve_per_layer(alpha, convs, "alpha", check=_check_alpha, default=1.0)
         masks = {}
         for index, (name, layer) in enumerate(self.layers.items()):
             if name not in convs or self.alphas[name] >= 1.0:

@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ._common import BaselineConfigError, BaselineHook, LayerSpec, check_fraction, check_positive_int, keep_largest, resolve_layer_values
+from ..layers import resolve_per_layer
+from ._common import BaselineConfigError, BaselineHook, LayerSpec, check_fraction, check_positive_int, keep_largest
 
 #: k-means bits per weight (codebook of 2^b entries, zero included) for conv and FC layers.
 DEEP_COMPRESSION_BITS = {"conv": 8, "linear": 5}
@@ -57,7 +58,7 @@ class DeepCompression(BaselineHook):
         if schedule is None:
             rounds = check_positive_int(rounds, "rounds")
             every = check_positive_int(every, "every")
-            final = resolve_layer_values(sparsity, self.layers, "sparsity", check_fraction, 0.0)
+            final = resolve_per_layer(sparsity, self.layers, "sparsity", check=check_fraction, default=0.0)
             self.schedule = [(i * every - 1, {name: s * i / rounds for name, s in final.items()}) for i in range(1, rounds + 1)]
         else:
             self.schedule = self._check_schedule(schedule)
@@ -73,7 +74,7 @@ class DeepCompression(BaselineHook):
             step, spec = entry
             if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
                 raise BaselineConfigError(f"schedule[{index}] step must be an int >= 0, got {step!r}")
-            targets = resolve_layer_values(spec, self.layers, f"schedule[{index}] sparsity", check_fraction, 0.0)
+            targets = resolve_per_layer(spec, self.layers, f"schedule[{index}] sparsity", check=check_fraction, default=0.0)
             if checked:
                 previous_step, previous = checked[-1]
                 if step <= previous_step:

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from ..models import LeNet5, VGGSmall
-from ..sparsity import prunable_layers
-from ._common import BaselineConfigError, BaselineHook, LayerSpec, check_nonnegative, following_batchnorm, resolve_layer_values
+from ..layers import prunable_layers
+from ..layers import resolve_per_layer
+from ._common import BaselineConfigError, BaselineHook, LayerSpec, check_nonnegative, following_batchnorm
 
 
 class ThinningError(ValueError):
@@ -47,7 +48,7 @@ class GroupProx(BaselineHook):
         for flag, label in ((include_bias, "include_bias"), (exclude_output, "exclude_output")):
             if not isinstance(flag, bool):
                 raise BaselineConfigError(f"{label} must be a bool, got {flag!r}")
-        strengths = resolve_layer_values(lam, self.layers, "lam", check_nonnegative, default=0.0)
+        strengths = resolve_per_layer(lam, self.layers, "lam", check=check_nonnegative, default=0.0)
         if exclude_output:
             strengths[list(self.layers)[-1]] = 0.0
         self.strengths = {name: value for name, value in strengths.items() if value > 0}

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..layers import resolve_per_layer
 from ._common import (
     BaselineConfigError,
     BaselineHook,
@@ -22,7 +23,6 @@ from ._common import (
     check_positive_int,
     keep_count,
     keep_largest,
-    resolve_layer_values,
 )
 
 
@@ -39,7 +39,7 @@ class L1Prox(BaselineHook):
 
     def __init__(self, model: nn.Module, lam: LayerSpec = 1e-4) -> None:
         super().__init__(model)
-        strengths = resolve_layer_values(lam, self.layers, "lam", check_nonnegative, default=0.0)
+        strengths = resolve_per_layer(lam, self.layers, "lam", check=check_nonnegative, default=0.0)
         self.strengths = {name: value for name, value in strengths.items() if value > 0}
         if not self.strengths:
             raise BaselineConfigError("l1_prox: lam is 0 for every layer, so it would do nothing")
@@ -78,7 +78,7 @@ class L0Budget(BaselineHook):
     def __init__(self, model: nn.Module, keep: LayerSpec = 0.25, every: int = 100) -> None:
         super().__init__(model)
         self.every = check_positive_int(every, "every")
-        budgets = resolve_layer_values(keep, self.layers, "keep", _check_budget, default=None)
+        budgets = resolve_per_layer(keep, self.layers, "keep", check=_check_budget, default=None)
         self.counts: dict[str, int] = {}
         for name, budget in budgets.items():
             if budget is None:

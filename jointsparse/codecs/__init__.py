@@ -10,7 +10,7 @@ from .container import DEFAULT_MAX_EXPANSION, JszContents, load, loads, read_man
 from .entropy import CODERS, DEFAULT_CODER
 from .errors import FormatError
 from .finetune import CodebookFinetuner
-from .pipeline import decode, decode_state, deploy, encode, winograd_weights
+from .model_codec import decode, decode_state, encode, winograd_weights
 from .quantize import QUANTIZERS, QuantizedLayer, kmeans_1d, quantize_model, quantize_weight
 from .report import format_report, report
 
@@ -25,7 +25,6 @@ __all__ = [
     "QuantizedLayer",
     "decode",
     "decode_state",
-    "deploy",
     "encode",
     "format_report",
     "kmeans_1d",

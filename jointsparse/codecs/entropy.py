@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import constriction
 import numpy as np
-import zstandard
 
+from . import bounded_zstd
 from .errors import FormatError
 
 __all__ = [
@@ -212,23 +212,11 @@ def _encode_zstd(symbols: np.ndarray, alphabet: int, level: int) -> bytes:
         raw = symbols.astype(np.uint8).tobytes()
     else:
         raw = symbols.astype("<u2").tobytes()
-    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw)
+    return bounded_zstd.compress(raw, level)
 
 
 def _decode_zstd(data: bytes, count: int, alphabet: int, dtype: np.dtype) -> np.ndarray:
-    expected = _zstd_raw_length(count, alphabet)
-    try:
-        declared = zstandard.frame_content_size(data)
-    except zstandard.ZstdError as error:
-        raise FormatError(f"corrupt zstd stream: {error}") from None
-    if declared != expected:
-        raise FormatError(f"zstd frame declares {declared} bytes, the layer needs {expected}")
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=expected)
-    except zstandard.ZstdError as error:
-        raise FormatError(f"corrupt zstd stream: {error}") from None
-    if len(raw) != expected:
-        raise FormatError(f"zstd stream decoded to {len(raw)} bytes, expected {expected}")
+    raw = bounded_zstd.decompress(data, "zstd frame", size=_zstd_raw_length(count, alphabet))
     if alphabet <= 2:
         packed = np.frombuffer(raw, dtype=np.uint8)
         if count % 8 and packed[-1] >> (count % 8):

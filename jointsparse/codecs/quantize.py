@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..layers import prunable_layers, resolve_per_layer
+
 __all__ = [
     "QUANTIZERS",
     "DEFAULT_CONV_BITS",
@@ -33,6 +35,7 @@ __all__ = [
     "quantize_weight",
     "quantize_model",
     "compressible_layers",
+    "layer_bits",
     "index_dtype",
 ]
 
@@ -227,26 +230,24 @@ def quantize_weight(
 
 
 def compressible_layers(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
-    """``{"<module>.weight": (module, "conv"|"linear")}`` for every Conv2d and Linear, in model order."""
-    layers: dict[str, tuple[nn.Module, str]] = {}
-    for module_name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and isinstance(getattr(module, "weight", None), torch.Tensor):
-            kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
-            layers[f"{module_name}.weight" if module_name else "weight"] = (module, kind)
-    return layers
+    """``{"<module>.weight": (module, "conv"|"linear")}`` for every prunable layer, in model order."""
+    return {
+        f"{name}.weight" if name else "weight": (module, "conv" if isinstance(module, nn.Conv2d) else "linear")
+        for name, module in prunable_layers(model).items()
+        if isinstance(getattr(module, "weight", None), torch.Tensor)
+    }
 
 
+#: Bits for every layer (an int), or per layer by module name or glob (see :mod:`jointsparse.layers`).
 BitsSpec = Union[None, int, Mapping[str, int]]
 
 
-def _bits_for(name: str, kind: str, bits: BitsSpec, conv_bits: int, linear_bits: int) -> int:
-    default = conv_bits if kind == "conv" else linear_bits
-    if bits is None:
-        return default
-    if isinstance(bits, Mapping):
-        module_name = name[: -len(".weight")] if name.endswith(".weight") else name
-        return int(bits.get(name, bits.get(module_name, default)))
-    return bits
+def layer_bits(model: nn.Module, bits: BitsSpec = None, *, conv_bits: int = DEFAULT_CONV_BITS, linear_bits: int = DEFAULT_LINEAR_BITS) -> dict[str, int]:
+    """Bits per compressed layer (keyed by module name): ``bits`` where it names the layer, else
+    ``conv_bits`` or ``linear_bits`` by the layer's kind."""
+    layers = {name.removesuffix(".weight"): kind for name, (_, kind) in compressible_layers(model).items()}
+    chosen = dict.fromkeys(layers) if bits is None else resolve_per_layer(bits, layers, "bits", default=None)
+    return {name: (conv_bits if kind == "conv" else linear_bits) if chosen[name] is None else chosen[name] for name, kind in layers.items()}
 
 
 def quantize_model(
@@ -262,18 +263,13 @@ def quantize_model(
     """Quantize every Conv2d and Linear ``.weight`` of ``model`` (keys are fully qualified names).
 
     ``bits``: None (``conv_bits`` for convs, ``linear_bits`` for linear layers), one int for all,
-    or a dict keyed by parameter name (``"fc.weight"``) or module name (``"fc"``); layers missing
-    from the dict get the default for their kind. Layer ``i`` uses seed ``seed + i`` (dither and
+    or a dict keyed by module name or glob (``"fc"``, ``"conv*"``; see :func:`layer_bits`);
+    layers no key matches get the default for their kind. Layer ``i`` uses seed ``seed + i`` (dither and
     k-means++ sampling). The model is not modified.
     """
     layers = compressible_layers(model)
-    if isinstance(bits, Mapping):
-        known = set(layers) | {name[: -len(".weight")] for name in layers}
-        unknown = sorted(set(bits) - known)
-        if unknown:
-            raise ValueError(f"bits names unknown layers {unknown}; known: {sorted(layers)}")
+    chosen = layer_bits(model, bits, conv_bits=conv_bits, linear_bits=linear_bits)
     quantized = {}
     for index, (name, (module, kind)) in enumerate(layers.items()):
-        layer_bits = _bits_for(name, kind, bits, conv_bits, linear_bits)
-        quantized[name] = quantize_weight(module.weight, quantizer, layer_bits, kind=kind, seed=seed + index, init=init)
+        quantized[name] = quantize_weight(module.weight, quantizer, chosen[name.removesuffix(".weight")], kind=kind, seed=seed + index, init=init)
     return quantized

@@ -1,4 +1,5 @@
-"""Runtime layers for compressed models: sparse Winograd and sparse spatial convolution, sparse FC.
+"""Runtime layers for compressed models: sparse Winograd and sparse spatial convolution, sparse FC,
+and :func:`deploy`, which swaps them into a model.
 
 All of them are inference modules (weights are buffers) that pick a dense or a CSR product by
 weight density; pass ``sparse=True``/``False`` to override. See ``_kernel`` for the thresholds.
@@ -14,10 +15,15 @@ from ._kernel import (
     csr_matmul,
     density,
 )
+from .deploy import DOMAINS, WinogradSetting, deploy, winograd_prune
 from .spatial import SparseConv2d, SparseLinear, im2col
 from .winograd import WinogradConv2d, winograd_form_problem
 
 __all__ = [
+    "DOMAINS",
+    "WinogradSetting",
+    "deploy",
+    "winograd_prune",
     "EMBEDDING_BAG_MIN_COLUMNS",
     "csr_matmul",
     "LINEAR_SPARSE_THRESHOLD",

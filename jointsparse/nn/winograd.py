@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..transforms import extract_tiles, filter_to_winograd, has_winograd_form, winograd_matrices
+from ..transforms import DEFAULT_M, extract_tiles, filter_to_winograd, has_winograd_form, winograd_matrices
 from ._kernel import WINOGRAD_SPARSE_THRESHOLD, BlockDiagonalKernel
 
 
@@ -108,7 +108,7 @@ class WinogradConv2d(BlockDiagonalKernel):
     def from_conv(
         cls,
         conv: nn.Conv2d,
-        m: int = 2,
+        m: int = DEFAULT_M,
         winograd_mask: torch.Tensor | None = None,
         sparse: bool | None = None,
     ) -> "WinogradConv2d":

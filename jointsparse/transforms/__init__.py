@@ -1,6 +1,17 @@
-"""Winograd F(m x m, r x r): exact Cook-Toom matrices and the tile transforms built on them."""
+"""Winograd F(m x m, r x r): exact Cook-Toom matrices, the tile transforms built on them, and
+the Winograd pruning rule."""
 
 from .cook_toom import cook_toom, interpolation_points, winograd_matrices
+from .pruning import (
+    DEFAULT_M,
+    pruned_count,
+    winograd_kept_count,
+    winograd_magnitudes,
+    winograd_mask,
+    winograd_pruned,
+    winograd_pruned_weight,
+    winograd_threshold,
+)
 from .tiling import (
     extract_tiles,
     has_winograd_form,
@@ -13,6 +24,14 @@ from .tiling import (
 )
 
 __all__ = [
+    "DEFAULT_M",
+    "pruned_count",
+    "winograd_kept_count",
+    "winograd_magnitudes",
+    "winograd_mask",
+    "winograd_pruned",
+    "winograd_pruned_weight",
+    "winograd_threshold",
     "cook_toom",
     "interpolation_points",
     "winograd_matrices",

@@ -67,7 +67,7 @@ def untile(tiles: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
     return full[:, :, : out_size[0], : out_size[1]]
 
 
-def winograd_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, m: int = 2, padding: int = 0) -> torch.Tensor:
+def winograd_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, m: int, padding: int = 0) -> torch.Tensor:
     """Dense Winograd correlation, written for clarity (the runtime layer in ``jointsparse.nn`` is
     the fast path). Stride 1, dilation 1, groups 1; equals ``F.conv2d(x, weight, padding=padding)``.
     """

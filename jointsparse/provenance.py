@@ -1,14 +1,43 @@
-"""What every results file records about how it was made: the command and the code version."""
+"""What every results file records about how it was made: the machine, the command and the
+code version."""
 
 from __future__ import annotations
 
 import os
+import platform
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["cpu_model", "machine_summary", "machine_info", "command_line", "code_version"]
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_model() -> str:
+    """The processor's model name (for the machine line of every results table)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_summary() -> str:
+    """One line naming the CPU, its core count and the torch build, for results headers."""
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count and torch version, for results records."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "device": "CPU only", "torch": torch.__version__}
 
 
 def command_line(argv: list[str] | None = None) -> str:

@@ -9,7 +9,6 @@ weights and the small objects each stage's API returns.
 
 from __future__ import annotations
 
-import fnmatch
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,9 +20,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .recipe import Recipe, StageConfig
-from .sparsity import JointSparsity, PruningMasks, prunable_layers
-from .train import TrainConfig, evaluate, train
-from .transforms import has_winograd_form
+from . import codecs
+from .baselines import build_method
+from .layers import prunable_layers
+from .sparsity import JointSparsity, Sparsifier
+from .train import evaluate, train
 from .utils import atomic_torch_save
 
 STAGES = ("retrain", "finetune", "codebook")
@@ -42,44 +43,7 @@ class CompressResult:
     densities: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
-def layer_bits(model: nn.Module, recipe: Recipe) -> dict[str, int]:
-    """Bits per compressed layer: the kind's default, then the first matching override."""
-    bits: dict[str, int] = {}
-    for name, module in prunable_layers(model).items():
-        value = recipe.quantize.conv_bits if isinstance(module, nn.Conv2d) else recipe.quantize.linear_bits
-        for pattern, override in recipe.quantize.bits.items():
-            if pattern == name or fnmatch.fnmatchcase(name, pattern):
-                value = override
-                break
-        bits[name] = value
-    return bits
-
-
-def winograd_targets(model: nn.Module, recipe: Recipe) -> dict[str, float]:
-    """The Winograd sparsity the file stores per Winograd-form layer (decode-time pruning)."""
-    from .sparsity import resolve_per_layer
-
-    layers = [name for name, module in prunable_layers(model).items() if has_winograd_form(module)]
-    return resolve_per_layer(recipe.sparsity.winograd, layers, "sparsity.winograd")
-
-
-def train_config(stage: StageConfig, *, seed: int, device: str, progress: bool) -> TrainConfig:
-    return TrainConfig(
-        epochs=stage.epochs,
-        lr=stage.lr,
-        optimizer=stage.optimizer,
-        momentum=stage.momentum,
-        weight_decay=stage.weight_decay,
-        schedule=stage.schedule,
-        max_steps_per_epoch=stage.max_steps_per_epoch or None,
-        seed=seed,
-        device=device,
-        progress=progress,
-        log_every=0,
-    )
-
-
-def build_regularizer(model: nn.Module, recipe: Recipe) -> Any:
+def build_regularizer(model: nn.Module, recipe: Recipe) -> Sparsifier:
     """The retraining hook the recipe names: the paper's joint sparsity, or a baseline method."""
     reg = recipe.regularizer
     if reg.method == "joint_sparsity":
@@ -100,24 +64,7 @@ def build_regularizer(model: nn.Module, recipe: Recipe) -> Any:
             update_every=reg.update_every,
             seed=recipe.quantize.seed,
         )
-    try:
-        from .baselines import build_method
-    except ImportError as error:  # pragma: no cover - the package ships baselines
-        raise PipelineError(f"method {reg.method!r} needs jointsparse.baselines: {error}") from None
     return build_method(reg.method, model, **reg.options)
-
-
-def prune_after_retraining(model: nn.Module, hook: Any) -> PruningMasks:
-    """The masks that fine-tuning keeps: joint sparsity prunes to its spatial targets; a
-    baseline method finishes its own way (``finalize``) and its zeros become the mask."""
-    if isinstance(hook, JointSparsity):
-        return hook.prune()
-    if hasattr(hook, "finalize"):
-        hook.finalize()
-    masks = getattr(hook, "pruning", None)
-    if isinstance(masks, PruningMasks):
-        return masks
-    return PruningMasks(model, {name: module.weight.detach() != 0 for name, module in prunable_layers(model).items()})
 
 
 class _Stages:
@@ -165,8 +112,6 @@ def compress(
     provenance: dict[str, Any] | None = None,
 ) -> CompressResult:
     """Run every stage of the recipe on ``model`` (trained, dense) and write ``out_path``."""
-    from . import codecs  # the coding stage; imported late so that training never needs it
-
     out_path = Path(out_path)
     stages = _Stages(Path(workdir or f"{out_path}.work"), resume, {"recipe": recipe.to_dict(), **(fingerprint or {})})
     accuracy: dict[str, float] = {}
@@ -190,7 +135,7 @@ def compress(
                 saved = torch.load(stages.checkpoint(stage), map_location="cpu", weights_only=True)
                 log(f"[{stage}] resuming after epoch {saved.get('epoch')}")
             result = train(
-                model, train_loader, test_loader, train_config(config, seed=seed, device=device, progress=progress),
+                model, train_loader, test_loader, config.train_config(seed=seed, device=device, progress=progress),
                 hooks=hooks, checkpoint_path=stages.checkpoint(stage), resume="auto" if resume else False,
                 log_path=stages.workdir / f"{stage}.jsonl", stage=stage,
             )
@@ -209,27 +154,28 @@ def compress(
     label = f"{method} ({recipe.regularizer.mode})" if method == "joint_sparsity" else method  # mode is joint sparsity's only
     run_stage("retrain", [regularizer], recipe.retrain, f"{label} retraining")
 
-    masks = prune_after_retraining(model, regularizer)
+    regularizer.prune()
     accuracy["pruned"] = evaluate(model, test_loader, device)["accuracy"]
     log(f"[prune] spatial density {_overall_density(model):.3f} over all compressed layers, test accuracy {100 * accuracy['pruned']:.2f}%")
-    finetune_hooks = [regularizer] if isinstance(regularizer, JointSparsity) else [masks]
-    run_stage("finetune", finetune_hooks, recipe.finetune, "masked fine-tuning")
+    run_stage("finetune", regularizer.finetune_hooks(), recipe.finetune, "masked fine-tuning")
 
-    bits = layer_bits(model, recipe)
     start = time.perf_counter()
-    quantized = codecs.quantize_model(model, quantizer=recipe.quantize.method, bits=bits, seed=recipe.quantize.seed)
+    quantized = codecs.quantize_model(
+        model, quantizer=recipe.quantize.method, bits=recipe.quantize.bits, seed=recipe.quantize.seed,
+        conv_bits=recipe.quantize.conv_bits, linear_bits=recipe.quantize.linear_bits,
+    )
     _load_dequantized(model, quantized)
     seconds["quantize"] = time.perf_counter() - start
     accuracy["quantized"] = evaluate(model, test_loader, device)["accuracy"]
     log(f"[quantize] {recipe.quantize.method}, test accuracy {100 * accuracy['quantized']:.2f}%")
     finetuner = codecs.CodebookFinetuner(model, quantized, lr=recipe.quantize.centroid_lr)
-    codebook_hooks = ([regularizer] if isinstance(regularizer, JointSparsity) else []) + [finetuner]
-    run_stage("codebook", codebook_hooks, recipe.codebook, "codebook fine-tuning")
+    run_stage("codebook", regularizer.finetune_hooks() + [finetuner], recipe.codebook, "codebook fine-tuning")
+    regularizer.squash_mask()  # plain weights, zeros baked in, for the encoder
 
     start = time.perf_counter()
     coder = None if recipe.coding.coder == "auto" else recipe.coding.coder
     report = codecs.encode(
-        model, out_path, quantizer=recipe.quantize.method, bits=bits, winograd_sparsity=winograd_targets(model, recipe),
+        model, out_path, quantizer=recipe.quantize.method, winograd_sparsity=recipe.sparsity.winograd,
         m=recipe.winograd.m, quantized=quantized,  # the fine-tuner updated these codebooks in place
         coder=coder, recipe=recipe.to_dict(), arch=arch, provenance=provenance,
     )

@@ -14,15 +14,18 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from ..transforms import filter_to_winograd, has_winograd_form
-from .container import DEFAULT_MAX_EXPANSION, JszContents, StoredLayer, load, planned_bytes, save
+from ..layers import resolve_per_layer, winograd_layers
+from ..models import get_model
+from ..nn import DOMAINS, WinogradSetting, deploy
+from ..transforms import DEFAULT_M, winograd_pruned_weight, winograd_threshold
+from .container import DEFAULT_MAX_EXPANSION, JszContents, StoredLayer, load, planned_bytes, read_manifest, save
 from .entropy import DEFAULT_CODER
 from .errors import FormatError
+from .manifest import MAX_WINOGRAD_OUTPUT
 from .quantize import BitsSpec, QuantizedLayer, compressible_layers, quantize_model
+from .report import report
 
-__all__ = ["DOMAINS", "encode", "decode", "decode_state", "deploy", "winograd_mask", "winograd_weights"]
-
-DOMAINS = ("spatial", "winograd")
+__all__ = ["DOMAINS", "encode", "decode", "decode_state", "winograd_settings", "winograd_weights"]
 
 WinogradSpec = Union[None, float, Mapping[str, float]]
 
@@ -39,37 +42,19 @@ def _check_quantized(quantized: Mapping[str, QuantizedLayer], layers: Mapping[st
 def _winograd_entries(
     model: nn.Module, quantized: Mapping[str, QuantizedLayer], winograd_sparsity: WinogradSpec, m: int
 ) -> dict[str, dict]:
-    """Per Winograd-form layer: ``{"m", "r", "threshold", "sparsity"}`` on the quantized weights."""
-    from ..sparsity import resolve_per_layer, winograd_thresholds
-
-    winograd_layers = {name: module for name, (module, _) in compressible_layers(model).items() if has_winograd_form(module)}
-    if not winograd_layers:
-        if winograd_sparsity is not None and isinstance(winograd_sparsity, Mapping) and winograd_sparsity:
-            raise ValueError("winograd_sparsity names layers, but the model has no layer with a Winograd form")
-        return {}
-    if winograd_sparsity is None:
-        thresholds = {name: 0.0 for name in winograd_layers}
-        targets: dict[str, Optional[float]] = {name: None for name in winograd_layers}
-    else:
-        module_names = [name[: -len(".weight")] for name in winograd_layers]
-        targets = {f"{k}.weight": v for k, v in resolve_per_layer(winograd_sparsity, module_names, "winograd_sparsity").items()}
-        # The thresholds are quantiles of |G w_q G^T| of the QUANTIZED weights: swap them in
-        # (Winograd-form convs only, so this costs conv-sized memory), compute, swap back.
-        originals = {name: module.weight.detach().clone() for name, module in winograd_layers.items()}
-        try:
-            with torch.no_grad():
-                for name, module in winograd_layers.items():
-                    module.weight.copy_(quantized[name].dequantize().to(module.weight.dtype))
-            by_module = winograd_thresholds(model, winograd_sparsity, m)
-        finally:
-            with torch.no_grad():
-                for name, module in winograd_layers.items():
-                    module.weight.copy_(originals[name])
-        thresholds = {f"{k}.weight": v for k, v in by_module.items()}
-    return {
-        name: {"m": m, "r": module.kernel_size[0], "threshold": thresholds[name], "sparsity": targets[name]}
-        for name, module in winograd_layers.items()
-    }
+    """Per Winograd-form layer: ``{"m", "r", "threshold", "sparsity"}``, the threshold taken on
+    the quantized weights (what the decoder prunes)."""
+    layers = winograd_layers(model)
+    targets: Mapping[str, Optional[float]] = (
+        dict.fromkeys(layers) if winograd_sparsity is None else resolve_per_layer(winograd_sparsity, layers, "winograd_sparsity")
+    )
+    entries = {}
+    for name, module in layers.items():
+        target = targets[name]
+        weight = quantized[f"{name}.weight"].dequantize()
+        threshold = 0.0 if target is None else winograd_threshold(weight, float(target), m)
+        entries[f"{name}.weight"] = {"m": m, "r": module.kernel_size[0], "threshold": threshold, "sparsity": target}
+    return entries
 
 
 def encode(
@@ -79,7 +64,7 @@ def encode(
     quantizer: str = "kmeans",
     bits: BitsSpec = None,
     winograd_sparsity: WinogradSpec = None,
-    m: int = 2,
+    m: int = DEFAULT_M,
     quantized: Optional[Mapping[str, QuantizedLayer]] = None,
     coder: Optional[str] = None,
     recipe: Optional[Mapping[str, Any]] = None,
@@ -96,10 +81,8 @@ def encode(
     ``model.jointsparse_arch``. Biases, BatchNorm parameters and buffers are stored losslessly.
     ``recipe`` and ``provenance`` (plain JSON: e.g. data set, command line) go into the manifest.
     """
-    from .report import report
-
-    if m < 1:
-        raise ValueError(f"Winograd output tile m must be >= 1, got {m}")
+    if not 1 <= m <= MAX_WINOGRAD_OUTPUT:
+        raise ValueError(f"Winograd output tile m must be in 1..{MAX_WINOGRAD_OUTPUT} (what readers accept), got {m}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     layers = compressible_layers(model)
@@ -124,10 +107,8 @@ def encode(
         provenance=provenance,
     )
     size = os.path.getsize(written)
-    planned = planned_bytes(
-        [{"parameter_count": q.numel, "nnz": q.nnz} for q in quantized.values()],
-        [{"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for t in raw.values()],
-    )
+    manifest = read_manifest(written)
+    planned = planned_bytes(manifest["layers"], manifest["raw"])
     if planned > DEFAULT_MAX_EXPANSION * size:
         warnings.warn(f"{written} decodes to {planned} bytes, more than load()'s default cap; decode it with max_expansion=None", stacklevel=2)
     return report(written)
@@ -147,8 +128,6 @@ def _state_dict(contents: JszContents) -> dict[str, torch.Tensor]:
 
 
 def _build_model(arch: Optional[dict], state: Mapping[str, torch.Tensor], allow_imports: bool) -> nn.Module:
-    from ..models import get_model
-
     if arch is None:
         raise FormatError("file has no architecture reference; use decode_state() and build the model yourself")
     if ":" in arch["name"] and not allow_imports:
@@ -175,15 +154,6 @@ def _build_model(arch: Optional[dict], state: Mapping[str, torch.Tensor], allow_
     return model
 
 
-def _winograd_float64(weight: torch.Tensor, m: int) -> torch.Tensor:
-    return filter_to_winograd(weight.detach().to(torch.float64), m)
-
-
-def winograd_mask(weight: torch.Tensor, m: int, threshold: float) -> torch.Tensor:
-    """``|G w G^T| > threshold`` in float64, the decoder's Winograd pruning (SPEC section 1)."""
-    return _winograd_float64(weight, m).abs() > threshold
-
-
 def winograd_weights(path: Union[str, os.PathLike], *, max_expansion: Optional[float] = DEFAULT_MAX_EXPANSION) -> dict[str, dict]:
     """The pruned Winograd-domain weights of every layer with a Winograd form:
     ``{module: {"m": m, "weight": float32 [Cout, Cin/groups, t, t]}}`` with ``|G w G^T|`` at or
@@ -194,39 +164,17 @@ def winograd_weights(path: Union[str, os.PathLike], *, max_expansion: Optional[f
         if stored.winograd is None:
             continue
         m = stored.winograd["m"]
-        big = _winograd_float64(stored.quantized.dequantize(), m)
-        pruned = big * (big.abs() > stored.winograd["threshold"])
-        out[stored.module] = {"m": m, "weight": pruned.to(torch.float32)}
+        weight = winograd_pruned_weight(stored.quantized.dequantize(), m, stored.winograd["threshold"])
+        out[stored.module] = {"m": m, "weight": weight}
     return out
 
 
-def deploy(model: nn.Module, layers: Mapping[str, StoredLayer], domain: str) -> nn.Module:
-    """Swap each compressed layer of ``model`` for its sparse runtime form, in place.
-
-    ``spatial``: ``SparseConv2d`` / ``SparseLinear``. ``winograd``: ``WinogradConv2d`` with the
-    stored threshold where the layer has a Winograd form, spatial sparse elsewhere.
-    """
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; use one of {DOMAINS}")
-    from ..nn import SparseConv2d, SparseLinear, WinogradConv2d
-
-    for stored in layers.values():
-        module = model.get_submodule(stored.module)
-        if domain == "winograd" and stored.winograd is not None and has_winograd_form(module):
-            m = stored.winograd["m"]
-            mask = winograd_mask(module.weight, m, stored.winograd["threshold"])
-            replacement = WinogradConv2d.from_conv(module, m=m, winograd_mask=mask)
-        elif isinstance(module, nn.Conv2d):
-            replacement = SparseConv2d.from_conv(module)
-        elif isinstance(module, nn.Linear):
-            replacement = SparseLinear.from_linear(module)
-        else:
-            raise FormatError(f"layer {stored.module!r} is a {type(module).__name__}, not a Conv2d or Linear")
-        parent_name, _, child = stored.module.rpartition(".")
-        if not child:
-            raise FormatError("the model itself is a compressed layer; wrap it in a container module")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
-    return model
+def winograd_settings(layers: Mapping[str, StoredLayer]) -> dict[str, Optional[WinogradSetting]]:
+    """Per stored layer's module: its ``(m, threshold)``, or None where it has no Winograd entry."""
+    return {
+        stored.module: None if stored.winograd is None else (stored.winograd["m"], stored.winograd["threshold"])
+        for stored in layers.values()
+    }
 
 
 def decode(
@@ -251,5 +199,8 @@ def decode(
     contents = load(path, max_expansion=max_expansion)
     model = _build_model(contents.arch, _state_dict(contents), allow_imports)
     if runtime:
-        deploy(model, contents.layers, domain)
+        try:
+            deploy(model, winograd_settings(contents.layers), domain)
+        except ValueError as error:  # a stored layer that is no conv/linear, or has no Winograd form
+            raise FormatError(str(error)) from None
     return model.eval()

@@ -1,0 +1,259 @@
+"""The manifest's schema: every field's type and range, and the counts that must agree with the
+layer shapes and section lengths, checked before any stream is decoded."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+
+from .entropy import CODERS, POSITION_CODINGS, position_symbol_count
+from .errors import FormatError
+from .framing import VERSION
+from .quantize import MAX_BITS, QUANTIZERS
+
+__all__ = ["RAW_DTYPES", "MAX_NDIM", "MAX_WINOGRAD_OUTPUT", "MAX_WINOGRAD_TILE", "validate_manifest", "planned_bytes"]
+
+MAX_NDIM = 8
+MAX_WINOGRAD_TILE = 16  # t = m + r - 1; bounds the Cook-Toom work a file can ask for
+#: The largest Winograd output tile m. Real networks use F(2,3) to F(6,3); a larger m multiplies
+#: the Winograd-domain weights by (t/r)^2 for no use (the transforms lose all float32 precision).
+MAX_WINOGRAD_OUTPUT = 8
+
+RAW_DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "bool": torch.bool,
+}
+
+
+def _field(obj: Mapping, key: str, kinds: type | tuple[type, ...], where: str, nullable: bool = False) -> Any:
+    """``obj[key]`` checked against ``kinds``; every field is required, ``nullable`` ones may be null."""
+    if key not in obj:
+        raise FormatError(f"{where}: missing field {key!r}")
+    value = obj[key]
+    if value is None and nullable:
+        return None
+    # bool is an int in Python; a JSON true/false is never a valid count or float here.
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise FormatError(f"{where}: field {key!r} has the wrong type (bool)")
+    if not isinstance(value, kinds):
+        raise FormatError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _count(obj: Mapping, key: str, where: str, low: int = 0, high: int = 1 << 62) -> int:
+    value = _field(obj, key, int, where)
+    if not low <= value <= high:
+        raise FormatError(f"{where}: {key} = {value} outside [{low}, {high}]")
+    return value
+
+
+def _real(obj: Mapping, key: str, where: str, nullable: bool = False) -> Optional[float]:
+    value = _field(obj, key, (int, float), where, nullable)
+    if value is None:
+        return None
+    try:
+        value = float(value)  # a huge JSON integer overflows here
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        raise FormatError(f"{where}: {key} is not finite")
+    return value
+
+
+def _shape(obj: Mapping, where: str) -> tuple[int, ...]:
+    shape = _field(obj, "shape", list, where)
+    if len(shape) > MAX_NDIM or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < (1 << 40) for s in shape):
+        raise FormatError(f"{where}: invalid shape {shape!r:.80}")
+    return tuple(shape)
+
+
+def _float32(value: Any) -> Optional[float]:
+    """A JSON number as the float32 the decoder uses (held in a Python float), or None if it is
+    not a number or not finite as a float32."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)  # a huge JSON integer overflows here
+    except OverflowError:
+        return None
+    with np.errstate(over="ignore"):
+        single = np.float32(value)
+    return float(single) if np.isfinite(single) else None
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)  # exact Python ints: no overflow on hostile shapes
+
+
+def _winograd_geometry(entry: Mapping) -> Optional[tuple[int, int]]:
+    """``(W, P)`` of a Winograd-form layer: its Winograd-domain weights ``Cout * Cin/g * t * t``
+    and the rows of its block-diagonal product ``t * t * Cout``; None for other layers."""
+    winograd, shape = entry.get("winograd"), entry.get("shape")
+    if not winograd or not shape or len(shape) != 4:
+        return None
+    t = winograd["m"] + winograd["r"] - 1
+    return shape[0] * shape[1] * t * t, shape[0] * t * t
+
+
+def planned_bytes(manifest_layers: list[dict], raw_entries: list[dict]) -> int:
+    """Upper bound of the bytes that decoding allocates, in EITHER domain, from validated counts.
+
+    Spatial, per layer of ``N`` weights with ``nnz`` coded: 12 N + 40 nnz (the decoded streams
+    and dense float32 weights, the model that receives them, its sparse runtime copy), plus twice
+    the raw tensors' bytes. Winograd, per Winograd-form layer with ``W`` Winograd-domain weights
+    and ``P`` product rows (see ``_winograd_geometry``): 8 W + 8 P kept (the pruned float32
+    weights and their sparse copy), plus for the largest such layer 16 W + 28 P of working memory
+    while its sparse copy is built. ``G w G^T`` itself is computed in bounded float64 chunks.
+    docs/format.md section 5 states the same bound.
+    """
+    total, working = 0, 0
+    for entry in manifest_layers:
+        numel, nnz = entry["parameter_count"], entry["nnz"]
+        total += 12 * numel + 40 * nnz
+        geometry = _winograd_geometry(entry)
+        if geometry is not None:
+            weights, rows = geometry
+            total += 8 * weights + 8 * rows
+            working = max(working, 16 * weights + 28 * rows)
+    for entry in raw_entries:
+        total += 2 * _numel(tuple(entry["shape"])) * RAW_DTYPES[entry["dtype"]].itemsize
+    return total + working
+
+
+def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int]) -> dict:
+    """One ``layers`` entry checked, as a new record holding each value in the type the decoder
+    uses (ints, float64 thresholds, float32 codebook values and dither step)."""
+    where = f"layer {index}"
+    if not isinstance(entry, dict):
+        raise FormatError(f"{where}: not a JSON object")
+    name = _field(entry, "name", str, where)
+    where = f"layer {name!r}"
+    module = _field(entry, "module", str, where)
+    if name != module + ".weight":
+        raise FormatError(f"{where}: name must be the module name plus '.weight'")
+    kind = _field(entry, "kind", str, where)
+    if kind not in ("conv", "linear"):
+        raise FormatError(f"{where}: kind must be 'conv' or 'linear'")
+    shape = _shape(entry, where)
+    numel = _count(entry, "parameter_count", where)
+    if numel != _numel(shape):
+        raise FormatError(f"{where}: parameter_count {numel} does not match shape {list(shape)}")
+    quantizer = _field(entry, "quantizer", str, where)
+    if quantizer not in QUANTIZERS:
+        raise FormatError(f"{where}: unknown quantizer {quantizer!r}")
+    bits = _count(entry, "bits", where, 1, MAX_BITS)
+    codebook = _field(entry, "codebook", list, where)
+    if len(codebook) > (1 << bits) - 1:
+        raise FormatError(f"{where}: codebook of {len(codebook)} entries exceeds 2^{bits} - 1")
+    codebook = [_float32(v) for v in codebook]
+    if any(v is None for v in codebook):
+        raise FormatError(f"{where}: codebook holds something other than a finite float32 value")
+    dither = _field(entry, "dither", dict, where, nullable=True)
+    if (dither is None) != (quantizer != "universal"):
+        raise FormatError(f"{where}: dither must be given exactly for universal quantization")
+    if dither is not None:
+        seed = _count(dither, "seed", where, 0, (1 << 63) - 1)
+        step = _float32(_field(dither, "step", (int, float), where))
+        if step is None or not step > 0:
+            raise FormatError(f"{where}: dither step must be a positive float32 value")
+        dither = {"seed": seed, "step": step}
+    nnz = _count(entry, "nnz", where, 0, numel)
+    if nnz and not codebook:
+        raise FormatError(f"{where}: {nnz} non-zeros but an empty codebook")
+    streams = {}
+    for key in ("positions", "indices"):
+        stream = _field(entry, key, dict, where)
+        coder = _field(stream, "coder", str, where)
+        if coder not in CODERS:
+            raise FormatError(f"{where}: unknown {key} coder {coder!r}")
+        section = _count(stream, "section", where, 0, section_count - 1) if section_count else None
+        if section is None or section in claimed:
+            raise FormatError(f"{where}: {key} section missing or shared")
+        claimed.add(section)
+        streams[key] = {"coder": coder, "section": section, "symbols": _count(stream, "symbols", where)}
+    coding = _field(entry["positions"], "coding", str, where)
+    if coding not in POSITION_CODINGS:
+        raise FormatError(f"{where}: unknown position coding {coding!r}")
+    streams["positions"]["coding"] = coding
+    position_symbol_count(coding, numel, nnz, streams["positions"]["symbols"])
+    if streams["indices"]["symbols"] != nnz:
+        raise FormatError(f"{where}: {streams['indices']['symbols']} index symbols for {nnz} non-zeros")
+    winograd = _field(entry, "winograd", dict, where, nullable=True)
+    if winograd is not None:
+        m = _count(winograd, "m", where, 1, MAX_WINOGRAD_OUTPUT)
+        r = _count(winograd, "r", where, 2, MAX_WINOGRAD_TILE)
+        if m + r - 1 > MAX_WINOGRAD_TILE:
+            raise FormatError(f"{where}: Winograd tile F({m},{r}) larger than {MAX_WINOGRAD_TILE}")
+        threshold = _real(winograd, "threshold", where)
+        sparsity = _real(winograd, "sparsity", where, nullable=True)
+        if threshold < 0:
+            raise FormatError(f"{where}: negative Winograd threshold")
+        if sparsity is not None and not 0 <= sparsity <= 1:
+            raise FormatError(f"{where}: Winograd sparsity {sparsity} outside [0, 1]")
+        if len(shape) != 4 or shape[2] != r or shape[3] != r:
+            raise FormatError(f"{where}: Winograd F({m},{r}) does not fit shape {list(shape)}")
+        winograd = {"m": m, "r": r, "threshold": threshold, "sparsity": sparsity}
+    return {
+        "name": name, "module": module, "kind": kind, "shape": list(shape), "parameter_count": numel,
+        "quantizer": quantizer, "bits": bits, "codebook": codebook, "dither": dither, "nnz": nnz,
+        "positions": streams["positions"], "indices": streams["indices"], "winograd": winograd,
+    }
+
+
+def validate_raw(entry: Any, index: int, section_count: int, claimed: set[int], sections: list[memoryview]) -> dict:
+    where = f"raw tensor {index}"
+    if not isinstance(entry, dict):
+        raise FormatError(f"{where}: not a JSON object")
+    where = f"raw tensor {_field(entry, 'name', str, where)!r}"
+    dtype = _field(entry, "dtype", str, where)
+    if dtype not in RAW_DTYPES:
+        raise FormatError(f"{where}: dtype {dtype!r} not allowed; allowed: {sorted(RAW_DTYPES)}")
+    shape = _shape(entry, where)
+    section = _count(entry, "section", where, 0, max(section_count - 1, 0)) if section_count else None
+    if section is None or section in claimed:
+        raise FormatError(f"{where}: section missing or shared")
+    claimed.add(section)
+    expected = _numel(shape) * RAW_DTYPES[dtype].itemsize
+    if len(sections[section]) != expected:
+        raise FormatError(f"{where}: section has {len(sections[section])} bytes, {dtype}{list(shape)} needs {expected}")
+    return {"name": entry["name"], "dtype": dtype, "shape": list(shape), "section": section}
+
+
+def validate_manifest(manifest: dict, sections: list[memoryview]) -> dict:
+    """The manifest checked against docs/format.md section 2, returned with its ``layers`` and
+    ``raw`` entries rebuilt in the decoder's types (see :func:`validate_layer`); the free-form
+    records (``arch`` kwargs, ``recipe``, ``provenance``) as they are."""
+    if manifest.get("format") != "jsz":
+        raise FormatError("manifest: format is not 'jsz'")
+    if _field(manifest, "version", int, "manifest") != VERSION:
+        raise FormatError(f"manifest: version {manifest['version']} differs from the header's {VERSION}")
+    tool = _field(manifest, "tool", dict, "manifest")
+    _field(tool, "name", str, "manifest tool")
+    _field(tool, "version", str, "manifest tool")
+    arch = _field(manifest, "arch", dict, "manifest", nullable=True)
+    if arch is not None:
+        _field(arch, "name", str, "manifest arch")
+        _field(arch, "kwargs", dict, "manifest arch")
+    _field(manifest, "recipe", dict, "manifest", nullable=True)
+    _field(manifest, "provenance", dict, "manifest", nullable=True)
+    original = _count(manifest, "original_parameter_count", "manifest")
+    claimed: set[int] = set()
+    layers = [validate_layer(e, i, len(sections), claimed) for i, e in enumerate(_field(manifest, "layers", list, "manifest"))]
+    raws = [validate_raw(e, i, len(sections), claimed, sections) for i, e in enumerate(_field(manifest, "raw", list, "manifest"))]
+    names = [e["name"] for e in layers] + [e["name"] for e in raws]
+    if len(set(names)) != len(names):
+        raise FormatError("manifest: a tensor name appears twice")
+    if len(claimed) != len(sections):
+        raise FormatError(f"manifest: {len(sections) - len(claimed)} sections belong to no tensor")
+    return {**manifest, "original_parameter_count": original, "layers": layers, "raw": raws}

@@ -1,0 +1,77 @@
+"""Deployment: a model's conv and linear layers swapped for the sparse runtime layers.
+
+Every input is plain per-layer data: which layers to swap and, for Winograd-form convs, the tile
+``m`` and the threshold of the Winograd pruning rule (:func:`jointsparse.transforms.winograd_pruned_weight`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Mapping, Optional
+
+import torch
+from torch import nn
+
+from ..transforms import has_winograd_form, winograd_pruned_weight
+from .spatial import SparseConv2d, SparseLinear
+from .winograd import WinogradConv2d
+
+__all__ = ["DOMAINS", "WinogradSetting", "deploy", "winograd_prune"]
+
+DOMAINS = ("spatial", "winograd")
+
+#: ``(m, threshold)``: the Winograd tile and the pruning threshold of one layer.
+WinogradSetting = tuple[int, float]
+
+
+def _winograd_layer(conv: nn.Module, name: str, setting: WinogradSetting) -> WinogradConv2d:
+    if not has_winograd_form(conv):
+        raise ValueError(f"layer {name!r} ({conv}) has no Winograd form")
+    m, threshold = setting
+    out_channels, in_per_group, r, _ = conv.weight.shape
+    t = m + r - 1
+    # Filled in place, position-major ([t, t, Cout, Cin/g], the layer's own buffer layout), in
+    # bounded float64 chunks: the layer's weights are its only Winograd-sized allocation.
+    buffer = torch.empty((t, t, out_channels, in_per_group), dtype=conv.weight.dtype, device=conv.weight.device)
+    weights = winograd_pruned_weight(conv.weight, m, threshold, out=buffer.permute(2, 3, 0, 1))
+    bias = None if conv.bias is None else conv.bias.detach()
+    return WinogradConv2d.from_winograd_weights(weights, bias, m, r, conv.padding[0], conv.groups)
+
+
+def _replace(model: nn.Module, name: str, replacement: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    if not child:
+        raise ValueError("the model itself is a compressed layer; wrap it in a container module")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+
+
+def deploy(model: nn.Module, layers: Mapping[str, Optional[WinogradSetting]], domain: str) -> nn.Module:
+    """Swap each layer named in ``layers`` for its sparse runtime form, in place.
+
+    ``spatial``: ``SparseConv2d`` / ``SparseLinear``. ``winograd``: ``WinogradConv2d`` pruned by
+    the layer's ``(m, threshold)`` where one is given, spatial sparse where it is None.
+    """
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; use one of {DOMAINS}")
+    for name, setting in layers.items():
+        module = model.get_submodule(name)
+        if domain == "winograd" and setting is not None:
+            replacement: nn.Module = _winograd_layer(module, name, setting)
+        elif isinstance(module, nn.Conv2d):
+            replacement = SparseConv2d.from_conv(module)
+        elif isinstance(module, nn.Linear):
+            replacement = SparseLinear.from_linear(module)
+        else:
+            raise ValueError(f"layer {name!r} is a {type(module).__name__}, not a Conv2d or Linear")
+        _replace(model, name, replacement)
+    return model
+
+
+def winograd_prune(model: nn.Module, winograd: Mapping[str, WinogradSetting]) -> nn.Module:
+    """A copy of ``model`` in which each conv named in ``winograd`` is a sparse
+    :class:`WinogradConv2d` keeping ``|G w G^T| > threshold`` (decode-time pruning without a file);
+    every other layer is left as it is."""
+    pruned = copy.deepcopy(model)
+    for name, setting in winograd.items():
+        _replace(pruned, name, _winograd_layer(pruned.get_submodule(name), name, setting))
+    return pruned
