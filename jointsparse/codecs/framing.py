@@ -51,11 +51,11 @@ def pack(manifest: Mapping[str, Any], sections: list[bytes]) -> bytes:
     return pack_text(manifest_json, sections)
 
 
-def pack_text(manifest_json: bytes, sections: list[bytes], *, compress: bool = True) -> bytes:
+def pack_text(manifest_json: bytes, sections: list[bytes], *, compress: bool = True, level: int = 19) -> bytes:
     """Frame manifest text as given (no check that it is JSON) and the sections; the checksums
     are computed here. :func:`pack` uses it; so do tests and the adversarial campaign
     (experiments/fuzz_decoder.py), which frame manifests no writer would produce."""
-    manifest_bytes = bounded_zstd.compress(manifest_json, level=19) if compress else bytes(manifest_json)
+    manifest_bytes = bounded_zstd.compress(manifest_json, level=level) if compress else bytes(manifest_json)
     table = b"".join(_SECTION.pack(len(s), zlib.crc32(s), 0) for s in sections)
     total = _HEADER.size + len(table) + len(manifest_bytes) + sum(len(s) for s in sections) + _TRAILER.size
     flags = FLAG_ZSTD_MANIFEST if compress else 0
