@@ -50,7 +50,8 @@ CHUNK_ENTRIES = 1 << 16
 def _filter_grid(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` [Cout, Cin, r, r] (or one [r, r] filter) as a [rows, cols, r, r] grid of filters."""
     r = weight.shape[-1]
-    return weight.detach().reshape(1, 1, r, r) if weight.dim() == 2 else weight.detach().reshape(weight.shape[0], -1, r, r)
+    rows, cols = (1, 1) if weight.dim() == 2 else (weight.shape[0], math.prod(weight.shape[1:-2]))
+    return weight.detach().reshape(rows, cols, r, r)  # explicit sizes: a layer may have no weights
 
 
 def _winograd_blocks(grid: torch.Tensor, m: int):
