@@ -431,9 +431,12 @@ def make_case(seeds: dict[str, bytes], campaign_seed: int, index: int) -> tuple[
         name = rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
         if case.text is not None:
             break  # the text edits come last: they replace the manifest
-        MUTATORS[name](case, rng)
+        try:
+            MUTATORS[name](case, rng)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            continue  # an earlier mutation left nothing this one can work on
         names.append(name)
-    return seed_name, "+".join(names), "; ".join(case.notes), case.data()
+    return seed_name, "+".join(names) or "none", "; ".join(case.notes), case.data()
 
 
 # ------------------------------------------------------------------------------- the worker
