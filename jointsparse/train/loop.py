@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data import ShardSampler, set_sampler_epoch
-from ..utils import atomic_write_text
+from ..utils import OutputWriteError, atomic_write_text
 from .config import TrainConfig, TrainResult
 from .distributed import average_grads, collective_device, get_rank, get_world_size, resolve_device, unwrap
 from .resume import CheckpointError, check_compatible, first_line, hook_names, load_checkpoint, model_signature, save_checkpoint, seed_everything, set_rng_state
@@ -166,8 +166,11 @@ class _JsonLog:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record, sort_keys=True) + "\n")
+            try:
+                with open(self.path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record, sort_keys=True) + "\n")
+            except OSError as error:  # a full disk raises on close, with no file name
+                raise OutputWriteError.naming(error, self.path) from None
 
 
 def _data_geometry(loader: DataLoader, steps_per_epoch: int) -> dict[str, int]:
