@@ -660,7 +660,8 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"Duration: {summary['seconds']:.0f} s",
         "",
-        f"{summary['cases']:,} cases (campaign seed {summary['seed']}, cases {summary['start']} to {summary['start'] + summary['cases'] - 1}), "
+        f"{summary['cases']:,} cases (campaign seed {summary['seed']}, cases {summary['start']} to {summary['start'] + summary['cases'] - 1}"
+        f"{', run as %d parallel shards' % summary['shards'] if summary.get('shards', 1) > 1 else ''}), "
         "every one a real encoder file mutated and re-framed with all checksums recomputed, so every case "
         f"reaches the manifest parser. Each case runs all {len(OPERATIONS)} reader entry points. Budget per operation: "
         f"{summary['max_expansion']} x the file size (`DEFAULT_MAX_EXPANSION`) + {summary['allowance'] >> 20} MiB for the "
@@ -701,6 +702,22 @@ def markdown(summary: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of shards run in parallel (consecutive case ranges of one campaign seed)."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    by_mutator: dict[str, Counter] = defaultdict(Counter)
+    for summary in summaries:
+        for key, row in summary["counts"].items():
+            counts[key].update(row)
+        for key, row in summary["by_mutator"].items():
+            by_mutator[key].update(row)
+    first = min(summaries, key=lambda s: s["start"])
+    return {**first, "cases": sum(s["cases"] for s in summaries), "seconds": max(s["seconds"] for s in summaries),
+            "counts": {k: dict(v) for k, v in counts.items()}, "by_mutator": {k: dict(v) for k, v in by_mutator.items()},
+            "failures": [f for s in summaries for f in s["failures"]], "worst": max((s["worst"] for s in summaries), key=lambda w: w.get("ratio", 0)),
+            "shards": len(summaries)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=1000)
@@ -710,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allowance-mib", type=int, default=DEFAULT_ALLOWANCE_MIB)
     parser.add_argument("--out", type=Path, help="write the results (markdown) here")
     parser.add_argument("--replay", type=int, metavar="CASE", help="run one case here, with tracebacks")
+    parser.add_argument("--summary-json", type=Path, help="also write the raw summary (JSON), e.g. for --combine")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON", help="merge the summaries of parallel shards")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -718,8 +737,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.replay is not None:
         replay(args.replay, args.seed)
         return 0
-    summary = run_campaign(args.cases, args.seed, start=args.start, time_limit=args.time_limit,
-                           allowance=args.allowance_mib << 20, progress=True)
+    if args.combine:
+        summary = combine([json.loads(path.read_text()) for path in args.combine])
+    else:
+        summary = run_campaign(args.cases, args.seed, start=args.start, time_limit=args.time_limit,
+                               allowance=args.allowance_mib << 20, progress=True)
+    if args.summary_json:
+        from jointsparse.utils import atomic_write_text
+
+        atomic_write_text(args.summary_json, json.dumps(summary) + "\n")
     command = "python experiments/fuzz_decoder.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = markdown(summary, command.strip())
     if args.out:
