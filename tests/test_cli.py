@@ -270,11 +270,11 @@ batch_size = 32
 
 def test_a_resumed_compress_writes_the_bytes_of_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
     """Provenance records the normalised invocation: not --resume, not how paths were spelled."""
-    import jointsparse.compress as compress_module
     from jointsparse import cli
     from jointsparse.checkpoint import save_model
     from jointsparse.codecs import read_manifest
     from jointsparse.models import get_model
+    from jointsparse.sparsity import JointSparsity
 
     torch.manual_seed(0)
     model = get_model("vgg_small", width=0.125, hidden=32)
@@ -296,7 +296,7 @@ def test_a_resumed_compress_writes_the_bytes_of_an_uninterrupted_one(tmp_path, m
 
     monkeypatch.chdir(tmp_path / "b")
     with monkeypatch.context() as patch:
-        patch.setattr(compress_module, "_overall_density", killed)  # just after the retraining stage
+        patch.setattr(JointSparsity, "prune", killed)  # killed right after the retraining stage
         assert run_cli("compress", "../dense.pt", *common, "--recipe", "../recipe.toml", "-o", "model.jsz") == 130
     assert not (tmp_path / "b" / "model.jsz").exists() and (tmp_path / "b" / "model.jsz.work" / "retrain.done").is_file()
     resumed = tmp_path / "b" / "model.jsz"

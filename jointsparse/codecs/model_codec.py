@@ -75,8 +75,9 @@ def encode(
     """Quantize ``model`` as it is (or take the already fine-tuned ``quantized`` layers), code it,
     write ``path`` atomically and return :func:`jointsparse.codecs.report` of the file.
 
-    The model's exact zeros are the pruned weights. ``winograd_sparsity`` (a float, or a dict of
-    module names/globs) sets each Winograd-form layer's stored threshold to that quantile of
+    The model's exact zeros are the pruned weights. ``bits``: one int, or per layer by module name
+    or glob (``{"conv*": 4, "conv1": 8}``; see :func:`jointsparse.layers.resolve_per_layer`).
+    ``winograd_sparsity`` (a float, or a dict of module names/globs) sets each Winograd-form layer's stored threshold to that quantile of
     ``|G w_q G^T|``; None stores threshold 0 (keep every non-zero). ``arch`` defaults to
     ``model.jointsparse_arch``. Biases, BatchNorm parameters and buffers are stored losslessly.
     ``recipe`` and ``provenance`` (plain JSON: e.g. data set, command line) go into the manifest.
