@@ -553,9 +553,10 @@ class Worker:
 
 def run_campaign(cases: int, campaign_seed: int = 0, *, start: int = 0, time_limit: float = DEFAULT_TIME_LIMIT,
                  allowance: int = DEFAULT_ALLOWANCE_MIB << 20, seed_names: tuple[str, ...] | None = None,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run cases ``start .. start+cases-1`` (from the ``seed_names`` files, default all); return
-    the counts and every failure."""
+    the counts and every failure. ``checkpoint`` receives the summary so far every 250 cases (a
+    stopped run keeps what it ran)."""
     from jointsparse.codecs import DEFAULT_MAX_EXPANSION
 
     seeds = {name: data for name, data in seed_files().items() if seed_names is None or name in seed_names}
@@ -566,6 +567,14 @@ def run_campaign(cases: int, campaign_seed: int = 0, *, start: int = 0, time_lim
     worst = {"ratio": 0.0}
     began = time.perf_counter()
     baseline = {}
+
+    def summary(done: int) -> dict[str, Any]:
+        return {"cases": done, "start": start, "ranges": [[start, start + done - 1]], "seed": campaign_seed,
+                "seconds": time.perf_counter() - began,
+                "counts": {op: dict(c) for op, c in counts.items()}, "by_mutator": {k: dict(v) for k, v in by_mutator.items()},
+                "failures": failures, "worst": worst, "baseline": baseline, "allowance": allowance,
+                "max_expansion": DEFAULT_MAX_EXPANSION, "time_limit": time_limit}
+
     try:
         with tempfile.TemporaryDirectory(prefix="fuzz-jsz-") as tmp:
             for name, data in seeds.items():  # warm up every code path once, and record the real files' peaks
@@ -605,14 +614,13 @@ def run_campaign(cases: int, campaign_seed: int = 0, *, start: int = 0, time_lim
                         counts[operation]["budget breach"] += 1
                         failures.append({**record, "operation": operation,
                                          "failure": f"peak {result['peak']:,} B over the budget {budget:,} B"})
+                if checkpoint is not None and (index - start + 1) % 250 == 0:
+                    checkpoint(summary(index - start + 1))
                 if progress and (index - start + 1) % 500 == 0:
                     print(f"{index - start + 1}/{cases} cases, {len(failures)} failures, {time.perf_counter() - began:.0f} s", file=sys.stderr)
     finally:
         worker.stop()
-    return {"cases": cases, "start": start, "seed": campaign_seed, "seconds": time.perf_counter() - began,
-            "counts": {op: dict(c) for op, c in counts.items()}, "by_mutator": {k: dict(v) for k, v in by_mutator.items()},
-            "failures": failures, "worst": worst, "baseline": baseline, "allowance": allowance,
-            "max_expansion": DEFAULT_MAX_EXPANSION, "time_limit": time_limit}
+    return summary(cases)
 
 
 def replay(index: int, campaign_seed: int) -> None:
@@ -660,7 +668,8 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"Duration: {summary['seconds']:.0f} s",
         "",
-        f"{summary['cases']:,} cases (campaign seed {summary['seed']}, cases {summary['start']} to {summary['start'] + summary['cases'] - 1}"
+        f"{summary['cases']:,} cases (campaign seed {summary['seed']}, cases "
+        f"{', '.join(f'{a} to {b}' for a, b in summary['ranges'])}"
         f"{', run as %d parallel shards' % summary['shards'] if summary.get('shards', 1) > 1 else ''}), "
         "every one a real encoder file mutated and re-framed with all checksums recomputed, so every case "
         f"reaches the manifest parser. Each case runs all {len(OPERATIONS)} reader entry points. Budget per operation: "
@@ -715,7 +724,7 @@ def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     return {**first, "cases": sum(s["cases"] for s in summaries), "seconds": max(s["seconds"] for s in summaries),
             "counts": {k: dict(v) for k, v in counts.items()}, "by_mutator": {k: dict(v) for k, v in by_mutator.items()},
             "failures": [f for s in summaries for f in s["failures"]], "worst": max((s["worst"] for s in summaries), key=lambda w: w.get("ratio", 0)),
-            "shards": len(summaries)}
+            "shards": len(summaries), "ranges": sorted(r for s in summaries for r in s["ranges"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -740,12 +749,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.combine:
         summary = combine([json.loads(path.read_text()) for path in args.combine])
     else:
-        summary = run_campaign(args.cases, args.seed, start=args.start, time_limit=args.time_limit,
-                               allowance=args.allowance_mib << 20, progress=True)
-    if args.summary_json:
         from jointsparse.utils import atomic_write_text
 
-        atomic_write_text(args.summary_json, json.dumps(summary) + "\n")
+        def save(partial: dict[str, Any]) -> None:
+            if args.summary_json:
+                atomic_write_text(args.summary_json, json.dumps(partial) + "\n")
+
+        summary = run_campaign(args.cases, args.seed, start=args.start, time_limit=args.time_limit,
+                               allowance=args.allowance_mib << 20, progress=True, checkpoint=save)
+        save(summary)
     command = "python experiments/fuzz_decoder.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = markdown(summary, command.strip())
     if args.out:
