@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from jointsparse.nn import SparseConv2d, WinogradConv2d
+from jointsparse.nn import SparseConv2d, WinogradConv2d, _compiled
 from jointsparse.utils import atomic_write_text
 from jointsparse.provenance import cpu_model
 
@@ -83,6 +83,11 @@ def build_methods(shape: Shape, m: int, seed: int) -> tuple[dict[str, Callable],
         layer = SparseConv2d.from_conv(pruned, sparse=True)
         methods[f"spatial {keep}"] = layer
         checks[f"spatial {keep}"] = (layer, pruned)
+        if keep == SPATIAL_DENSITIES[-1] and _compiled.available():
+            fast = SparseConv2d.from_conv(pruned, sparse=True)
+            fast.compiled = True
+            methods[f"spatial {keep} numba"] = fast
+            checks[f"spatial {keep} numba"] = (fast, pruned)
     t = m + shape.kernel - 1
     winograd_shape = torch.Size((shape.out_channels, shape.in_channels // shape.groups, t, t))
     for keep in WINOGRAD_DENSITIES:
@@ -91,7 +96,34 @@ def build_methods(shape: Shape, m: int, seed: int) -> tuple[dict[str, Callable],
         reference = WinogradConv2d.from_conv(conv, m=m, winograd_mask=mask, sparse=False)
         methods[f"winograd {keep}"] = layer
         checks[f"winograd {keep}"] = (layer, reference)
+        if keep == WINOGRAD_DENSITIES[-1] and _compiled.available():
+            fast = WinogradConv2d.from_conv(conv, m=m, winograd_mask=mask, sparse=True)
+            fast.compiled = True
+            methods[f"winograd {keep} numba"] = fast
+            checks[f"winograd {keep} numba"] = (fast, reference)
     return methods, checks
+
+
+#: Issue 17's layer targets: sparse Winograd at density 0.1, batch 1, one thread, vs F.conv2d.
+TARGET_GEOMEAN = (["alexnet.conv3", "alexnet.conv4", "alexnet.conv5", "resnet18.256", "resnet18.512"], 3.0)
+TARGET_EACH = (["resnet18.64", "resnet18.128"], 1.5)
+
+
+def target_lines(rows: list[dict], clock: str) -> list[str]:
+    """The issue-17 layer targets, met or not, from the batch-1 rows of this run."""
+    key = f"winograd {WINOGRAD_DENSITIES[-1]}"
+    speedups = {row["shape"].name: row["seconds"]["conv2d"][clock] / row["seconds"][key][clock] for row in rows if row["batch"] == 1}
+    lines = []
+    names, goal = TARGET_GEOMEAN
+    have = [speedups[n] for n in names if n in speedups]
+    if len(have) == len(names):
+        geomean = statistics.geometric_mean(have)
+        lines.append(f"- geomean over {', '.join(names)}: {geomean:.2f}x (target >= {goal}x: {'met' if geomean >= goal else 'missed'})")
+    names, goal = TARGET_EACH
+    for name in names:
+        if name in speedups:
+            lines.append(f"- {name}: {speedups[name]:.2f}x (target >= {goal}x: {'met' if speedups[name] >= goal else 'missed'})")
+    return lines
 
 
 def time_methods(methods: dict[str, Callable], x: torch.Tensor, repeats: int, warmup: int = 2) -> dict[str, dict[str, float]]:
@@ -155,6 +187,8 @@ def markdown(rows: list[dict], names: list[str], command: str, threads: int, m: 
         "stated density (spatial density of w for 'spatial d', Winograd density of G w G^T for 'winograd d').",
         "- each cell: median ms per forward call, and in brackets the speed-up vs dense `F.conv2d` "
         "(>1 = faster). 'vs W-dense' = speed-up of sparse Winograd at 0.1 over our dense Winograd.",
+        "- sparse columns run the default PyTorch path (FBGEMM embedding_bag / MKL CSR); '... numba' columns run the opt-in "
+        "compiled kernels of jointsparse/nn/_compiled.py on the same weights.",
         "",
     ]
     for clock, title in (("wall", "Wall clock"), ("cpu", "Process CPU time (excludes time the scheduler gave to other jobs)")):
@@ -171,6 +205,9 @@ def markdown(rows: list[dict], names: list[str], command: str, threads: int, m: 
             cells.append(f"{seconds['winograd dense'] / seconds[f'winograd {WINOGRAD_DENSITIES[-1]}']:.2f}x")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        targets = target_lines(rows, clock)
+        if targets:
+            lines += [f"Issue 17 layer targets (sparse Winograd 0.1, batch 1, vs conv2d, {clock} clock):", "", *targets, ""]
     return "\n".join(lines)
 
 

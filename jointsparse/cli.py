@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .bench import bench_file, format_bench
+from .bench import bench_file, bench_model, format_bench
 from .checkpoint import ModelCheckpointError, load_model, save_model
 from .codecs import FormatError, decode, decode_state, format_report, read_manifest, winograd_weights
 from .compress import PipelineError, compress
@@ -30,11 +30,13 @@ from .demo import run_demo
 from .info import InfoError, info_payload
 from .layers import LayerKeyError
 from .models import ModelError, get_model
+from .nn.choice import ChoiceError, format_choices
 from .output_lock import OutputInUseError, hold_outputs
 from .recipe import RecipeError, StageConfig, load_recipe
 from .sparsity import SparsityConfigError
 from .train import CheckpointError, evaluate, seed_everything, train
 from .utils import OutputWriteError, atomic_write_text
+
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -54,7 +56,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     return (
         UsageError, FormatError, DataError, ModelError, RecipeError, SparsityConfigError, CheckpointError,
         ModelCheckpointError, PipelineError, InfoError, LayerKeyError, OutputInUseError, OutputWriteError,
-        FileNotFoundError, IsADirectoryError, PermissionError,
+        FileNotFoundError, IsADirectoryError, PermissionError, ChoiceError,
     )
 
 
@@ -113,7 +115,6 @@ def _data_options(args: argparse.Namespace, defaults: dict[str, Any] | None = No
 
 
 def _loaders(options: dict[str, Any], seed: int):
-
     return make_loaders(
         options["name"], batch_size=options.get("batch_size") or 128, eval_batch_size=options.get("eval_batch_size") or 256,
         seed=seed, resize=options.get("resize"), channels=options.get("channels"), subset=options.get("subset"),
@@ -194,13 +195,51 @@ def _check_output(path: str, suffix: str | None = None) -> Path:
     return out
 
 
-def _load_any(path: str, domain: str | None, model_name: str | None, model_kwargs: dict[str, Any]):
+def _force_map(items: Sequence[str] | None) -> dict[str, str]:
+    """``--force LAYER=FORM`` options (LAYER a name or glob) as a dict."""
+    forced: dict[str, str] = {}
+    for item in items or []:
+        name, sep, form = item.partition("=")
+        if not sep or not name or not form:
+            raise UsageError(f"--force takes LAYER=FORM (FORM: dense, spatial or winograd), got {item!r}")
+        forced[name] = form
+    return forced
+
+
+def _auto_options(args: argparse.Namespace) -> dict[str, Any]:
+    """decode() keywords for ``--domain auto`` from --batch/--threads/--force/--input-size."""
+    if getattr(args, "domain", None) != "auto":
+        if getattr(args, "force", None):
+            raise UsageError("--force applies to --domain auto")
+        return {}
+    if args.batch < 1 or (args.threads is not None and args.threads < 1):
+        raise UsageError("--batch and --threads must be >= 1")
+    size = [int(v) for v in args.input_size.split(",")] if getattr(args, "input_size", None) else None
+    return {"batch": args.batch, "threads": args.threads, "force": _force_map(args.force), "input_size": size}
+
+
+def _print_choices(model: Any, threads: int | None, batch: int) -> None:
+    choices = getattr(model, "deployment_choices", None)
+    if choices:
+        print(f"per-layer deployment (timed at batch {batch}, {threads or 'current'} thread(s)):")
+        for line in format_choices(choices):
+            print(f"  {line}")
+
+
+def _print_choices_dict(choices: dict[str, Any], auto: dict[str, Any]) -> None:
+    class _Holder:
+        deployment_choices = choices
+
+    _print_choices(_Holder(), auto.get("threads"), auto.get("batch", 1))
+
+
+def _load_any(path: str, domain: str | None, model_name: str | None, model_kwargs: dict[str, Any], auto: dict[str, Any] | None = None):
     """A runnable model from a .jsz file (decoded to ``domain``) or a checkpoint, plus where
     its data options are recorded."""
     if path.endswith(".jsz"):
 
         manifest = read_manifest(path)
-        model = decode(path, domain=domain or "spatial")
+        model = decode(path, domain=domain or "spatial", **(auto or {}))
         data = (manifest.get("provenance") or {}).get("data") or {}
         return model, data
     if not os.path.isfile(path):
@@ -288,9 +327,19 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     out = _check_output(args.output)
+    auto = _auto_options(args)
     arch, state, manifest = decode_state(args.input)
     meta = {"source": os.path.abspath(args.input), "data": (manifest.get("provenance") or {}).get("data")}
-    if args.domain == "winograd":
+    if args.domain == "auto":
+
+        choices = decode(args.input, domain="auto", **auto).deployment_choices
+        _print_choices_dict(choices, auto)
+        meta["deployment_choices"] = {name: entry["choice"] for name, entry in choices.items()}
+        winograd = {k: v for k, v in winograd_weights(args.input).items() if choices[k]["choice"] == "winograd"}
+        for module in winograd:
+            del state[f"{module}.weight"]
+        save_model(out, state, arch, domain="winograd" if winograd else "spatial", winograd=winograd, meta=meta)
+    elif args.domain == "winograd":
         winograd = winograd_weights(args.input)
         for module in winograd:
             del state[f"{module}.weight"]
@@ -302,16 +351,21 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    model, recorded = _load_any(args.input, args.domain, args.model, _model_kwargs(args.model_arg))
+    auto = _auto_options(args)
+    model, recorded = _load_any(args.input, args.domain, args.model, _model_kwargs(args.model_arg), auto)
     recorded = {k: v for k, v in recorded.items() if k != "input_size"}
     options = _data_options(args, recorded)
     _, test_loader, _ = _loaders(options, 0)
     result = evaluate(model, test_loader, args.device)
     payload = {"input": args.input, "domain": args.domain or ("spatial" if args.input.endswith(".jsz") else "dense"),
                "data": options["name"], **result}
+    choices = getattr(model, "deployment_choices", None)
+    if choices:
+        payload["deployment_choices"] = choices
     if args.json:
         print(json.dumps(payload))
     else:
+        _print_choices(model, auto.get("threads"), auto.get("batch", 1))
         print(f"{args.input} [{payload['domain']}] on {options['name']}: accuracy {_pct(result['accuracy'])}, "
               f"loss {result['loss']:.4f} ({result['n']} images)")
     return EXIT_OK
@@ -319,7 +373,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     size = [int(v) for v in args.input_size.split(",")] if args.input_size else None
+    auto = _auto_options(args)
     payload = info_payload(args.input, size)
+    if auto:
+
+        payload["deployment_choices"] = decode(args.input, domain="auto", **auto).deployment_choices
     if args.json:
         print(json.dumps(payload, indent=2, default=str))
         return EXIT_OK
@@ -337,16 +395,21 @@ def cmd_info(args: argparse.Namespace) -> int:
               "with the input and output tile transforms")
     else:
         print("(no input size recorded: pass --input-size C,H,W for the MAC table)")
+    if auto:
+        print()
+        _print_choices_dict(payload["deployment_choices"], auto)
     return EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    rows = bench_file(args.input, batch=args.batch, repeats=args.repeats, threads=args.threads,
-                      input_size=[int(v) for v in args.input_size.split(",")] if args.input_size else None)
+    options = dict(batch=args.batch, repeats=args.repeats, threads=args.threads,
+                   input_size=[int(v) for v in args.input_size.split(",")] if args.input_size else None)
+    rows = bench_file(args.input, **options)
+    whole = bench_model(args.input, **options)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"layers": rows, "model": whole}, indent=2))
     else:
-        print(format_bench(rows, threads=args.threads, batch=args.batch))
+        print(format_bench(rows, threads=args.threads, batch=args.batch, whole=whole))
     return EXIT_OK
 
 
@@ -366,6 +429,16 @@ def _add_data(parser: argparse.ArgumentParser, required: bool = False) -> None:
     group.add_argument("--subset", type=int, help="use only this many training images")
     group.add_argument("--batch-size", type=int, help="training batch size (default 128)")
     group.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default 256)")
+
+
+def _add_auto(parser: argparse.ArgumentParser, input_size: bool = True) -> None:
+    group = parser.add_argument_group("--domain auto (per-layer choice, timed on this machine; timings cached in ~/.cache/jointsparse)")
+    group.add_argument("--batch", type=int, default=1, help="batch size to choose for (default 1)")
+    group.add_argument("--threads", type=int, help="torch threads to choose for (default: torch's current setting)")
+    group.add_argument("--force", action="append", metavar="LAYER=FORM",
+                       help="force a layer (name or glob, e.g. 'features.*') to dense, spatial or winograd (repeatable)")
+    if input_size:
+        group.add_argument("--input-size", help="C,H,W to time at (default: recorded in the file)")
 
 
 def _add_model(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -418,13 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("decode", "decode a .jsz file into a PyTorch checkpoint of one domain",
                 "jointsparse decode model.jsz --domain winograd -o model-winograd.pt", cmd_decode)
     p.add_argument("input")
-    p.add_argument("--domain", choices=("spatial", "winograd"), default="spatial")
+    p.add_argument("--domain", choices=("spatial", "winograd", "auto"), default="spatial",
+                   help="auto: per layer, the fastest of dense, spatial and Winograd, timed on this machine")
+    _add_auto(p)
     p.add_argument("-o", "--output", required=True)
 
     p = command("evaluate", "accuracy and loss of a .jsz file (decoded) or a checkpoint",
                 "jointsparse evaluate model.jsz --domain winograd --json", cmd_evaluate)
     p.add_argument("input", help="a .jsz file or a checkpoint")
-    p.add_argument("--domain", choices=("spatial", "winograd"), help="for .jsz files (default spatial)")
+    p.add_argument("--domain", choices=("spatial", "winograd", "auto"), help="for .jsz files (default spatial)")
+    _add_auto(p, input_size=False)
     _add_model(p)
     _add_data(p)
     p.add_argument("--device", default="cpu")
@@ -433,9 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("info", "per-layer sizes, densities, entropy bounds and MACs of a .jsz file", "jointsparse info model.jsz --json", cmd_info)
     p.add_argument("input")
     p.add_argument("--input-size", help="C,H,W for the MAC table (default: recorded in the file)")
+    p.add_argument("--domain", choices=("auto",), help="also choose and report each layer's deployment (timed on this machine)")
+    _add_auto(p, input_size=False)
     p.add_argument("--json", action="store_true")
 
-    p = command("bench", "time each decoded layer in both domains against dense F.conv2d", "jointsparse bench model.jsz --batch 1 --threads 1", cmd_bench)
+    p = command("bench", "time each decoded layer, and the whole model (dense, spatial, Winograd, auto), against dense", "jointsparse bench model.jsz --batch 1 --threads 1", cmd_bench)
     p.add_argument("input")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=20)

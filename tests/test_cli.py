@@ -83,7 +83,31 @@ def test_info_text_and_bench(pipeline):
     text = run("info", packed).stdout
     assert "compression" in text and "winograd" in text.lower()
     bench = json.loads(run("bench", packed, "--repeats", "2", "--json").stdout)
-    assert any(row["winograd_ms"] is not None for row in bench)
+    assert any(row["winograd_ms"] is not None for row in bench["layers"])
+    assert set(bench["model"]["models"]) == {"dense", "spatial", "winograd", "auto"}
+    assert all(entry["min_ms"] <= entry["median_ms"] <= entry["max_ms"] for entry in bench["model"]["models"].values())
+    assert "whole model" in run("bench", packed, "--repeats", "2").stdout
+
+
+def test_domain_auto_in_evaluate_decode_and_info(pipeline, tmp_path, monkeypatch):
+    work, _, _, packed, summary = pipeline
+    monkeypatch.setenv("JOINTSPARSE_CACHE_DIR", str(tmp_path / "cache"))
+    result = json.loads(run("evaluate", packed, "--domain", "auto", "--threads", "1", "--force", "*=spatial", "--json").stdout)
+    spatial = json.loads(run("evaluate", packed, "--domain", "spatial", "--json").stdout)
+    assert result["domain"] == "auto" and result["accuracy"] == pytest.approx(spatial["accuracy"], abs=1e-9)
+    assert {entry["choice"] for entry in result["deployment_choices"].values()} == {"spatial"}
+    text = run("evaluate", packed, "--domain", "auto", "--batch", "2").stdout
+    assert "per-layer deployment" in text and (tmp_path / "cache" / "layer_timings.json").is_file()
+    target = work / "auto.pt"
+    run("decode", packed, "--domain", "auto", "--threads", "1", "-o", target)
+    payload = torch.load(target, weights_only=True)
+    choices = payload["meta"]["deployment_choices"]
+    assert set(payload["winograd"]) == {name for name, choice in choices.items() if choice == "winograd"}
+    info = json.loads(run("info", packed, "--domain", "auto", "--json").stdout)
+    assert set(info["deployment_choices"]) == set(choices)
+    message = expect_usage_error(run("evaluate", packed, "--domain", "auto", "--force", "nosuch*=dense", check=False))
+    assert "matches no" in message
+    assert "LAYER=FORM" in expect_usage_error(run("evaluate", packed, "--domain", "auto", "--force", "dense", check=False))
 
 
 def expect_usage_error(result, *, no_file=None):

@@ -17,6 +17,7 @@ from torch import nn
 from ..layers import resolve_per_layer, winograd_layers
 from ..models import get_model
 from ..nn import DOMAINS, WinogradSetting, deploy
+from ..nn.choice import ChoiceError
 from ..transforms import DEFAULT_M, winograd_pruned_weight, winograd_threshold
 from .container import DEFAULT_MAX_EXPANSION, JszContents, StoredLayer, load, planned_bytes, read_manifest, save
 from .entropy import DEFAULT_CODER
@@ -185,11 +186,22 @@ def decode(
     allow_imports: bool = False,
     max_expansion: Optional[float] = DEFAULT_MAX_EXPANSION,
     runtime: bool = True,
+    batch: int = 1,
+    threads: Optional[int] = None,
+    input_size: Optional[Any] = None,
+    force: Optional[Mapping[str, str]] = None,
+    timing_cache: Any = None,
 ) -> nn.Module:
-    """Rebuild the model stored in ``path`` for the ``spatial`` or ``winograd`` deployment (eval mode).
+    """Rebuild the model stored in ``path`` for the ``spatial``, ``winograd`` or ``auto`` deployment (eval mode).
 
     ``runtime=False`` skips the swap to sparse runtime layers: the architecture's own modules
     carrying the decoded weights (e.g. for MAC counting); ``domain`` is then irrelevant.
+
+    ``auto`` times each layer's dense, spatial and Winograd forms on this machine for ``batch``
+    images of ``input_size`` (C, H, W; default: recorded in the file) at ``threads`` torch threads
+    (default: the current setting) and keeps the fastest; ``force`` maps layer names or globs to
+    a form, and ``timing_cache`` is as in :func:`deploy`. The choices are in
+    ``model.deployment_choices``.
 
     The architecture comes from ``jointsparse.models.get_model``; a file naming a
     ``package.module:factory`` is refused unless ``allow_imports=True``, because building it
@@ -197,11 +209,21 @@ def decode(
     """
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; use one of {DOMAINS}")
+    if not (isinstance(batch, int) and batch >= 1):
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
     contents = load(path, max_expansion=max_expansion)
     model = _build_model(contents.arch, _state_dict(contents), allow_imports)
     if runtime:
+        sample = None
+        if domain == "auto":
+            size = list(input_size or ((contents.manifest.get("provenance") or {}).get("data") or {}).get("input_size") or [])
+            if len(size) != 3:
+                raise ValueError("the file records no input size; domain 'auto' needs input_size=(C, H, W)")
+            sample = torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))
         try:
-            deploy(model, winograd_settings(contents.layers), domain)
+            deploy(model.eval(), winograd_settings(contents.layers), domain, sample=sample, threads=threads, force=force, timing_cache=timing_cache)
+        except ChoiceError:
+            raise
         except ValueError as error:  # a stored layer that is no conv/linear, or has no Winograd form
             raise FormatError(str(error)) from None
     return model.eval()

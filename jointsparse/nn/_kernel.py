@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _compiled
+
 #: Default switch points: a layer runs its sparse product when its weight density is at or below
 #: the threshold. Measured on a 2-core AMD EPYC (AVX2), torch 2.13.0, one thread, random masks
 #: (sweeps over the AlexNet conv2-5 and ResNet-18 shapes at batch 1 and 8, and fc6 at batch 1-64):
@@ -105,6 +107,8 @@ class BlockDiagonalKernel(nn.Module):
     def _init_kernel(self, sparse: bool | None) -> None:
         self.sparse_requested = sparse
         resolve_sparse(sparse, 1.0, self.sparse_threshold)  # validate the argument early
+        self._compiled_allowed = _compiled.on_by_default()
+        self._compiled_kernel = None
         self.register_buffer("_csr", None, persistent=False)
         self.register_load_state_dict_post_hook(lambda module, keys: module.refresh())
         self.refresh()
@@ -118,6 +122,30 @@ class BlockDiagonalKernel(nn.Module):
         self._density = density(blocks)
         self.uses_sparse = resolve_sparse(self.sparse_requested, self._density, self.sparse_threshold)
         self._csr = block_diagonal_csr(blocks.detach()) if self.uses_sparse else None
+        self._compiled_kernel = None
+        if self.uses_sparse and self._compiled_allowed and _compiled.available() and blocks.dtype == torch.float32 and blocks.device.type == "cpu":
+            self._compiled_kernel = self.build_compiled()
+
+    def build_compiled(self):
+        """The layer's compiled (numba) kernel: a callable built from the current weights."""
+        raise NotImplementedError
+
+    @property
+    def compiled(self) -> bool:
+        """True when the sparse product runs in the compiled (numba) kernel, False when it runs
+        in PyTorch (the default, see ``jointsparse.nn._compiled``). Setting True needs numba
+        and a sparse layer; it raises ``RuntimeError`` when the kernels cannot run."""
+        return self._compiled_kernel is not None
+
+    @compiled.setter
+    def compiled(self, enabled: bool) -> None:
+        if enabled and not _compiled.available():
+            raise RuntimeError(f"compiled kernels unavailable: {_compiled.UNAVAILABLE_REASON}")
+        self._compiled_allowed = bool(enabled)
+        self.refresh()
+
+    def _compiled_applies(self, x: torch.Tensor) -> bool:
+        return self._compiled_kernel is not None and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
 
     def block_matmul(self, columns: torch.Tensor) -> torch.Tensor:
         """``blockdiag(blocks) @ columns``: [B*C, P] -> [B*R, P]."""

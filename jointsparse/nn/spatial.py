@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _compiled
 from ._kernel import LINEAR_SPARSE_THRESHOLD, SPATIAL_SPARSE_THRESHOLD, BlockDiagonalKernel
 
 
@@ -74,6 +75,9 @@ class SparseConv2d(BlockDiagonalKernel):
         """Sparse copy of ``conv``; its zero weights are skipped on the sparse path."""
         return cls(conv, sparse)
 
+    def build_compiled(self):
+        return _compiled.DirectConvKernel(self.weight, self.bias, self.stride, self.dilation, self.groups)
+
     def weight_blocks(self) -> torch.Tensor:
         return self.weight.view(self.groups, self.out_channels // self.groups, -1)
 
@@ -90,6 +94,10 @@ class SparseConv2d(BlockDiagonalKernel):
         if not self.uses_sparse and self.padding_mode == "zeros" and (left, top) == (right, bottom):
             # conv2d pads internally; an explicit F.pad would cost one more copy of the input.
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
+        if self._compiled_applies(x):
+            if self.padding_mode == "zeros":
+                return self._compiled_kernel(x, self.pad)
+            return self._compiled_kernel(F.pad(x, self.pad, mode=self.padding_mode))
         if any(self.pad):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self.pad, mode=mode)
@@ -133,6 +141,9 @@ class SparseLinear(BlockDiagonalKernel):
         """Sparse copy of ``linear``; its zero weights are skipped on the sparse path."""
         return cls(linear, sparse)
 
+    def build_compiled(self):
+        return _compiled.LinearKernel(self.weight, self.bias)
+
     def weight_blocks(self) -> torch.Tensor:
         return self.weight.unsqueeze(0)
 
@@ -148,6 +159,8 @@ class SparseLinear(BlockDiagonalKernel):
         if not self.uses_sparse:
             return F.linear(x, self.weight, self.bias)
         rows = x.reshape(-1, self.in_features)
+        if self._compiled_applies(x):
+            return self._compiled_kernel(rows).reshape(*x.shape[:-1], self.out_features)
         out = self.block_matmul(rows.t()).t()  # [N, out]
         if self.bias is not None:
             out = out + self.bias

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..transforms import DEFAULT_M, extract_tiles, filter_to_winograd, has_winograd_form, winograd_matrices
+from . import _compiled
 from ._kernel import WINOGRAD_SPARSE_THRESHOLD, BlockDiagonalKernel
 
 
@@ -134,6 +135,10 @@ class WinogradConv2d(BlockDiagonalKernel):
         bias = None if conv.bias is None else conv.bias.detach()
         return cls(winograd, bias, m, r, conv.padding[0], conv.groups, sparse)
 
+    def build_compiled(self):
+        at, _, bt = winograd_matrices(self.m, self.r)
+        return _compiled.WinogradKernel(self.winograd_weight, self.bias, self.m, self.r, self.padding, self.groups, bt, at)
+
     def weight_blocks(self) -> torch.Tensor:
         tt, out_channels, in_per_group = self.winograd_weight.shape
         g = self.groups
@@ -154,6 +159,8 @@ class WinogradConv2d(BlockDiagonalKernel):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
         self._check_input_dtype(x, self.winograd_weight)
+        if self._compiled_applies(x):
+            return self._compiled_kernel(x)
         m, t = self.m, self.t
         tiles, (out_h, out_w) = extract_tiles(x, m, self.r, self.padding)
         n, c, tiles_h, tiles_w = tiles.shape[:4]
