@@ -134,7 +134,7 @@ def render(rows: list[dict], header: list[str]) -> str:
     notes = sorted({row["onnx_note"] for row in rows if row["onnx_note"]})
     if notes:
         lines += ["", *[f"- onnxruntime column skipped: {note}" for note in notes]]
-    lines += ["", "## auto: per-layer choice and the per-layer medians (ms) it was chosen by", ""]
+    lines += ["", "## auto: per-layer choice and the per-layer mean CPU times it was chosen by", ""]
     for row in rows:
         lines.append(f"- {row['network']}, batch {row['batch']}, {row['threads']} thread(s): "
                      + ", ".join(f"{layer}={choice}" for layer, choice in row["auto_choices"].items()))
