@@ -231,6 +231,8 @@ import threading  # noqa: E402
 
 import torch  # noqa: E402
 
+from ..transforms import extract_tiles  # noqa: E402
+
 #: Bytes of transformed input a Winograd tile block may hold (L2 is 512 KiB per core here).
 WINOGRAD_BLOCK_BYTES = 384 * 1024
 
@@ -275,8 +277,6 @@ class WinogradKernel:
         self.at = at.to(torch.float32).contiguous().numpy()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from ..transforms import extract_tiles
-
         m, r, t = self.m, self.r, self.t
         tiles, (out_h, out_w) = extract_tiles(x.detach(), m, r, self.padding)
         n, c, n_h, n_w = tiles.shape[:4]
