@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import math
 import os
 import shlex
 import sys
@@ -34,6 +33,7 @@ from .nn.choice import ChoiceError, format_choices
 from .output_lock import OutputInUseError, hold_outputs
 from .recipe import RecipeError, StageConfig, load_recipe
 from .sparsity import SparsityConfigError
+from .tasks import task_for
 from .train import CheckpointError, evaluate, seed_everything, train
 from .utils import OutputWriteError, atomic_write_text
 
@@ -110,7 +110,7 @@ def _data_options(args: argparse.Namespace, defaults: dict[str, Any] | None = No
         if value is not None:
             merged[key] = value
     if not merged.get("name"):
-        raise UsageError("no dataset: give --data NAME (digits, fashion-mnist, mnist, imagefolder:PATH)")
+        raise UsageError("no dataset: give --data NAME (digits, fashion-mnist, mnist, sr-natural, imagefolder:PATH)")
     return merged
 
 
@@ -132,10 +132,6 @@ def _write_json(path: str | None, payload: Any) -> None:
     if path:
 
         atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
-
-
-def _pct(value: float) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
 
 
 #: Options that say how a run is driven, not what it makes: left out of the recorded invocation
@@ -258,18 +254,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = _data_options(args)
     seed_everything(args.seed)
     train_loader, test_loader, info = _loaders(options, args.seed)
-    kwargs = {"num_classes": info.num_classes, "in_channels": info.in_channels, **_model_kwargs(args.model_arg)}
+    task = task_for(info)
+    kwargs = {**task.model_kwargs(info), **_model_kwargs(args.model_arg)}
     model = get_model(args.model, **kwargs)
     stage = StageConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
                         weight_decay=args.weight_decay, schedule=args.schedule, max_steps_per_epoch=args.max_steps or 0)
     result = train(
         model, train_loader, test_loader, stage.train_config(seed=args.seed, device=args.device, progress=not args.quiet),
-        checkpoint_path=f"{out}.ckpt", resume="auto" if args.resume else False, log_path=f"{out}.jsonl", stage="dense",
+        checkpoint_path=f"{out}.ckpt", resume="auto" if args.resume else False, log_path=f"{out}.jsonl", stage="dense", task=task,
     )
     save_model(out, model.state_dict(), model.jointsparse_arch,
-               meta={"data": _data_record(options, info), "test_accuracy": result.test_accuracy, "epochs": args.epochs})
+               meta={"data": _data_record(options, info), f"test_{task.metric}": result.test_metric, "epochs": args.epochs})
     Path(f"{out}.ckpt").unlink(missing_ok=True)
-    print(f"dense {args.model}: test accuracy {_pct(result.test_accuracy)} after {args.epochs} epoch(s); wrote {out}")
+    print(f"dense {args.model}: test {task.metric} {task.format(result.test_metric)} after {args.epochs} epoch(s); wrote {out}")
     return EXIT_OK
 
 
@@ -287,34 +284,36 @@ def cmd_compress(args: argparse.Namespace) -> int:
     result = compress(
         model, train_loader, test_loader, recipe, out, workdir=args.workdir, resume=args.resume, device=args.device,
         seed=args.seed, progress=not args.quiet, fingerprint=fingerprint,
-        provenance={"data": _portable_data(data_record, out), "command": normalised_invocation(args, out)},
+        provenance={"data": _portable_data(data_record, out), "command": normalised_invocation(args, out)}, task=task_for(info),
     )
-    summary = _compress_summary(result, out)
+    summary = _compress_summary(result, out, task_for(info))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        _print_summary(summary)
+        _print_summary(summary, task_for(info))
     return EXIT_OK
 
 
-def _compress_summary(result: Any, out: Path) -> dict[str, Any]:
+def _compress_summary(result: Any, out: Path, task: Any) -> dict[str, Any]:
+    """The run's figures; the per-stage scores under the task's metric name (``accuracy``, ``psnr``)."""
     total = result.report["total"]
     return {
         "file": str(out),
         "bytes": out.stat().st_size,
         "compression_ratio": total["compression_ratio"],
         "weights_only_ratio": total["weights_only_ratio"],
-        "accuracy": result.accuracy,
+        "metric": task.metric,
+        task.metric: result.scores,
         "seconds": result.seconds,
         "densities": result.densities,
     }
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def _print_summary(summary: dict[str, Any], task: Any) -> None:
     print()
-    print(f"{'stage':<12} {'test accuracy':>14}")
-    for stage, acc in summary["accuracy"].items():
-        print(f"{stage:<12} {_pct(acc):>14}")
+    print(f"{'stage':<12} {'test ' + task.metric:>14}")
+    for stage, value in summary[task.metric].items():
+        print(f"{stage:<12} {task.format(value):>14}")
     print()
     print(f"{'layer':<24} {'spatial density':>16} {'winograd density':>17}")
     for name, dens in summary["densities"].items():
@@ -355,8 +354,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, recorded = _load_any(args.input, args.domain, args.model, _model_kwargs(args.model_arg), auto)
     recorded = {k: v for k, v in recorded.items() if k != "input_size"}
     options = _data_options(args, recorded)
-    _, test_loader, _ = _loaders(options, 0)
-    result = evaluate(model, test_loader, args.device)
+    _, test_loader, info = _loaders(options, 0)
+    task = task_for(info)
+    result = evaluate(model, test_loader, args.device, task)
     payload = {"input": args.input, "domain": args.domain or ("spatial" if args.input.endswith(".jsz") else "dense"),
                "data": options["name"], **result}
     choices = getattr(model, "deployment_choices", None)
@@ -366,7 +366,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(payload))
     else:
         _print_choices(model, auto.get("threads"), auto.get("batch", 1))
-        print(f"{args.input} [{payload['domain']}] on {options['name']}: accuracy {_pct(result['accuracy'])}, "
+        print(f"{args.input} [{payload['domain']}] on {options['name']}: {task.metric} {task.format(result['metric'])}, "
               f"loss {result['loss']:.4f} ({result['n']} images)")
     return EXIT_OK
 

@@ -24,6 +24,7 @@ from . import codecs
 from .baselines import build_method
 from .layers import prunable_layers
 from .sparsity import JointSparsity, Sparsifier
+from .tasks import CLASSIFICATION, Task
 from .train import evaluate, train
 from .utils import atomic_torch_save
 
@@ -36,11 +37,20 @@ class PipelineError(ValueError):
 
 @dataclass
 class CompressResult:
+    """``scores``: the task's metric on the test loader after each stage (``metric`` names it:
+    accuracy as a fraction, or PSNR in dB)."""
+
     path: Path
     report: dict[str, Any]
-    accuracy: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     densities: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    metric: str = "accuracy"
+
+    @property
+    def accuracy(self) -> dict[str, float]:
+        """``scores`` under its classification name."""
+        return self.scores
 
 
 def build_regularizer(model: nn.Module, recipe: Recipe) -> Sparsifier:
@@ -110,11 +120,13 @@ def compress(
     log: Callable[[str], None] = print,
     fingerprint: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
+    task: Task = CLASSIFICATION,
 ) -> CompressResult:
-    """Run every stage of the recipe on ``model`` (trained, dense) and write ``out_path``."""
+    """Run every stage of the recipe on ``model`` (trained, dense) and write ``out_path``.
+    ``task`` supplies the training loss and the metric each stage reports."""
     out_path = Path(out_path)
     stages = _Stages(Path(workdir or f"{out_path}.work"), resume, {"recipe": recipe.to_dict(), **(fingerprint or {})})
-    accuracy: dict[str, float] = {}
+    scores: dict[str, float] = {}
     seconds: dict[str, float] = {}
     arch = getattr(model, "jointsparse_arch", None)
     model.to(device)
@@ -126,8 +138,8 @@ def compress(
             model.load_state_dict(done["model"])
             for hook, state in zip(hooks, done["hooks"]):
                 hook.load_state_dict(state)
-            accuracy[stage] = done["accuracy"]
-            log(f"[{stage}] already done (test accuracy {100 * done['accuracy']:.2f}%)")
+            scores[stage] = done["score"] if "score" in done else done["accuracy"]  # markers written before tasks existed
+            log(f"[{stage}] already done (test {task.metric} {task.format(done['score'])})")
             return
         if config.epochs > 0:
             log(f"[{stage}] {title}: {config.epochs} epoch(s), lr {config.lr}")
@@ -137,17 +149,17 @@ def compress(
             result = train(
                 model, train_loader, test_loader, config.train_config(seed=seed, device=device, progress=progress),
                 hooks=hooks, checkpoint_path=stages.checkpoint(stage), resume="auto" if resume else False,
-                log_path=stages.workdir / f"{stage}.jsonl", stage=stage,
+                log_path=stages.workdir / f"{stage}.jsonl", stage=stage, task=task,
             )
-            accuracy[stage] = result.test_accuracy
+            scores[stage] = result.test_metric
         else:
             log(f"[{stage}] skipped (0 epochs)")
-            accuracy[stage] = evaluate(model, test_loader, device)["accuracy"]
-        stages.finish(stage, {"model": model.state_dict(), "hooks": [h.state_dict() for h in hooks], "accuracy": accuracy[stage]})
+            scores[stage] = evaluate(model, test_loader, device, task)["metric"]
+        stages.finish(stage, {"model": model.state_dict(), "hooks": [h.state_dict() for h in hooks], "score": scores[stage]})
         seconds[stage] = time.perf_counter() - start
 
-    accuracy["dense"] = evaluate(model, test_loader, device)["accuracy"]
-    log(f"[dense] test accuracy {100 * accuracy['dense']:.2f}%")
+    scores["dense"] = evaluate(model, test_loader, device, task)["metric"]
+    log(f"[dense] test {task.metric} {task.format(scores['dense'])}")
 
     regularizer = build_regularizer(model, recipe)
     method = recipe.regularizer.method
@@ -155,8 +167,8 @@ def compress(
     run_stage("retrain", [regularizer], recipe.retrain, f"{label} retraining")
 
     regularizer.prune()
-    accuracy["pruned"] = evaluate(model, test_loader, device)["accuracy"]
-    log(f"[prune] spatial density {_overall_density(model):.3f} over all compressed layers, test accuracy {100 * accuracy['pruned']:.2f}%")
+    scores["pruned"] = evaluate(model, test_loader, device, task)["metric"]
+    log(f"[prune] spatial density {_overall_density(model):.3f} over all compressed layers, test {task.metric} {task.format(scores['pruned'])}")
     run_stage("finetune", regularizer.finetune_hooks(), recipe.finetune, "masked fine-tuning")
 
     start = time.perf_counter()
@@ -166,8 +178,8 @@ def compress(
     )
     _load_dequantized(model, quantized)
     seconds["quantize"] = time.perf_counter() - start
-    accuracy["quantized"] = evaluate(model, test_loader, device)["accuracy"]
-    log(f"[quantize] {recipe.quantize.method}, test accuracy {100 * accuracy['quantized']:.2f}%")
+    scores["quantized"] = evaluate(model, test_loader, device, task)["metric"]
+    log(f"[quantize] {recipe.quantize.method}, test {task.metric} {task.format(scores['quantized'])}")
     finetuner = codecs.CodebookFinetuner(model, quantized, lr=recipe.quantize.centroid_lr)
     run_stage("codebook", regularizer.finetune_hooks() + [finetuner], recipe.codebook, "codebook fine-tuning")
     regularizer.squash_mask()  # plain weights, zeros baked in, for the encoder
@@ -184,7 +196,7 @@ def compress(
     densities = {
         row["name"].removesuffix(".weight"): {"spatial": row["density"], "winograd": row["winograd_density"]} for row in report["layers"]
     }
-    return CompressResult(out_path, report, accuracy, seconds, densities)
+    return CompressResult(out_path, report, scores, seconds, densities, task.metric)
 
 
 def _load_dequantized(model: nn.Module, quantized: dict[str, Any]) -> None:

@@ -7,6 +7,10 @@ Names understood by :func:`get_dataset` / :func:`make_loaders`:
 - ``fashion-mnist`` (aliases ``fashion_mnist``, ``fmnist``): gzipped IDX files, looked up in
   ``root=`` or in the Debian ``dataset-fashion-mnist`` location.
 - ``mnist``: the same IDX format; not packaged here, so ``root=`` (or ``$JOINTSPARSE_DATA/mnist``).
+- ``sr-natural``: x3 super-resolution of the luminance channel on the photographs that
+  scikit-image and scikit-learn ship (:mod:`jointsparse.superres`): ``train`` and ``val`` are
+  32 px patches of 15 training images, ``test`` is 5 held-out whole images (batch 1). Its
+  ``DataInfo.task`` is ``"super-resolution"`` (targets are images, not labels).
 - ``imagefolder:PATH``: an ImageNet-style tree ``PATH/train/<class>/*`` and ``PATH/val/<class>/*``
   (``PATH/test`` is accepted too), read through torchvision (``pip install 'jointsparse[vision]'``).
 
@@ -37,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
+from . import superres
+
 __all__ = [
     "DataError",
     "DatasetNotFoundError",
@@ -51,9 +57,9 @@ __all__ = [
     "set_sampler_epoch",
 ]
 
-Split = Literal["train", "test"]
+Split = Literal["train", "val", "test"]
 
-KNOWN_DATASETS = ("digits", "fashion-mnist", "mnist", "imagefolder:PATH")
+KNOWN_DATASETS = ("digits", "fashion-mnist", "mnist", "sr-natural", "imagefolder:PATH")
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DATA_ENV = "JOINTSPARSE_DATA"
@@ -97,6 +103,7 @@ class DataInfo:
     input_size: tuple[int, int]
     train_size: int
     test_size: int
+    task: str = "classification"  # or "super-resolution": what jointsparse.tasks.task_for builds
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -360,14 +367,14 @@ def _canonical(name: str) -> str:
             raise DataError("imagefolder needs a path: imagefolder:/path/to/imagenet")
         return "imagefolder"
     key = _ALIASES.get(name.lower(), name.lower())
-    if key not in ("digits", "fashion-mnist", "mnist"):
+    if key not in ("digits", "fashion-mnist", "mnist", "sr-natural"):
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(KNOWN_DATASETS)}")
     return key
 
 
 def _check_options(split: str, resize: int | None, channels: int | None, subset: int | None) -> None:
-    if split not in ("train", "test"):
-        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in ("train", "val", "test"):
+        raise DataError(f"split must be 'train', 'val' or 'test', got {split!r}")
     if resize is not None and (not isinstance(resize, int) or resize < 1):
         raise DataError(f"resize must be a positive int (side length), got {resize!r}")
     if channels is not None and channels not in (1, 3):
@@ -395,6 +402,10 @@ def get_dataset(
     """
     _check_options(split, resize, channels, subset)
     key = _canonical(name)
+    if key == "sr-natural":
+        return _sr_natural(split, resize, channels, subset, subset_seed)
+    if split == "val":
+        raise DataError(f"{name} has no 'val' split (only sr-natural has one); use 'train' or 'test'")
     if key == "imagefolder":
         dataset, num_classes, in_ch, size = _imagefolder(name.split(":", 1)[1], split, resize, channels, normalize)
         keep = _select_subset(len(dataset), subset, subset_seed)
@@ -414,6 +425,18 @@ def get_dataset(
     dataset = TensorImageDataset(images, labels, channels=in_ch, mean=mean, std=std, num_classes=10)
     sizes = {"train": len(labels) if split == "train" else -1, "test": len(labels) if split == "test" else -1}
     dataset.info = DataInfo(key, 10, in_ch, dataset.input_size, sizes["train"], sizes["test"])
+    return dataset
+
+
+def _sr_natural(split: str, resize: int | None, channels: int | None, subset: int | None, subset_seed: int | None) -> Dataset:
+    if resize is not None or channels not in (None, 1):
+        raise DataError("sr-natural is the Y channel at its native size: resize and channels do not apply")
+    try:
+        dataset = superres.sr_dataset(split, subset, subset_seed)
+    except superres.ImagesNotFoundError as error:
+        raise DatasetNotFoundError(str(error)) from None
+    sizes = {"train": len(dataset) if split == "train" else -1, "test": len(dataset) if split != "train" else -1}
+    dataset.info = DataInfo("sr-natural", 0, 1, dataset.input_size, sizes["train"], sizes["test"], task="super-resolution")
     return dataset
 
 
@@ -452,7 +475,7 @@ def _passthrough(batch: Any) -> Any:
 
 
 def _loader(dataset: Dataset, sampler: Sampler, batch_size: int, drop_last: bool, num_workers: int) -> DataLoader:
-    if isinstance(dataset, TensorImageDataset):
+    if isinstance(dataset, TensorImageDataset) or getattr(dataset, "batch_indexing", False):
         # One fancy-indexing op per batch: the sampler yields index lists, the dataset slices.
         return DataLoader(
             dataset,
@@ -480,6 +503,7 @@ def make_loaders(
     distributed: bool = False,
     normalize: bool = True,
     drop_last: bool = False,
+    eval_split: Split = "test",
 ) -> tuple[DataLoader, DataLoader, DataInfo]:
     """Train and test loaders plus a :class:`DataInfo`.
 
@@ -490,13 +514,18 @@ def make_loaders(
     ``batch_size * world_size`` and each rank sees the interleaved share of the same
     permutation, so a 1-process run with the global batch sees the same batches. The test
     loader is sharded without padding across ranks (:class:`ShardSampler`); ``evaluate`` sums
-    the shards. ``subset`` / ``test_subset`` cut the training / test split.
+    the shards. ``subset`` / ``test_subset`` cut the training / evaluation split.
+    ``eval_split``: the split the second loader serves (``"val"`` exists for ``sr-natural``
+    only: validation patches, so that nothing during training looks at the test images).
+    Whole images of different sizes (``sr-natural``'s test split) come one per batch.
     """
     if batch_size < 1 or eval_batch_size < 1:
         raise DataError(f"batch sizes must be positive, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
     common = dict(root=root, resize=resize, channels=channels, normalize=normalize)
     train_set = get_dataset(name, "train", subset=subset, subset_seed=subset_seed, **common)
-    test_set = get_dataset(name, "test", subset=test_subset, **common)
+    test_set = get_dataset(name, eval_split, subset=test_subset, **common)
+    if not getattr(test_set, "batch_indexing", True):
+        eval_batch_size = 1
     if distributed:
         import torch.distributed as dist
 
@@ -510,5 +539,5 @@ def make_loaders(
     train_loader = _loader(train_set, train_sampler, batch_size, drop_last, num_workers)
     test_loader = _loader(test_set, test_sampler, eval_batch_size, False, num_workers)
     info = train_set.info
-    info = DataInfo(info.name, info.num_classes, info.in_channels, info.input_size, len(train_set), len(test_set))
+    info = DataInfo(info.name, info.num_classes, info.in_channels, info.input_size, len(train_set), len(test_set), info.task)
     return train_loader, test_loader, info

@@ -164,6 +164,85 @@ class VGGSmall(nn.Module):
         return self.fc2(torch.relu(self.fc1(torch.flatten(self.features(x), 1))))
 
 
+class CTSRCNN(nn.Module):
+    """CT-SRCNN (Ren, El-Khamy & Lee, arXiv 1711.04048): a plain SRCNN-style stack of 'same'
+    convolutions with ReLUs, applied to the bicubically upscaled luminance (Y) channel, that
+    outputs the super-resolved Y image (x3 in this project's set-up; the net itself is
+    scale-agnostic, the scale lives in the data).
+
+    Layers (``depth`` of them, named ``conv1`` .. ``conv{depth}``):
+
+    - ``conv1``: 9x9, ``in_channels`` -> 64 (SRCNN's feature extraction);
+    - ``conv2``: 5x5, 64 -> 32;
+    - ``conv3`` .. ``conv{depth-1}``: 3x3, 32 -> 32, the layers cascade training inserts;
+    - ``conv{depth}``: 5x5, 32 -> ``in_channels`` (reconstruction, no ReLU).
+
+    ``residual=True`` adds the input to the output (a global skip: the layers predict the
+    detail bicubic interpolation misses). It adds no weights and one addition per pixel, and it
+    lets a plain stack this deep train in a CPU budget; ``residual=False`` is the SRCNN form.
+
+    ``depth=3`` is SRCNN 9-5-5; ``depth=5`` is 9-5-3-3-5. *Reconstruction*: the paper's text
+    could not be read here. The 9-5-5 base, 3x3 32-channel inserted layers, two layers per
+    cascade stage and a final depth of 9 (:data:`CTSRCNN_DEPTH`) are this project's reading of
+    the abstract and of SRCNN; :func:`ctsrcnn_insert_layers` initialises inserted layers near the
+    identity (the paper draws them at random with a small variance).
+    """
+
+    def __init__(self, depth: int = 9, in_channels: int = 1, features: int = 64, width: int = 32, residual: bool = True) -> None:
+        super().__init__()
+        self.residual = residual
+        if depth < 3:
+            raise ModelError(f"CT-SRCNN needs depth >= 3 (9-5-5 is SRCNN), got {depth}")
+        self.depth = depth
+        plan = [(in_channels, features, 9), (features, width, 5)] + [(width, width, 3)] * (depth - 3) + [(width, in_channels, 5)]
+        for index, (cin, cout, r) in enumerate(plan, start=1):
+            setattr(self, f"conv{index}", nn.Conv2d(cin, cout, r, padding=r // 2))
+
+    def convs(self) -> list[nn.Conv2d]:
+        return [getattr(self, f"conv{index}") for index in range(1, self.depth + 1)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        *hidden, last = self.convs()
+        out = x
+        for conv in hidden:
+            out = torch.relu(conv(out))
+        out = last(out)
+        return out + x if self.residual else out
+
+
+#: The depth cascade training grows CT-SRCNN to (*reconstruction*, see :class:`CTSRCNN`).
+CTSRCNN_DEPTH = 9
+
+
+def ctsrcnn_insert_layers(model: CTSRCNN, count: int = 2, noise: float = 1e-3, generator: torch.Generator | None = None) -> CTSRCNN:
+    """One cascade-training step: a copy of ``model`` with ``count`` more 3x3 layers inserted
+    before the reconstruction layer, every trained layer's weights carried over.
+
+    The inserted layers start as the identity plus Gaussian noise of std ``noise``: each follows
+    a ReLU and is followed by one, so on the non-negative features it sees the identity leaves
+    the network's output unchanged and training continues from where the shallower net stopped.
+    The result is registered like :func:`get_model` output (``jointsparse_arch``).
+    """
+    if count < 1:
+        raise ValueError(f"insert at least one layer, got {count}")
+    old = model.convs()
+    width = old[-1].in_channels
+    deeper = CTSRCNN(model.depth + count, old[0].in_channels, old[0].out_channels, width, model.residual)
+    new = deeper.convs()
+    with torch.no_grad():
+        for source, target in zip(old[:-1], new[: len(old) - 1]):
+            target.load_state_dict(source.state_dict())
+        new[-1].load_state_dict(old[-1].state_dict())
+        for layer in new[len(old) - 1 : -1]:
+            eye = torch.zeros_like(layer.weight)
+            eye[torch.arange(width), torch.arange(width), 1, 1] = 1.0
+            layer.weight.copy_(eye + noise * torch.randn(eye.shape, generator=generator))
+            layer.bias.zero_()
+    arch = dict(getattr(model, "jointsparse_arch", {"name": "ctsrcnn", "kwargs": {}}))
+    deeper.jointsparse_arch = {"name": arch.get("name", "ctsrcnn"), "kwargs": {**arch.get("kwargs", {}), "depth": deeper.depth}}
+    return deeper
+
+
 def lenet5(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return LeNet5(num_classes, in_channels)
 
@@ -180,6 +259,10 @@ def resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return ResNet((3, 3, 3), (16, 32, 64), num_classes, in_channels, imagenet_stem=False)
 
 
+def ctsrcnn(depth: int = CTSRCNN_DEPTH, in_channels: int = 1, residual: bool = True) -> nn.Module:
+    return CTSRCNN(depth, in_channels, residual=residual)
+
+
 def vgg_small(num_classes: int = 10, in_channels: int = 1, width: float = 1.0, hidden: int = 256) -> nn.Module:
     return VGGSmall(num_classes, in_channels, width, hidden)
 
@@ -190,6 +273,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "resnet20": resnet20,
     "vgg_small": vgg_small,
+    "ctsrcnn": ctsrcnn,
 }
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .train.config import TrainConfig
+from .train import TrainConfig
 from .transforms import DEFAULT_M
 
 if sys.version_info >= (3, 11):

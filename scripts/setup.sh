@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-python3 -m pip install --quiet --disable-pip-version-check -e ".[dev,plots]"
+python3 -m pip install --quiet --disable-pip-version-check -e ".[dev,plots,sr]"

@@ -192,7 +192,7 @@ def test_batch_indexing_equals_item_indexing():
 @pytest.mark.parametrize(
     "name, kwargs, message",
     [
-        ("imagenet", {}, "unknown dataset 'imagenet'; known: digits, fashion-mnist, mnist, imagefolder:PATH"),
+        ("imagenet", {}, "unknown dataset 'imagenet'; known: digits, fashion-mnist, mnist, sr-natural, imagefolder:PATH"),
         ("digits", {"resize": 0}, "resize must be a positive int"),
         ("digits", {"channels": 2}, "channels must be 1 or 3"),
         ("digits", {"subset": -5}, "subset must be a positive int"),
@@ -206,7 +206,9 @@ def test_bad_names_and_options(name, kwargs, message):
 
 def test_bad_split_and_rgb_to_grey():
     with pytest.raises(DataError, match="split must be"):
-        get_dataset("digits", "val")  # type: ignore[arg-type]
+        get_dataset("digits", "validation")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="no 'val' split"):
+        get_dataset("digits", "val")
     with pytest.raises(DataError, match="only grey"):
         TensorImageDataset(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long), channels=1, num_classes=10)
 

@@ -58,3 +58,34 @@ def test_user_factory_and_errors():
         get_model("tests.test_models:nothing_here")
     with pytest.raises(ModelError, match="does not accept"):
         get_model("lenet5", depth=3)
+
+
+def test_ctsrcnn_layout_same_padding_and_residual():
+    model = get_model("ctsrcnn")
+    shapes = [tuple(conv.weight.shape) for conv in model.convs()]
+    assert shapes == [(64, 1, 9, 9), (32, 64, 5, 5)] + [(32, 32, 3, 3)] * 6 + [(1, 32, 5, 5)]
+    x = torch.rand(2, 1, 17, 23)
+    assert model(x).shape == x.shape  # 'same' padding at an odd size
+    plain = get_model("ctsrcnn", depth=3, residual=False)
+    for conv in plain.convs():
+        torch.nn.init.zeros_(conv.weight)
+        torch.nn.init.zeros_(conv.bias)
+    assert torch.equal(plain(x), torch.zeros_like(x))
+    with pytest.raises(ModelError):
+        get_model("ctsrcnn", depth=2)
+
+
+def test_cascade_insertion_keeps_the_function_and_the_trained_layers():
+    from jointsparse.models import ctsrcnn_insert_layers
+
+    torch.manual_seed(0)
+    shallow = get_model("ctsrcnn", depth=5)
+    x = torch.rand(1, 1, 20, 20)
+    deeper = ctsrcnn_insert_layers(shallow, 2, noise=0.0)
+    assert deeper.depth == 7 and deeper.jointsparse_arch == {"name": "ctsrcnn", "kwargs": {"depth": 7}}
+    assert torch.allclose(deeper(x), shallow(x), atol=1e-6)  # identity layers between ReLUs
+    assert torch.equal(deeper.conv7.weight, shallow.conv5.weight) and torch.equal(deeper.conv4.weight, shallow.conv4.weight)
+    noisy = ctsrcnn_insert_layers(shallow, 2, noise=1e-3, generator=torch.Generator().manual_seed(1))
+    assert 0 < (noisy(x) - shallow(x)).abs().max() < 0.05
+    with pytest.raises(ValueError):
+        ctsrcnn_insert_layers(shallow, 0)

@@ -1,0 +1,62 @@
+"""experiments/ctsrcnn_tables.py (issue 14): settings errors in-process, and (slow) the whole
+script in smoke mode: every stage, the report, the JSON keys, the committed-file copy, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from jointsparse import superres
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import ctsrcnn_tables  # noqa: E402
+
+ISSUE_KEYS = {"compression_ratio", "macs_reduction_spatial", "macs_reduction_winograd", "macs_reduction_winograd_with_transforms",
+              "psnr_dense", "psnr_dense_control", "psnr_spatial", "psnr_winograd", "psnr_bicubic", "test_images", "file", "file_bytes",
+              "command", "date"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stages", "dense,bogus"], "--stages must name some of"),
+    (["--cascade", "2,5"], "--cascade must be increasing depths"),
+    (["--cascade", "3,5", "--cascade-steps", "10"], "one positive step count per cascade depth"),
+    (["--cascade", "3,x"], "comma-separated integers"),
+    (["--recipe", "no/such.toml"], "recipe no/such.toml not found"),
+])
+def test_bad_settings_exit_2_with_one_line(tmp_path, capsys, args, message):
+    code = ctsrcnn_tables.main([*args, "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not superres.images_available(), reason="scikit-image's bundled photographs are not installed")
+def test_smoke_run_writes_the_tables_and_resumes(tmp_path, capsys):
+    argv = ["--smoke", "--cascade", "3,5", "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")]
+    assert ctsrcnn_tables.main(argv) == 0
+    payload = json.loads((tmp_path / "o" / "ctsrcnn_tables.json").read_text())
+    assert ISSUE_KEYS <= set(payload)
+    assert payload["test_images"] == list(superres.TEST_IMAGES)
+    for key in ("psnr_dense", "psnr_dense_control", "psnr_spatial", "psnr_winograd", "psnr_bicubic"):
+        assert 15 < payload[key] < 60, (key, payload[key])
+    assert payload["macs_reduction_winograd"] > payload["macs_reduction_winograd_with_transforms"] > 0
+    jsz = tmp_path / "o" / "ctsrcnn.jsz"
+    assert jsz.is_file() and jsz.stat().st_size == payload["file_bytes"]
+    assert math.isclose(payload["compression_ratio"], 4 * 75_777 / payload["file_bytes"], rel_tol=1e-9)  # depth 5: 75,777 parameters
+    assert set(payload["ablation"]) == {"spatial", "winograd", "joint"} and set(payload["targets_met"]) == {"compression", "computation", "psnr", "dense_vs_bicubic"}
+    report = (tmp_path / "o" / "ctsrcnn_tables.md").read_text()
+    for heading in ("## Dense baseline", "## Per layer", "## Summary (measured)", "## Regularization ablation", "Wall time per stage", "Machine:"):
+        assert heading in report
+    assert "| conv9 |" not in report and "| conv5 |" in report  # the smoke cascade stops at depth 5
+    capsys.readouterr()
+    assert ctsrcnn_tables.main(argv) == 0  # every stage is reused
+    out = capsys.readouterr().out
+    assert all(f"{stage}: already done" in out for stage in ("dense", "control", "joint"))
+    assert json.loads((tmp_path / "o" / "ctsrcnn_tables.json").read_text())["file_bytes"] == payload["file_bytes"]
