@@ -46,7 +46,6 @@ import sys
 import tempfile
 import time
 import traceback
-import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable
@@ -108,26 +107,18 @@ def seed_files() -> dict[str, bytes]:
 
 
 # ------------------------------------------------------------------------------- framing
-# The adversary writes its own frame (docs/format.md section 1) from manifest TEXT: the library's
-# writer refuses what an attacker would send (NaN, duplicate keys, malformed JSON).
-_HEADER = struct.Struct("<8sHHIIIQ")
-_SECTION = struct.Struct("<QII")
-MAGIC, END = b"\x89JSZ\r\n\x1a\n", b"JSZE"
 
 
 def frame(manifest_text: bytes, sections: list[bytes], compress: bool = True) -> bytes:
-    import zstandard
+    """A file around manifest TEXT (which no writer would produce: NaN, duplicate keys, broken
+    JSON), with every checksum computed, so the case reaches the parser."""
+    from jointsparse.codecs.framing import pack_text
 
-    stored = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(manifest_text) if compress else manifest_text
-    table = b"".join(_SECTION.pack(len(s), zlib.crc32(s), 0) for s in sections)
-    total = _HEADER.size + len(table) + len(stored) + sum(map(len, sections)) + 8
-    header = _HEADER.pack(MAGIC, 1, 1 if compress else 0, len(sections), len(stored), zlib.crc32(stored), total)
-    body = b"".join([header, table, stored, *sections])
-    return body + struct.pack("<I4s", zlib.crc32(body), END)
+    return pack_text(manifest_text, sections, compress=compress, level=3)
 
 
 def unframe(data: bytes) -> tuple[dict, list[bytes]]:
-    from jointsparse.codecs.container import unpack
+    from jointsparse.codecs.framing import unpack
 
     manifest, sections = unpack(data)
     return manifest, [bytes(s) for s in sections]
@@ -440,17 +431,20 @@ def make_case(seeds: dict[str, bytes], campaign_seed: int, index: int) -> tuple[
         name = rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
         if case.text is not None:
             break  # the text edits come last: they replace the manifest
-        MUTATORS[name](case, rng)
+        try:
+            MUTATORS[name](case, rng)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            continue  # an earlier mutation left nothing this one can work on
         names.append(name)
-    return seed_name, "+".join(names), "; ".join(case.notes), case.data()
+    return seed_name, "+".join(names) or "none", "; ".join(case.notes), case.data()
 
 
 # ------------------------------------------------------------------------------- the worker
 
 
 def _operations() -> dict[str, Callable[[str], Any]]:
-    from jointsparse.info import info_payload
     from jointsparse.codecs import decode, report, winograd_weights
+    from jointsparse.info import info_payload
 
     return {
         "decode_spatial": lambda path: decode(path, "spatial"),
@@ -478,7 +472,6 @@ def run_operation(operation: Callable[[str], Any], path: str) -> dict[str, Any]:
     """Run one reader entry point; its outcome, time and peak resident growth in bytes."""
     from jointsparse.codecs import FormatError
 
-    gc.collect()
     _reset_peak()
     before = _status_kib("VmRSS")
     start = time.perf_counter()
@@ -506,7 +499,9 @@ def worker_main() -> None:
     operations = _operations()
     print(json.dumps({"ready": True}), flush=True)
     operations["probe"] = _probe
-    for line in sys.stdin:
+    for served, line in enumerate(sys.stdin):
+        if served % 64 == 63:
+            gc.collect()  # cyclic garbage of earlier cases (a full collection costs ~0.1 s here)
         request = json.loads(line)
         results = {name: run_operation(operations[name], request["path"]) for name in request["operations"]}
         print(json.dumps(results), flush=True)
@@ -558,9 +553,10 @@ class Worker:
 
 def run_campaign(cases: int, campaign_seed: int = 0, *, start: int = 0, time_limit: float = DEFAULT_TIME_LIMIT,
                  allowance: int = DEFAULT_ALLOWANCE_MIB << 20, seed_names: tuple[str, ...] | None = None,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run cases ``start .. start+cases-1`` (from the ``seed_names`` files, default all); return
-    the counts and every failure."""
+    the counts and every failure. ``checkpoint`` receives the summary so far every 250 cases (a
+    stopped run keeps what it ran)."""
     from jointsparse.codecs import DEFAULT_MAX_EXPANSION
 
     seeds = {name: data for name, data in seed_files().items() if seed_names is None or name in seed_names}
@@ -571,6 +567,14 @@ def run_campaign(cases: int, campaign_seed: int = 0, *, start: int = 0, time_lim
     worst = {"ratio": 0.0}
     began = time.perf_counter()
     baseline = {}
+
+    def summary(done: int) -> dict[str, Any]:
+        return {"cases": done, "start": start, "ranges": [[start, start + done - 1]], "seed": campaign_seed,
+                "seconds": time.perf_counter() - began,
+                "counts": {op: dict(c) for op, c in counts.items()}, "by_mutator": {k: dict(v) for k, v in by_mutator.items()},
+                "failures": failures, "worst": worst, "baseline": baseline, "allowance": allowance,
+                "max_expansion": DEFAULT_MAX_EXPANSION, "time_limit": time_limit}
+
     try:
         with tempfile.TemporaryDirectory(prefix="fuzz-jsz-") as tmp:
             for name, data in seeds.items():  # warm up every code path once, and record the real files' peaks
@@ -610,14 +614,13 @@ def run_campaign(cases: int, campaign_seed: int = 0, *, start: int = 0, time_lim
                         counts[operation]["budget breach"] += 1
                         failures.append({**record, "operation": operation,
                                          "failure": f"peak {result['peak']:,} B over the budget {budget:,} B"})
+                if checkpoint is not None and (index - start + 1) % 250 == 0:
+                    checkpoint(summary(index - start + 1))
                 if progress and (index - start + 1) % 500 == 0:
                     print(f"{index - start + 1}/{cases} cases, {len(failures)} failures, {time.perf_counter() - began:.0f} s", file=sys.stderr)
     finally:
         worker.stop()
-    return {"cases": cases, "start": start, "seed": campaign_seed, "seconds": time.perf_counter() - began,
-            "counts": {op: dict(c) for op, c in counts.items()}, "by_mutator": {k: dict(v) for k, v in by_mutator.items()},
-            "failures": failures, "worst": worst, "baseline": baseline, "allowance": allowance,
-            "max_expansion": DEFAULT_MAX_EXPANSION, "time_limit": time_limit}
+    return summary(cases)
 
 
 def replay(index: int, campaign_seed: int) -> None:
@@ -665,7 +668,9 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"Duration: {summary['seconds']:.0f} s",
         "",
-        f"{summary['cases']:,} cases (campaign seed {summary['seed']}, cases {summary['start']} to {summary['start'] + summary['cases'] - 1}), "
+        f"{summary['cases']:,} cases (campaign seed {summary['seed']}, cases "
+        f"{', '.join(f'{a} to {b}' for a, b in summary['ranges'])}"
+        f"{', run as %d parallel shards' % summary['shards'] if summary.get('shards', 1) > 1 else ''}), "
         "every one a real encoder file mutated and re-framed with all checksums recomputed, so every case "
         f"reaches the manifest parser. Each case runs all {len(OPERATIONS)} reader entry points. Budget per operation: "
         f"{summary['max_expansion']} x the file size (`DEFAULT_MAX_EXPANSION`) + {summary['allowance'] >> 20} MiB for the "
@@ -706,6 +711,22 @@ def markdown(summary: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of shards run in parallel (consecutive case ranges of one campaign seed)."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    by_mutator: dict[str, Counter] = defaultdict(Counter)
+    for summary in summaries:
+        for key, row in summary["counts"].items():
+            counts[key].update(row)
+        for key, row in summary["by_mutator"].items():
+            by_mutator[key].update(row)
+    first = min(summaries, key=lambda s: s["start"])
+    return {**first, "cases": sum(s["cases"] for s in summaries), "seconds": max(s["seconds"] for s in summaries),
+            "counts": {k: dict(v) for k, v in counts.items()}, "by_mutator": {k: dict(v) for k, v in by_mutator.items()},
+            "failures": [f for s in summaries for f in s["failures"]], "worst": max((s["worst"] for s in summaries), key=lambda w: w.get("ratio", 0)),
+            "shards": len(summaries), "ranges": sorted(r for s in summaries for r in s["ranges"])}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=1000)
@@ -715,6 +736,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allowance-mib", type=int, default=DEFAULT_ALLOWANCE_MIB)
     parser.add_argument("--out", type=Path, help="write the results (markdown) here")
     parser.add_argument("--replay", type=int, metavar="CASE", help="run one case here, with tracebacks")
+    parser.add_argument("--summary-json", type=Path, help="also write the raw summary (JSON), e.g. for --combine")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON", help="merge the summaries of parallel shards")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -723,8 +746,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.replay is not None:
         replay(args.replay, args.seed)
         return 0
-    summary = run_campaign(args.cases, args.seed, start=args.start, time_limit=args.time_limit,
-                           allowance=args.allowance_mib << 20, progress=True)
+    if args.combine:
+        summary = combine([json.loads(path.read_text()) for path in args.combine])
+    else:
+        from jointsparse.utils import atomic_write_text
+
+        def save(partial: dict[str, Any]) -> None:
+            if args.summary_json:
+                atomic_write_text(args.summary_json, json.dumps(partial) + "\n")
+
+        summary = run_campaign(args.cases, args.seed, start=args.start, time_limit=args.time_limit,
+                               allowance=args.allowance_mib << 20, progress=True, checkpoint=save)
+        save(summary)
     command = "python experiments/fuzz_decoder.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = markdown(summary, command.strip())
     if args.out:

@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from .transforms import DEFAULT_M, has_winograd_form, tile_count, winograd_mask, winograd_matrices
+from .transforms import DEFAULT_M, has_winograd_form, tile_count, winograd_kept_count, winograd_matrices
 
 
 # How the figures are counted, in the words every report uses (tests tie them to the code below).
@@ -55,6 +55,8 @@ class LayerCost:
 
 
 def _output_sizes(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Output shape of every conv and linear layer, from one forward pass on PyTorch's meta
+    device: shapes without computing or allocating anything, whatever the input size."""
     sizes: dict[str, tuple[int, ...]] = {}
     handles = []
     for name, module in model.named_modules():
@@ -63,10 +65,9 @@ def _output_sizes(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, tu
     was_training = model.training
     try:
         model.eval()
-        parameter = next(model.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
+        tensors = {name: tensor.to("meta") for name, tensor in [*model.named_parameters(), *model.named_buffers()]}
         with torch.no_grad():
-            model(torch.zeros((1, *input_size[1:]), device=device))
+            torch.func.functional_call(model, tensors, (torch.zeros((1, *input_size[1:]), device="meta"),))
     finally:
         model.train(was_training)
         for handle in handles:
@@ -102,12 +103,11 @@ def layer_cost(
         m, r = winograd_m, weight.shape[-1]
         t = m + r - 1
         tiles = tile_count(out_h, m) * tile_count(out_w, m)
-        kept = winograd_mask(weight, m, winograd_threshold)
         row.winograd_tile = t
         row.tiles = tiles
-        row.winograd_params = kept.numel()
-        row.winograd_nonzero = int(kept.sum())
-        row.dense_winograd_macs = kept.numel() * tiles
+        row.winograd_params = params // (r * r) * t * t
+        row.winograd_nonzero = winograd_kept_count(weight, m, winograd_threshold)
+        row.dense_winograd_macs = row.winograd_params * tiles
         row.sparse_winograd_macs = row.winograd_nonzero * tiles
         per_input_tile, per_output_tile = transform_macs(m, r)
         row.input_transform_macs = weight.shape[1] * groups * tiles * per_input_tile
@@ -118,14 +118,16 @@ def layer_cost(
 def layer_costs(
     model: nn.Module,
     input_size: tuple[int, ...],
-    m: int = DEFAULT_M,
+    m: int | Mapping[str, int] = DEFAULT_M,
     winograd_thresholds: Mapping[str, float] | None = None,
 ) -> list[LayerCost]:
     """One :class:`LayerCost` per conv and linear layer that the forward pass reaches.
 
     ``input_size`` is (N, C, H, W); only C, H and W matter (the counts are per image).
     The Winograd non-zeros count ``|G w G^T| > threshold`` with the layer's threshold from
-    ``winograd_thresholds`` (keyed by module name; 0 by default, i.e. every non-zero).
+    ``winograd_thresholds`` (keyed by module name; 0 by default, i.e. every non-zero). ``m`` is
+    the Winograd output tile, one for all layers or per module name (``DEFAULT_M`` for a name
+    not given).
     """
     sizes = _output_sizes(model, input_size)
     thresholds = winograd_thresholds or {}
@@ -136,9 +138,10 @@ def layer_costs(
         if isinstance(module, nn.Linear):
             rows.append(layer_cost(name, module.weight, None))
             continue
+        tile = (m.get(name, DEFAULT_M) if isinstance(m, Mapping) else m) if has_winograd_form(module) else None
         rows.append(layer_cost(
             name, module.weight, tuple(sizes[name][-2:]), groups=module.groups,
-            winograd_m=m if has_winograd_form(module) else None, winograd_threshold=thresholds.get(name, 0.0),
+            winograd_m=tile, winograd_threshold=thresholds.get(name, 0.0),
         ))
     return rows
 

@@ -108,12 +108,12 @@ class OutputLock:
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise OutputWriteError(error.errno, error.strerror, str(self.path)) from None
+            raise OutputWriteError.naming(error, self.path) from None
         while True:
             try:
                 fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
             except OSError as error:
-                raise OutputWriteError(error.errno, error.strerror, str(self.path)) from None
+                raise OutputWriteError.naming(error, self.path) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

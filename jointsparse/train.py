@@ -75,7 +75,7 @@ from torch.utils.data import DataLoader
 
 from .data import ShardSampler, set_sampler_epoch
 from .tasks import CLASSIFICATION, Task
-from .utils import atomic_torch_save, atomic_write_text
+from .utils import OutputWriteError, atomic_torch_save, atomic_write_text
 
 __all__ = [
     "CheckpointError",
@@ -506,8 +506,11 @@ class _JsonLog:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record, sort_keys=True) + "\n")
+            try:
+                with open(self.path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record, sort_keys=True) + "\n")
+            except OSError as error:  # a full disk raises on close, with no file name
+                raise OutputWriteError.naming(error, self.path) from None
 
 
 def _data_geometry(loader: DataLoader, steps_per_epoch: int) -> dict[str, int]:

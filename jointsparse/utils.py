@@ -47,16 +47,17 @@ class OutputWriteError(OSError):
     def __str__(self) -> str:
         return f"cannot write {self.filename}: {self.strerror}"
 
+    @classmethod
+    def naming(cls, error: OSError, path: PathLike) -> "OutputWriteError":
+        """``error`` (from any write) restated for the output ``path`` the user knows."""
+        code = error.errno if error.errno is not None else errno.EIO
+        return cls(code, error.strerror or os.strerror(code), str(path))
+
 
 def _umask() -> int:
     mask = os.umask(0)  # the only portable way to read it; restored at once
     os.umask(mask)
     return mask
-
-
-def _write_error(error: OSError, target: Path) -> OutputWriteError:
-    code = error.errno if error.errno is not None else errno.EIO
-    return OutputWriteError(code, error.strerror or os.strerror(code), str(target))
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
@@ -73,7 +74,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     except OSError as error:
-        raise _write_error(error, target) from None
+        raise OutputWriteError.naming(error, target) from None
     try:
         try:
             remaining = memoryview(data).cast("B")
@@ -92,7 +93,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
         except FileNotFoundError:
             pass
         if isinstance(error, OSError):
-            raise _write_error(error, target) from None
+            raise OutputWriteError.naming(error, target) from None
         raise
     return target
 

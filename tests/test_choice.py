@@ -12,7 +12,7 @@ from jointsparse.codecs import decode, encode
 from jointsparse.nn import SparseConv2d, SparseLinear, WinogradConv2d
 from jointsparse.nn.choice import TimingCache, choose, forced_choices, format_choices, timing_key
 
-from test_model_codec import TINY, _forward, _tiny
+from test_model_codec import _forward, _tiny
 
 
 def test_forced_choices_exact_beats_glob_and_first_glob_wins():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
 import struct
@@ -272,3 +273,102 @@ def test_fuzzed_files_give_format_error_or_valid_decode_within_memory_budget(sma
 def test_raw_dtype_allow_list_is_what_save_writes():
     assert set(RAW_DTYPES) >= {"float32", "float64", "float16", "bfloat16", "int64", "bool"}
     assert MAGIC == b"\x89JSZ\r\n\x1a\n"
+
+
+# ------------------------------------------------- issue 16: typed validation, a budget for both domains
+
+
+def _all_zero_layer_file(shape, m, threshold=0.0) -> bytes:
+    """A valid file of one all-zero conv layer with a Winograd entry: a few hundred bytes that ask
+    for ``prod(shape)`` spatial and far more Winograd-domain weights."""
+    numel = int(np.prod(shape))
+    varint = bytearray()
+    value = numel
+    while True:
+        varint.append((value & 0x7F) | (0x80 if value >> 7 else 0))
+        value >>= 7
+        if not value:
+            break
+    positions = bytes([1, 1]) + bytes(varint)  # ANS counts: every bitmap symbol is 0
+    manifest = {
+        "format": "jsz", "version": 1, "tool": {"name": "jointsparse", "version": "test"}, "arch": None, "recipe": None,
+        "provenance": None, "original_parameter_count": numel, "raw": [],
+        "layers": [{
+            "name": "conv.weight", "module": "conv", "kind": "conv", "shape": list(shape), "parameter_count": numel,
+            "quantizer": "kmeans", "bits": 1, "codebook": [1.0], "dither": None, "nnz": 0,
+            "positions": {"coding": "bitmap", "coder": "ans", "section": 0, "symbols": numel},
+            "indices": {"coder": "ans", "section": 1, "symbols": 0},
+            "winograd": {"m": m, "r": shape[-1], "threshold": threshold, "sparsity": None},
+        }],
+    }
+    return pack(manifest, [positions, b""])
+
+
+def test_a_huge_winograd_tile_or_layer_is_refused_before_anything_is_allocated(tmp_path):
+    from jointsparse.codecs import winograd_weights
+
+    # Issue 16: a 17 KB file (here a few hundred bytes) of one all-zero [905, 905, 2, 2] conv with
+    # F(15, 2) made winograd_weights allocate 5.4 GB.
+    path = tmp_path / "wide.jsz"
+    path.write_bytes(_all_zero_layer_file((905, 905, 2, 2), 15))
+    with pytest.raises(FormatError, match="outside \\[1, 8\\]"):
+        winograd_weights(path)
+    # Within the tile limit the Winograd domain is still 20x the spatial one: the budget, which
+    # load() checks for every caller and either domain, counts it.
+    path.write_bytes(_all_zero_layer_file((905, 905, 2, 2), 8))
+    for reader in (load, winograd_weights):
+        with pytest.raises(FormatError, match="decoding needs"):
+            reader(path)
+    # The same shape with a 2x2 tile, F(1, 2): the Winograd domain is the spatial one, yet its
+    # bytes are counted too.
+    spatial_only = planned_bytes(unpack(_all_zero_layer_file((905, 905, 2, 2), 1))[0]["layers"], [])
+    assert spatial_only > 12 * 905 * 905 * 4
+
+
+def test_winograd_weights_of_a_file_within_the_budget_match_the_full_computation(tmp_path, monkeypatch):
+    from jointsparse.codecs import winograd_weights
+    from jointsparse.transforms import filter_to_winograd, pruning
+
+    monkeypatch.setattr(pruning, "CHUNK_ENTRIES", 100)  # many chunks, uneven last ones
+    torch.manual_seed(0)
+    weight = torch.randn(7, 5, 3, 3) * (torch.rand(7, 5, 3, 3) > 0.5)
+    layer = quantize_weight(weight, "kmeans", 4, kind="conv")
+    full = filter_to_winograd(layer.dequantize().double(), 4)
+    threshold = float(full.abs().flatten().kthvalue(full.numel() // 2).values)
+    path = tmp_path / "w.jsz"
+    save(path, {"conv.weight": layer}, winograd={"conv.weight": {"m": 4, "r": 3, "threshold": threshold, "sparsity": 0.5}})
+    got = winograd_weights(path)["conv"]["weight"]
+    assert torch.equal(got, (full * (full.abs() > threshold)).float())
+
+
+def test_numbers_are_checked_and_kept_in_the_decoders_types(small_file, tmp_path):
+    """Issue 16 item 2: a threshold written as the JSON integer 2^64 passed validation as an int
+    and broke torch with OverflowError; now every number is converted, then checked."""
+    from jointsparse.codecs import report, winograd_weights
+
+    def huge_threshold(manifest, sections):
+        manifest["layers"][0]["winograd"] = {"m": 2, "r": 3, "threshold": 2**64, "sparsity": None}
+
+    path = tmp_path / "huge.jsz"
+    path.write_bytes(_reframed(small_file, huge_threshold))
+    checked = read_manifest(path)["layers"][0]
+    assert type(checked["winograd"]["threshold"]) is float and checked["winograd"]["threshold"] == 2.0**64
+    assert all(type(v) is float for v in checked["codebook"])
+    assert not winograd_weights(path)["conv"]["weight"].any()  # everything is under 2^64
+    assert report(path)["layers"][0]["winograd_nnz"] == 0
+
+    def sparsity_out_of_range(manifest, sections):
+        manifest["layers"][0]["winograd"] = {"m": 2, "r": 3, "threshold": 0.0, "sparsity": 2}
+
+    with pytest.raises(FormatError, match="sparsity"):
+        loads(_reframed(small_file, sparsity_out_of_range))
+
+
+def test_a_number_that_overflows_a_float_is_refused_anywhere_in_the_manifest(small_file):
+    from jointsparse.codecs.framing import pack_text
+
+    manifest, sections = unpack(small_file.read_bytes())
+    manifest["provenance"] = {"note": "__HUGE__"}
+    text = json.dumps(manifest).replace('"__HUGE__"', "1e999").encode()
+    with pytest.raises(FormatError, match="1e999"):
+        loads(pack_text(text, [bytes(s) for s in sections]))

@@ -1,5 +1,5 @@
 """The adversarial campaign against the .jsz reader (experiments/fuzz_decoder.py): its memory
-measurement and its cases."""
+measurement, its cases, a short campaign in the default suite and a larger one marked slow."""
 
 from __future__ import annotations
 
@@ -44,3 +44,17 @@ def test_cases_are_deterministic_and_pass_the_checksums(fuzz):
         except ValueError as error:  # a text mutation may break the JSON, never a checksum
             assert "checksum" not in str(error) and "magic" not in str(error), error
     assert reached >= 15
+
+
+def test_a_short_campaign_finds_only_format_errors_within_the_budget(fuzz):
+    summary = fuzz.run_campaign(150, campaign_seed=1, seed_names=("vgg_small",))
+    assert summary["failures"] == []
+    counts = summary["counts"]
+    assert sum(row.get("FormatError", 0) for row in counts.values()) > 150  # the mutations reach the checks
+    assert sum(row.get("ok", 0) for row in counts.values()) > 50  # and some files still decode
+
+
+@pytest.mark.slow
+def test_a_larger_campaign_over_every_seed_file(fuzz):
+    summary = fuzz.run_campaign(2000, campaign_seed=2)
+    assert summary["failures"] == [], summary["failures"][:10]

@@ -437,3 +437,24 @@ def test_two_process_gloo_ddp_matches_single_process(tmp_path):
     assert [line["epoch"] for line in lines] == [1, 2]
     ckpt = load_checkpoint(tmp_path / "ddp.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+
+
+def test_a_full_disk_while_logging_names_the_log(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from jointsparse.train import _JsonLog
+    from jointsparse.utils import OutputWriteError
+
+    path = tmp_path / "run.jsonl"
+    log = _JsonLog(path, True, None)
+    real_open = builtins.open
+
+    def full(file, mode="r", *args, **kwargs):
+        if str(file) == str(path) and mode == "a":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full)
+    with pytest.raises(OutputWriteError, match="run.jsonl: No space left on device"):
+        log.write({"step": 1})

@@ -137,3 +137,18 @@ def test_the_winograd_pruning_rule():
     assert winograd_threshold(weight, 0.0, 2) == 0.0
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         winograd_threshold(weight, 1.0, 2)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 3, 3), (1, 1, 3, 3), (0, 4, 3, 3), (4, 0, 3, 3), (3, 3)])
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_the_bounded_winograd_pruning_matches_the_full_computation(shape, m, monkeypatch):
+    from jointsparse.transforms import pruning, winograd_kept_count, winograd_pruned_weight
+
+    monkeypatch.setattr(pruning, "CHUNK_ENTRIES", 50)  # many chunks, uneven last ones
+    torch.manual_seed(0)
+    weight = torch.randn(shape) * (torch.rand(shape) > 0.4)
+    full = filter_to_winograd(weight.double(), m)
+    threshold = float(full.abs().flatten().median()) if full.numel() else 0.0
+    expected = (full * (full.abs() > threshold)).float()
+    assert torch.equal(winograd_pruned_weight(weight, m, threshold), expected)
+    assert winograd_kept_count(weight, m, threshold) == int((full.abs() > threshold).sum())

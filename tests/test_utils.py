@@ -50,3 +50,35 @@ def test_atomic_write_gives_the_umask_mode_not_mkstemps_0600(tmp_path):
     finally:
         os.umask(old)
     assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_a_refused_write_names_the_output_not_the_temp_file_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from jointsparse.utils import OutputWriteError
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OutputWriteError) as caught:
+        atomic_write_bytes(tmp_path / "out.bin", b"data")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "out.bin")
+    assert str(caught.value) == f"cannot write {tmp_path / 'out.bin'}: No space left on device"
+    assert os.listdir(tmp_path) == []
+
+
+def test_temp_files_of_processes_that_are_gone_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from jointsparse.utils import remove_stale_temp_files
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    gone = tmp_path / f".out.bin.{process.pid}.abcdefgh.tmp"
+    live = tmp_path / f".out.bin.{os.getpid()}.abcdefgh.tmp"
+    for path in (gone, live):
+        path.write_bytes(b"x")
+    assert remove_stale_temp_files(tmp_path, ["out.bin"]) == [gone]
+    assert sorted(os.listdir(tmp_path)) == [live.name]

@@ -9,6 +9,7 @@ binary sections back to back, and the checksums (docs/format.md)::
 from __future__ import annotations
 
 import json
+import math
 import struct
 import sys
 import zlib
@@ -17,7 +18,7 @@ from typing import Any, Mapping
 from . import bounded_zstd
 from .errors import FormatError
 
-__all__ = ["MAGIC", "VERSION", "MAX_MANIFEST_BYTES", "pack", "unpack", "require_little_endian"]
+__all__ = ["MAGIC", "VERSION", "MAX_MANIFEST_BYTES", "pack", "pack_text", "unpack", "require_little_endian"]
 
 MAGIC = b"\x89JSZ\r\n\x1a\n"
 END_MARKER = b"JSZE"
@@ -47,10 +48,18 @@ def pack(manifest: Mapping[str, Any], sections: list[bytes]) -> bytes:
         raise ValueError(f"manifest is not plain JSON (recipe and arch kwargs must be JSON values): {error}") from None
     if len(manifest_json) > MAX_MANIFEST_BYTES:
         raise ValueError(f"manifest of {len(manifest_json)} bytes exceeds {MAX_MANIFEST_BYTES}")
-    manifest_bytes = bounded_zstd.compress(manifest_json, level=19)
+    return pack_text(manifest_json, sections)
+
+
+def pack_text(manifest_json: bytes, sections: list[bytes], *, compress: bool = True, level: int = 19) -> bytes:
+    """Frame manifest text as given (no check that it is JSON) and the sections; the checksums
+    are computed here. :func:`pack` uses it; so do tests and the adversarial campaign
+    (experiments/fuzz_decoder.py), which frame manifests no writer would produce."""
+    manifest_bytes = bounded_zstd.compress(manifest_json, level=level) if compress else bytes(manifest_json)
     table = b"".join(_SECTION.pack(len(s), zlib.crc32(s), 0) for s in sections)
     total = _HEADER.size + len(table) + len(manifest_bytes) + sum(len(s) for s in sections) + _TRAILER.size
-    header = _HEADER.pack(MAGIC, VERSION, FLAG_ZSTD_MANIFEST, len(sections), len(manifest_bytes), zlib.crc32(manifest_bytes), total)
+    flags = FLAG_ZSTD_MANIFEST if compress else 0
+    header = _HEADER.pack(MAGIC, VERSION, flags, len(sections), len(manifest_bytes), zlib.crc32(manifest_bytes), total)
     body = b"".join([header, table, manifest_bytes, *sections])
     return body + _TRAILER.pack(zlib.crc32(body), END_MARKER)
 
@@ -119,6 +128,13 @@ def _reject_constant(name: str) -> None:
     raise FormatError(f"manifest contains non-finite number {name}")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # "1e999" parses to inf without passing parse_constant
+        raise FormatError(f"manifest contains the number {text[:40]}, which overflows a float")
+    return value
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     result = dict(pairs)
     if len(result) != len(pairs):
@@ -128,7 +144,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
 
 def _parse_json(raw: bytes) -> dict:
     try:
-        manifest = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        manifest = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys)
     except FormatError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as error:

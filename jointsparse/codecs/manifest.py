@@ -14,10 +14,13 @@ from .errors import FormatError
 from .framing import VERSION
 from .quantize import MAX_BITS, QUANTIZERS
 
-__all__ = ["RAW_DTYPES", "MAX_NDIM", "MAX_WINOGRAD_TILE", "validate_manifest", "planned_bytes"]
+__all__ = ["RAW_DTYPES", "MAX_NDIM", "MAX_WINOGRAD_OUTPUT", "MAX_WINOGRAD_TILE", "validate_manifest", "planned_bytes"]
 
 MAX_NDIM = 8
 MAX_WINOGRAD_TILE = 16  # t = m + r - 1; bounds the Cook-Toom work a file can ask for
+#: The largest Winograd output tile m. Real networks use F(2,3) to F(6,3); a larger m multiplies
+#: the Winograd-domain weights by (t/r)^2 for no use (the transforms lose all float32 precision).
+MAX_WINOGRAD_OUTPUT = 8
 
 RAW_DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
@@ -75,47 +78,72 @@ def _shape(obj: Mapping, where: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _is_float32(value: Any) -> bool:
-    """A JSON number that reads as a finite float32."""
+def _float32(value: Any) -> Optional[float]:
+    """A JSON number as the float32 the decoder uses (held in a Python float), or None if it is
+    not a number or not finite as a float32."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
+        return None
     try:
         value = float(value)  # a huge JSON integer overflows here
     except OverflowError:
-        return False
+        return None
     with np.errstate(over="ignore"):
-        return math.isfinite(value) and bool(np.isfinite(np.float32(value)))
+        single = np.float32(value)
+    return float(single) if np.isfinite(single) else None
 
 
 def _numel(shape: tuple[int, ...]) -> int:
     return math.prod(shape)  # exact Python ints: no overflow on hostile shapes
 
 
-def planned_bytes(manifest_layers: list[dict], raw_entries: list[dict]) -> int:
-    """Upper bound of the bytes load() allocates for decoded data, from validated manifest counts.
+def _winograd_geometry(entry: Mapping) -> Optional[tuple[int, int]]:
+    """``(W, P)`` of a Winograd-form layer: its Winograd-domain weights ``Cout * Cin/g * t * t``
+    and the rows of its block-diagonal product ``t * t * Cout``; None for other layers."""
+    winograd, shape = entry.get("winograd"), entry.get("shape")
+    if not winograd or not shape or len(shape) != 4:
+        return None
+    t = winograd["m"] + winograd["r"] - 1
+    return shape[0] * shape[1] * t * t, shape[0] * t * t
 
-    Per layer: the dense float32 tensor (4 per weight), the bitmap symbols if any (1 per weight),
-    and per non-zero its int64 position, index and float32 value/dither (8 + 2 + 4 + 4 bytes);
-    plus every raw tensor. Gap symbols are bounded by the bitmap term.
+
+def planned_bytes(manifest_layers: list[dict], raw_entries: list[dict]) -> int:
+    """Upper bound of the bytes that decoding allocates, in EITHER domain, from validated counts.
+
+    Spatial, per layer of ``N`` weights with ``nnz`` coded: 12 N + 40 nnz (the decoded streams
+    and dense float32 weights, the model that receives them, its sparse runtime copy), plus twice
+    the raw tensors' bytes. Winograd, per Winograd-form layer with ``W`` Winograd-domain weights
+    and ``P`` product rows (see ``_winograd_geometry``): 8 W + 8 P kept (the pruned float32
+    weights and their sparse copy), plus for the largest such layer 16 W + 28 P of working memory
+    while its sparse copy is built. ``G w G^T`` itself is computed in bounded float64 chunks.
+    docs/format.md section 5 states the same bound.
     """
-    total = 0
+    total, working = 0, 0
     for entry in manifest_layers:
         numel, nnz = entry["parameter_count"], entry["nnz"]
-        total += 5 * numel + 18 * nnz
+        total += 12 * numel + 40 * nnz
+        geometry = _winograd_geometry(entry)
+        if geometry is not None:
+            weights, rows = geometry
+            total += 8 * weights + 8 * rows
+            working = max(working, 16 * weights + 28 * rows)
     for entry in raw_entries:
-        total += _numel(tuple(entry["shape"])) * RAW_DTYPES[entry["dtype"]].itemsize
-    return total
+        total += 2 * _numel(tuple(entry["shape"])) * RAW_DTYPES[entry["dtype"]].itemsize
+    return total + working
 
 
 def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int]) -> dict:
+    """One ``layers`` entry checked, as a new record holding each value in the type the decoder
+    uses (ints, float64 thresholds, float32 codebook values and dither step)."""
     where = f"layer {index}"
     if not isinstance(entry, dict):
         raise FormatError(f"{where}: not a JSON object")
     name = _field(entry, "name", str, where)
     where = f"layer {name!r}"
-    if name != _field(entry, "module", str, where) + ".weight":
+    module = _field(entry, "module", str, where)
+    if name != module + ".weight":
         raise FormatError(f"{where}: name must be the module name plus '.weight'")
-    if _field(entry, "kind", str, where) not in ("conv", "linear"):
+    kind = _field(entry, "kind", str, where)
+    if kind not in ("conv", "linear"):
         raise FormatError(f"{where}: kind must be 'conv' or 'linear'")
     shape = _shape(entry, where)
     numel = _count(entry, "parameter_count", where)
@@ -128,49 +156,59 @@ def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int]
     codebook = _field(entry, "codebook", list, where)
     if len(codebook) > (1 << bits) - 1:
         raise FormatError(f"{where}: codebook of {len(codebook)} entries exceeds 2^{bits} - 1")
-    if not all(_is_float32(v) for v in codebook):
+    codebook = [_float32(v) for v in codebook]
+    if any(v is None for v in codebook):
         raise FormatError(f"{where}: codebook holds something other than a finite float32 value")
     dither = _field(entry, "dither", dict, where, nullable=True)
     if (dither is None) != (quantizer != "universal"):
         raise FormatError(f"{where}: dither must be given exactly for universal quantization")
     if dither is not None:
-        _count(dither, "seed", where, 0, (1 << 63) - 1)
-        step = _real(dither, "step", where)
-        if not _is_float32(step) or not np.float32(step) > 0:
+        seed = _count(dither, "seed", where, 0, (1 << 63) - 1)
+        step = _float32(_field(dither, "step", (int, float), where))
+        if step is None or not step > 0:
             raise FormatError(f"{where}: dither step must be a positive float32 value")
+        dither = {"seed": seed, "step": step}
     nnz = _count(entry, "nnz", where, 0, numel)
     if nnz and not codebook:
         raise FormatError(f"{where}: {nnz} non-zeros but an empty codebook")
     streams = {}
     for key in ("positions", "indices"):
         stream = _field(entry, key, dict, where)
-        if _field(stream, "coder", str, where) not in CODERS:
-            raise FormatError(f"{where}: unknown {key} coder {stream['coder']!r}")
+        coder = _field(stream, "coder", str, where)
+        if coder not in CODERS:
+            raise FormatError(f"{where}: unknown {key} coder {coder!r}")
         section = _count(stream, "section", where, 0, section_count - 1) if section_count else None
         if section is None or section in claimed:
             raise FormatError(f"{where}: {key} section missing or shared")
         claimed.add(section)
-        _count(stream, "symbols", where)
-        streams[key] = stream
-    coding = _field(streams["positions"], "coding", str, where)
+        streams[key] = {"coder": coder, "section": section, "symbols": _count(stream, "symbols", where)}
+    coding = _field(entry["positions"], "coding", str, where)
     if coding not in POSITION_CODINGS:
         raise FormatError(f"{where}: unknown position coding {coding!r}")
+    streams["positions"]["coding"] = coding
     position_symbol_count(coding, numel, nnz, streams["positions"]["symbols"])
     if streams["indices"]["symbols"] != nnz:
         raise FormatError(f"{where}: {streams['indices']['symbols']} index symbols for {nnz} non-zeros")
     winograd = _field(entry, "winograd", dict, where, nullable=True)
     if winograd is not None:
-        m = _count(winograd, "m", where, 1, MAX_WINOGRAD_TILE)
+        m = _count(winograd, "m", where, 1, MAX_WINOGRAD_OUTPUT)
         r = _count(winograd, "r", where, 2, MAX_WINOGRAD_TILE)
         if m + r - 1 > MAX_WINOGRAD_TILE:
             raise FormatError(f"{where}: Winograd tile F({m},{r}) larger than {MAX_WINOGRAD_TILE}")
         threshold = _real(winograd, "threshold", where)
-        _real(winograd, "sparsity", where, nullable=True)
+        sparsity = _real(winograd, "sparsity", where, nullable=True)
         if threshold < 0:
             raise FormatError(f"{where}: negative Winograd threshold")
+        if sparsity is not None and not 0 <= sparsity <= 1:
+            raise FormatError(f"{where}: Winograd sparsity {sparsity} outside [0, 1]")
         if len(shape) != 4 or shape[2] != r or shape[3] != r:
             raise FormatError(f"{where}: Winograd F({m},{r}) does not fit shape {list(shape)}")
-    return entry
+        winograd = {"m": m, "r": r, "threshold": threshold, "sparsity": sparsity}
+    return {
+        "name": name, "module": module, "kind": kind, "shape": list(shape), "parameter_count": numel,
+        "quantizer": quantizer, "bits": bits, "codebook": codebook, "dither": dither, "nnz": nnz,
+        "positions": streams["positions"], "indices": streams["indices"], "winograd": winograd,
+    }
 
 
 def validate_raw(entry: Any, index: int, section_count: int, claimed: set[int], sections: list[memoryview]) -> dict:
@@ -189,10 +227,13 @@ def validate_raw(entry: Any, index: int, section_count: int, claimed: set[int], 
     expected = _numel(shape) * RAW_DTYPES[dtype].itemsize
     if len(sections[section]) != expected:
         raise FormatError(f"{where}: section has {len(sections[section])} bytes, {dtype}{list(shape)} needs {expected}")
-    return entry
+    return {"name": entry["name"], "dtype": dtype, "shape": list(shape), "section": section}
 
 
-def validate_manifest(manifest: dict, sections: list[memoryview]) -> None:
+def validate_manifest(manifest: dict, sections: list[memoryview]) -> dict:
+    """The manifest checked against docs/format.md section 2, returned with its ``layers`` and
+    ``raw`` entries rebuilt in the decoder's types (see :func:`validate_layer`); the free-form
+    records (``arch`` kwargs, ``recipe``, ``provenance``) as they are."""
     if manifest.get("format") != "jsz":
         raise FormatError("manifest: format is not 'jsz'")
     if _field(manifest, "version", int, "manifest") != VERSION:
@@ -206,7 +247,7 @@ def validate_manifest(manifest: dict, sections: list[memoryview]) -> None:
         _field(arch, "kwargs", dict, "manifest arch")
     _field(manifest, "recipe", dict, "manifest", nullable=True)
     _field(manifest, "provenance", dict, "manifest", nullable=True)
-    _count(manifest, "original_parameter_count", "manifest")
+    original = _count(manifest, "original_parameter_count", "manifest")
     claimed: set[int] = set()
     layers = [validate_layer(e, i, len(sections), claimed) for i, e in enumerate(_field(manifest, "layers", list, "manifest"))]
     raws = [validate_raw(e, i, len(sections), claimed, sections) for i, e in enumerate(_field(manifest, "raw", list, "manifest"))]
@@ -215,3 +256,4 @@ def validate_manifest(manifest: dict, sections: list[memoryview]) -> None:
         raise FormatError("manifest: a tensor name appears twice")
     if len(claimed) != len(sections):
         raise FormatError(f"manifest: {len(sections) - len(claimed)} sections belong to no tensor")
+    return {**manifest, "original_parameter_count": original, "layers": layers, "raw": raws}

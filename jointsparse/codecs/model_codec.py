@@ -18,10 +18,11 @@ from ..layers import resolve_per_layer, winograd_layers
 from ..models import get_model
 from ..nn import DOMAINS, WinogradSetting, deploy
 from ..nn.choice import ChoiceError
-from ..transforms import DEFAULT_M, winograd_pruned, winograd_threshold
-from .container import DEFAULT_MAX_EXPANSION, JszContents, StoredLayer, load, planned_bytes, save
+from ..transforms import DEFAULT_M, winograd_pruned_weight, winograd_threshold
+from .container import DEFAULT_MAX_EXPANSION, JszContents, StoredLayer, load, planned_bytes, read_manifest, save
 from .entropy import DEFAULT_CODER
 from .errors import FormatError
+from .manifest import MAX_WINOGRAD_OUTPUT
 from .quantize import BitsSpec, QuantizedLayer, compressible_layers, quantize_model
 from .report import report
 
@@ -90,8 +91,8 @@ def encode(
     back with :func:`decode_state`). ``input_size`` (C, H, W) stores each layer's output map size
     and groups, so that MACs can be counted from the file without building the model.
     """
-    if m < 1:
-        raise ValueError(f"Winograd output tile m must be >= 1, got {m}")
+    if not 1 <= m <= MAX_WINOGRAD_OUTPUT:
+        raise ValueError(f"Winograd output tile m must be in 1..{MAX_WINOGRAD_OUTPUT} (what readers accept), got {m}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     layers = compressible_layers(model)
@@ -121,10 +122,8 @@ def encode(
         maps=maps,
     )
     size = os.path.getsize(written)
-    planned = planned_bytes(
-        [{"parameter_count": q.numel, "nnz": q.nnz} for q in quantized.values()],
-        [{"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for t in raw.values()],
-    )
+    manifest = read_manifest(written)
+    planned = planned_bytes(manifest["layers"], manifest["raw"])
     if planned > DEFAULT_MAX_EXPANSION * size:
         warnings.warn(f"{written} decodes to {planned} bytes, more than load()'s default cap; decode it with max_expansion=None", stacklevel=2)
     return report(written)
@@ -223,8 +222,8 @@ def winograd_weights(path: Union[str, os.PathLike], *, max_expansion: Optional[f
         if stored.winograd is None:
             continue
         m = stored.winograd["m"]
-        big, keep = winograd_pruned(stored.quantized.dequantize(), m, stored.winograd["threshold"])
-        out[stored.module] = {"m": m, "weight": (big * keep).to(torch.float32)}
+        weight = winograd_pruned_weight(stored.quantized.dequantize(), m, stored.winograd["threshold"])
+        out[stored.module] = {"m": m, "weight": weight}
     return out
 
 

@@ -12,7 +12,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..transforms import winograd_mask
+from ..transforms import winograd_kept_count
 from .container import DEFAULT_MAX_EXPANSION, load
 
 __all__ = ["report", "format_report"]
@@ -68,12 +68,14 @@ def report(path: Union[str, os.PathLike], *, max_expansion: Optional[float] = DE
             "winograd_density": None,
         }
         if stored.winograd is not None:
-            mask = winograd_mask(weight, stored.winograd["m"], stored.winograd["threshold"])
+            m, r = stored.winograd["m"], stored.winograd["r"]
+            params = quantized.numel // (r * r) * (m + r - 1) ** 2
+            kept = winograd_kept_count(weight, m, stored.winograd["threshold"])
             row.update(
                 winograd_threshold=stored.winograd["threshold"],
-                winograd_params=mask.numel(),
-                winograd_nnz=int(mask.sum()),
-                winograd_density=_ratio(int(mask.sum()), mask.numel()),
+                winograd_params=params,
+                winograd_nnz=kept,
+                winograd_density=_ratio(kept, params),
             )
         rows.append(row)
     weight_params = sum(row["params"] for row in rows)

@@ -1,7 +1,7 @@
 """Deployment: a model's conv and linear layers swapped for the sparse runtime layers.
 
 Every input is plain per-layer data: which layers to swap and, for Winograd-form convs, the tile
-``m`` and the threshold of the Winograd pruning rule (:func:`jointsparse.transforms.winograd_mask`).
+``m`` and the threshold of the Winograd pruning rule (:func:`jointsparse.transforms.winograd_pruned_weight`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from ..transforms import has_winograd_form, winograd_mask
+from ..transforms import has_winograd_form, winograd_pruned_weight
 from .choice import TimingCache, choose, layer_inputs
 from .spatial import SparseConv2d, SparseLinear
 from .winograd import WinogradConv2d
@@ -25,11 +25,18 @@ DOMAINS = ("spatial", "winograd", "auto")
 WinogradSetting = tuple[int, float]
 
 
-def _winograd_layer(conv: nn.Module, name: str, setting: WinogradSetting) -> WinogradConv2d:
+def _winograd_layer(conv: nn.Module, name: str, setting: WinogradSetting, sparse: Optional[bool] = None) -> WinogradConv2d:
     if not has_winograd_form(conv):
         raise ValueError(f"layer {name!r} ({conv}) has no Winograd form")
     m, threshold = setting
-    return WinogradConv2d.from_conv(conv, m=m, winograd_mask=winograd_mask(conv.weight, m, threshold))
+    out_channels, in_per_group, r, _ = conv.weight.shape
+    t = m + r - 1
+    # Filled in place, position-major ([t, t, Cout, Cin/g], the layer's own buffer layout), in
+    # bounded float64 chunks: the layer's weights are its only Winograd-sized allocation.
+    buffer = torch.empty((t, t, out_channels, in_per_group), dtype=conv.weight.dtype, device=conv.weight.device)
+    weights = winograd_pruned_weight(conv.weight, m, threshold, out=buffer.permute(2, 3, 0, 1))
+    bias = None if conv.bias is None else conv.bias.detach()
+    return WinogradConv2d.from_winograd_weights(weights, bias, m, r, conv.padding[0], conv.groups, sparse)
 
 
 def _replace(model: nn.Module, name: str, replacement: nn.Module) -> None:
@@ -50,10 +57,7 @@ def _runtime_forms(module: nn.Module, name: str, setting: Optional[WinogradSetti
     else:
         raise ValueError(f"layer {name!r} is a {type(module).__name__}, not a Conv2d or Linear")
     if setting is not None:
-        m, threshold = setting
-        if not has_winograd_form(module):
-            raise ValueError(f"layer {name!r} ({module}) has no Winograd form")
-        forms["winograd"] = WinogradConv2d.from_conv(module, m=m, winograd_mask=winograd_mask(module.weight, m, threshold), sparse=True)
+        forms["winograd"] = _winograd_layer(module, name, setting, sparse=True)
     return forms
 
 

@@ -2,7 +2,16 @@
 the Winograd pruning rule."""
 
 from .cook_toom import cook_toom, interpolation_points, winograd_matrices
-from .pruning import DEFAULT_M, pruned_count, winograd_magnitudes, winograd_mask, winograd_pruned, winograd_threshold
+from .pruning import (
+    DEFAULT_M,
+    pruned_count,
+    winograd_kept_count,
+    winograd_magnitudes,
+    winograd_mask,
+    winograd_pruned,
+    winograd_pruned_weight,
+    winograd_threshold,
+)
 from .tiling import (
     extract_tiles,
     has_winograd_form,
@@ -17,9 +26,11 @@ from .tiling import (
 __all__ = [
     "DEFAULT_M",
     "pruned_count",
+    "winograd_kept_count",
     "winograd_magnitudes",
     "winograd_mask",
     "winograd_pruned",
+    "winograd_pruned_weight",
     "winograd_threshold",
     "cook_toom",
     "interpolation_points",

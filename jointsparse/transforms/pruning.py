@@ -14,7 +14,16 @@ import torch
 
 from .tiling import filter_to_winograd
 
-__all__ = ["DEFAULT_M", "pruned_count", "winograd_magnitudes", "winograd_mask", "winograd_pruned", "winograd_threshold"]
+__all__ = [
+    "DEFAULT_M",
+    "pruned_count",
+    "winograd_kept_count",
+    "winograd_magnitudes",
+    "winograd_mask",
+    "winograd_pruned",
+    "winograd_pruned_weight",
+    "winograd_threshold",
+]
 
 #: The Winograd output tile when none is given: F(2x2, 3x3), the paper's setting.
 DEFAULT_M = 2
@@ -30,6 +39,52 @@ def winograd_pruned(weight: torch.Tensor, m: int, threshold: float) -> tuple[tor
     """``(G w G^T, keep)`` in float64: the Winograd-domain weight and the mask ``|G w G^T| > threshold``."""
     big = filter_to_winograd(weight.detach().to(torch.float64), m)
     return big, big.abs() > threshold
+
+
+#: Winograd-domain entries transformed per step by the bounded functions below: their float64
+#: working set (``G w G^T``, its magnitudes, the mask) stays near 1.5 MiB whatever the layer's size,
+#: so a decoder's peak memory is the float32 result it returns, not 8 bytes per entry and more.
+CHUNK_ENTRIES = 1 << 16
+
+
+def _filter_grid(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` [Cout, Cin, r, r] (or one [r, r] filter) as a [rows, cols, r, r] grid of filters."""
+    r = weight.shape[-1]
+    rows, cols = (1, 1) if weight.dim() == 2 else (weight.shape[0], math.prod(weight.shape[1:-2]))
+    return weight.detach().reshape(rows, cols, r, r)  # explicit sizes: a layer may have no weights
+
+
+def _winograd_blocks(grid: torch.Tensor, m: int):
+    """``(rows, cols, G w G^T in float64)`` over blocks of the filter grid of at most
+    ``CHUNK_ENTRIES`` Winograd entries each (at least one filter)."""
+    rows, cols, r, _ = grid.shape
+    per_filter = (m + r - 1) ** 2
+    col_step = max(1, min(cols, CHUNK_ENTRIES // per_filter))
+    row_step = max(1, CHUNK_ENTRIES // (per_filter * col_step))
+    for r0 in range(0, rows, row_step):
+        for c0 in range(0, cols, col_step):
+            block = (slice(r0, min(rows, r0 + row_step)), slice(c0, min(cols, c0 + col_step)))
+            yield block, filter_to_winograd(grid[block].to(torch.float64), m)
+
+
+def winograd_pruned_weight(weight: torch.Tensor, m: int, threshold: float, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``G w G^T`` with every entry of magnitude ``<= threshold`` set to zero, as float32
+    [..., t, t]: the decoder's Winograd weights. Computed in float64 in bounded chunks, so it
+    allocates nothing beyond its result. ``out``: a float32 [Cout, Cin, t, t] tensor (or view,
+    e.g. of a position-major buffer) to fill instead of allocating one."""
+    grid = _filter_grid(weight)
+    t = m + weight.shape[-1] - 1
+    if out is None:
+        out = torch.empty((*weight.shape[:-2], t, t), dtype=torch.float32)
+    target = out.view(grid.shape[0], grid.shape[1], t, t) if out.dim() != 4 else out
+    for block, big in _winograd_blocks(grid, m):
+        target[block] = big.masked_fill_(big.abs() <= threshold, 0.0)
+    return out
+
+
+def winograd_kept_count(weight: torch.Tensor, m: int, threshold: float) -> int:
+    """How many entries ``|G w G^T| > threshold`` keeps, in bounded float64 chunks."""
+    return sum(int((big.abs() > threshold).sum()) for _, big in _winograd_blocks(_filter_grid(weight), m))
 
 
 def winograd_mask(weight: torch.Tensor, m: int, threshold: float) -> torch.Tensor:
