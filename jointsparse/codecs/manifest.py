@@ -36,6 +36,10 @@ RAW_DTYPES: dict[str, torch.dtype] = {
 }
 
 
+#: The largest output map side a layer record may state.
+MAX_MAP_SIDE = 1 << 16
+
+
 def _field(obj: Mapping, key: str, kinds: type | tuple[type, ...], where: str, nullable: bool = False) -> Any:
     """``obj[key]`` checked against ``kinds``; every field is required, ``nullable`` ones may be null."""
     if key not in obj:
@@ -204,11 +208,18 @@ def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int]
         if len(shape) != 4 or shape[2] != r or shape[3] != r:
             raise FormatError(f"{where}: Winograd F({m},{r}) does not fit shape {list(shape)}")
         winograd = {"m": m, "r": r, "threshold": threshold, "sparsity": sparsity}
-    return {
+    record = {
         "name": name, "module": module, "kind": kind, "shape": list(shape), "parameter_count": numel,
         "quantizer": quantizer, "bits": bits, "codebook": codebook, "dither": dither, "nnz": nnz,
         "positions": streams["positions"], "indices": streams["indices"], "winograd": winograd,
     }
+    if "output_size" in entry or "groups" in entry:  # optional: the map size MAC counts need (format.md)
+        output_size = _field(entry, "output_size", list, where)
+        if len(output_size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_MAP_SIDE for v in output_size):
+            raise FormatError(f"{where}: output_size must be two integers in 1..{MAX_MAP_SIDE}")
+        record["output_size"] = list(output_size)
+        record["groups"] = _count(entry, "groups", where, 1, max(1, shape[0]))
+    return record
 
 
 def validate_raw(entry: Any, index: int, section_count: int, claimed: set[int], sections: list[memoryview]) -> dict:
