@@ -443,7 +443,7 @@ def test_a_full_disk_while_logging_names_the_log(tmp_path, monkeypatch):
     import builtins
     import errno
 
-    from jointsparse.train import _JsonLog
+    from jointsparse.train.loop import _JsonLog
     from jointsparse.utils import OutputWriteError
 
     path = tmp_path / "run.jsonl"
