@@ -127,8 +127,9 @@ def test_bring_your_own_model_end_to_end(tmp_path):
     assert all(abs(acc - accuracy["spatial"]) < 0.05 for acc in accuracy.values()), accuracy
 
     # 5. bench
-    rows = json.loads(cli("bench", packed, "--trust", "--repeats", "2", "--json").stdout)
-    assert {row["name"] for row in rows} >= {"conv1", "conv2", "head"}
+    bench = json.loads(cli("bench", packed, "--trust", "--repeats", "2", "--json").stdout)
+    assert {row["name"] for row in bench["layers"]} >= {"conv1", "conv2", "head"}
+    assert bench["model"]  # the whole-model row (dense, spatial, Winograd, auto)
 
     # 6. decode, then export in both formats.
     spatial_pt, winograd_pt = tmp_path / "spatial.pt", tmp_path / "winograd.pt"
