@@ -10,7 +10,9 @@ the manifest text. Each case runs through every reader entry point, in both doma
 ``decode`` (spatial), ``decode`` (winograd), ``report``, ``info`` (the command line's payload,
 MAC table included) and ``winograd_weights``.
 
-A reader entry point may succeed or raise ``FormatError``. Anything else is a failure, and so are
+A reader entry point may succeed or raise ``FormatError`` (or ``UntrustedModelError`` where a file
+names code to import that nobody trusted: the trust gate's refusal, counted with FormatError).
+Anything else is a failure, and so are
 a case that runs past the time limit (a hang) and an operation whose peak memory exceeds the
 budget: ``DEFAULT_MAX_EXPANSION`` times the file size (the decoder's own promise, docs/format.md
 section 5) plus a fixed allowance for the interpreter's own small allocations.
@@ -471,6 +473,7 @@ def _reset_peak() -> None:
 def run_operation(operation: Callable[[str], Any], path: str) -> dict[str, Any]:
     """Run one reader entry point; its outcome, time and peak resident growth in bytes."""
     from jointsparse.codecs import FormatError
+    from jointsparse.models import UntrustedModelError
 
     _reset_peak()
     before = _status_kib("VmRSS")
@@ -479,8 +482,10 @@ def run_operation(operation: Callable[[str], Any], path: str) -> dict[str, Any]:
         result = operation(path)
         del result
         outcome, error = "ok", None
-    except FormatError as caught:
-        outcome, error = "FormatError", str(caught)[:200]
+    except (FormatError, UntrustedModelError) as caught:
+        # A refusal: a malformed file, or one naming code to import that nobody trusted (the trust
+        # gate of info/evaluate/bench); counted in the FormatError column.
+        outcome, error = "FormatError", f"{type(caught).__name__}: {str(caught)[:200]}"
     except Exception as caught:  # noqa: BLE001 - anything else is what the campaign looks for
         outcome, error = "other", f"{type(caught).__name__}: {str(caught)[:300]}"
     seconds = time.perf_counter() - start
