@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .codecs import FormatError, decode, decode_state, read_manifest, report
+from .codecs.manifest import MAX_MAP_SIDE
 from .cost import LayerCost, layer_cost, layer_costs, macs_reduction, total_macs
 from .models import check_trusted
 
@@ -16,8 +17,9 @@ class InfoError(ValueError):
     """An input size (given by the caller) for which no MAC table can be computed."""
 
 
-#: The largest channel count and image side a MAC table is computed for.
-MAX_INPUT_SIDE = 1 << 16
+#: The largest channel count and image side a MAC table is computed for: the bound the manifest
+#: reader puts on a recorded layer's map side.
+MAX_INPUT_SIDE = MAX_MAP_SIDE
 
 
 def trust_gate(path: str, trust: bool) -> dict[str, Any]:
