@@ -1,7 +1,5 @@
-"""The compiled (numba) kernels against the pure-PyTorch path and F.conv2d, on awkward shapes.
-
-numba compiles each kernel at its first call in a process (seconds), and caches the machine code
-beside the module; shapes here are small so the suite stays fast.
+"""The compiled C kernels (``jointsparse.nn._csparse``) against the pure-PyTorch path and
+F.conv2d, on awkward shapes: odd sizes, padding modes, groups, stride, dilation, batch 1, one channel.
 """
 
 import os
@@ -50,6 +48,11 @@ WINOGRAD_CASES = [
     (6, 6, 3, 4, 2, 3, 3, (11, 10)),
     (2, 4, 5, 2, 2, 2, 1, (9, 8)),
     (8, 3, 3, 2, 1, 1, 1, (3, 4)),
+    # F(2,3)'s vectorised transforms: 8-tile chunks, a partial last chunk per row, odd output
+    # width, several tile-row blocks, more than one 32-channel chunk of output channels
+    (16, 70, 3, 2, 1, 1, 2, (37, 41)),
+    (3, 33, 3, 2, 0, 1, 1, (19, 36)),
+    (2, 3, 9, 4, 4, 1, 1, (14, 13)),
 ]
 
 
@@ -136,8 +139,7 @@ def test_dense_choice_and_autograd_use_pytorch_path():
     dense.compiled = True
     assert not dense.compiled  # a dense layer has no sparse product to compile
     layer = SparseConv2d.from_conv(conv, sparse=True)
-    assert not layer.compiled  # off by default
-    layer.compiled = True
+    assert layer.compiled  # on by default where the extension is built
     x = torch.randn(1, 3, 5, 5, requires_grad=True)
     layer(x).sum().backward()  # the compiled kernel has no gradient; the PyTorch path runs instead
     assert x.grad is not None
@@ -165,7 +167,7 @@ def test_kernels_honour_torch_threads_and_state_dict_round_trip():
         assert_close(copy(x), outs[0], 1e-6)
 
 
-@pytest.mark.parametrize("switch, expected", [("0", "False False False"), ("1", "True True True"), ("", "True False False")])
+@pytest.mark.parametrize("switch, expected", [("0", "False False False"), ("1", "True True True"), ("", "True True True")])
 def test_environment_switch(switch, expected):
     code = (
         "from torch import nn; from jointsparse.nn import SparseConv2d, _compiled;"
@@ -179,6 +181,6 @@ def test_environment_switch(switch, expected):
 
 def test_forcing_compiled_without_kernels_is_a_clear_error(monkeypatch):
     layer = SparseConv2d.from_conv(nn.Conv2d(2, 2, 3), sparse=True)
-    monkeypatch.setattr(_compiled, "UNAVAILABLE_REASON", "numba is not installed")
-    with pytest.raises(RuntimeError, match="numba is not installed"):
+    monkeypatch.setattr(_compiled, "UNAVAILABLE_REASON", "the C extension is not built")
+    with pytest.raises(RuntimeError, match="the C extension is not built"):
         layer.compiled = True

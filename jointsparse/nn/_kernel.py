@@ -127,14 +127,16 @@ class BlockDiagonalKernel(nn.Module):
             self._compiled_kernel = self.build_compiled()
 
     def build_compiled(self):
-        """The layer's compiled (numba) kernel: a callable built from the current weights."""
+        """The layer's compiled kernel (``_compiled``): a callable built from the current weights,
+        or None where the compiled kernel does not apply."""
         raise NotImplementedError
 
     @property
     def compiled(self) -> bool:
-        """True when the sparse product runs in the compiled (numba) kernel, False when it runs
-        in PyTorch (the default, see ``jointsparse.nn._compiled``). Setting True needs numba
-        and a sparse layer; it raises ``RuntimeError`` when the kernels cannot run."""
+        """True when the sparse product runs in the compiled C kernel (the default where the
+        extension is built, see ``jointsparse.nn._compiled``), False when it runs in PyTorch.
+        Setting True needs the extension and a sparse layer; it raises ``RuntimeError`` when the
+        kernels cannot run."""
         return self._compiled_kernel is not None
 
     @compiled.setter
