@@ -63,8 +63,11 @@ def test_winograd_compiled_matches_pytorch_path_and_conv2d(cin, cout, r, m, padd
     x = torch.randn(batch, cin, *size)
     layer = WinogradConv2d.from_conv(conv, m=m, sparse=True)
     fast, slow = both_paths(layer, x)
-    assert_close(fast, slow)
-    assert_close(fast, F.conv2d(x, conv.weight, conv.bias, padding=padding, groups=groups))
+    # F(4, 9)'s points reach +-3 and +-1/3: its float32 transforms lose about 3 digits whichever
+    # order of operations computes them, so both paths are held to a looser tolerance there.
+    rtol = 1e-4 if m + r - 1 <= 6 else 2e-3
+    assert_close(fast, slow, rtol)
+    assert_close(fast, F.conv2d(x, conv.weight, conv.bias, padding=padding, groups=groups), rtol)
 
 
 def test_winograd_compiled_with_pruned_weights_and_no_bias():
