@@ -99,8 +99,10 @@ SPATIAL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("im2col_max_columns", [0, 10**9], ids=["direct", "im2col"])
 @pytest.mark.parametrize("cin, cout, kernel, stride, padding, dilation, groups, batch, size, mode", SPATIAL_CASES)
-def test_spatial_compiled_matches_pytorch_path_and_conv2d(cin, cout, kernel, stride, padding, dilation, groups, batch, size, mode):
+def test_spatial_compiled_matches_pytorch_path_and_conv2d(cin, cout, kernel, stride, padding, dilation, groups, batch, size, mode, im2col_max_columns, monkeypatch):
+    monkeypatch.setattr(_compiled, "IM2COL_MAX_COLUMNS", im2col_max_columns)
     torch.manual_seed(cin + cout)
     conv = nn.Conv2d(cin, cout, kernel, stride, padding, dilation, groups, padding_mode=mode)
     with torch.no_grad():
@@ -123,13 +125,19 @@ def test_spatial_same_padding_and_no_bias():
         assert_close(fast, conv(x))
 
 
+@pytest.mark.parametrize("shared_values", [False, True], ids=["float-values", "codebook"])
 @pytest.mark.parametrize("batch_shape", [(1,), (5,), (2, 3)])
-def test_linear_compiled_matches_pytorch_path(batch_shape):
-    linear = nn.Linear(37, 11)
+def test_linear_compiled_matches_pytorch_path(batch_shape, shared_values):
+    linear = nn.Linear(300, 40)  # 1,200 non-zeros: more distinct float values than 8 bits index
     with torch.no_grad():
-        linear.weight.copy_(pruned(linear.weight, 0.1, 3))
+        weight = pruned(linear.weight, 0.1, 3)
+        if shared_values:  # a quantized layer: 5 distinct values, as a decoded file has
+            weight = torch.round(weight * 20).clamp(-2, 2) / 20
+        linear.weight.copy_(weight)
     layer = SparseLinear.from_linear(linear, sparse=True)
-    x = torch.randn(*batch_shape, 37)
+    # batch 1 of a layer with at most 256 distinct values runs on 8-bit value indices
+    assert (layer._compiled_kernel.shared is not None) == shared_values
+    x = torch.randn(*batch_shape, 300)
     fast, slow = both_paths(layer, x)
     assert_close(fast, slow)
     with torch.no_grad():

@@ -562,7 +562,14 @@ done:
 
 /* direct_conv(x, out, indptr, cin_of, ky_of, kx_of, vals, bias_or_None,
                n, cin, h, w, cout, out_h, out_w, stride_h, stride_w, dil_h, dil_w, top, left, threads)
-   x is unpadded; zero padding (top/left; bottom/right follow from out_h/out_w) happens here. */
+   x is unpadded; zero padding (top/left; bottom/right follow from out_h/out_w) happens here.
+
+   The padded input is copied once into phase planes: Q[c][ry][rx][y'][x'] = padded(y'*sh + ry,
+   x'*sw + rx). Output pixel (oy, ox) under tap (ky, kx) then reads phase ((ky*dh) % sh,
+   (kx*dw) % sw) at (oy + ky*dh/sh, ox + kx*dw/sw), so with output rows laid out wq wide (wq >= the
+   output width; the extra columns are computed and dropped) a block of output rows is ONE
+   contiguous run for every non-zero, whatever the stride: the micro-kernel sweeps the whole block,
+   and a 7x7 map costs one pass per non-zero instead of seven short ones. */
 static PyObject *py_direct_conv(PyObject *self, PyObject *args) {
     Py_buffer x, out, indptr, cin_of, ky_of, kx_of, vals;
     PyObject *bias_obj;
@@ -581,59 +588,79 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args) {
         const int32_t *ip = indptr.buf, *co = cin_of.buf, *kyo = ky_of.buf, *kxo = kx_of.buf;
         const float *vv = vals.buf, *bb = have_bias ? bias.buf : NULL;
         const int64_t nnz = ip[cout];
-        int64_t max_kx = 0, max_ky = 0;
-        for (int64_t q = 0; q < nnz; q++) {
-            if (kxo[q] > max_kx) max_kx = kxo[q];
-            if (kyo[q] > max_ky) max_ky = kyo[q];
+        int64_t reach_y = 0, reach_x = 0; /* largest ky*dh/sh and kx*dw/sw */
+        unsigned char used[64 * 64];      /* which (ry, rx) phases any non-zero reads */
+        if (sh > 64 || sw > 64) {
+            PyErr_SetString(PyExc_ValueError, "strides above 64 are not supported by the compiled kernel");
+            goto done;
         }
-        /* Input rows in padded coordinates: out_h rows at stride sh plus the kernel's reach. Each
-           row is split into sw column phases so that output column ox and tap kx read phase
-           (kx*dw) % sw at ox + (kx*dw) / sw: contiguous for every stride. */
-        const int64_t width = round_up8(out_w);
-        const int64_t hp = (out_h - 1) * sh + max_ky * dh + 1;
-        const int64_t wq = width + (max_kx * dw) / sw + 1;
-        const int64_t row_stride = sw * wq, plane = hp * row_stride;
+        memset(used, 0, sizeof(used));
+        for (int64_t z = 0; z < nnz; z++) {
+            int64_t yy = (int64_t)kyo[z] * dh, xx = (int64_t)kxo[z] * dw;
+            if (yy / sh > reach_y) reach_y = yy / sh;
+            if (xx / sw > reach_x) reach_x = xx / sw;
+            used[(yy % sh) * 64 + xx % sw] = 1;
+        }
+        const int64_t wq = out_w + reach_x;
+        const int64_t hq = out_h + reach_y + 1; /* + 1: a block's rounded-up width reads past its last row */
+        const int64_t phase_plane = hq * wq, plane = sh * sw * phase_plane;
+        /* output rows per pass: about 512 columns, so that a pass over the non-zeros reads one
+           block of every input channel it touches from L1/L2 */
+        int64_t block = 512 / wq;
+        if (block < 1) block = 1;
+        if (block > out_h) block = out_h;
+        const int64_t width = round_up8(block * wq);
         const int threads_ = thread_count(threads);
-        float *q = scratch(0, (size_t)(cin * plane));
+        float *q = scratch(0, (size_t)(cin * plane + width));
         float *rows = scratch(1, (size_t)(threads_ * width));
         offsets = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(int32_t));
         if (!q || !rows || !offsets) {
             PyErr_NoMemory();
             goto done;
         }
-        if ((int64_t)cin * plane > INT32_MAX) {
-            PyErr_SetString(PyExc_ValueError, "input too large for 32-bit offsets");
+        if ((int64_t)cin * plane + width > INT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "input too large for the compiled kernel's 32-bit offsets");
             goto done;
         }
         for (int64_t z = 0; z < nnz; z++) {
-            int64_t dx = (int64_t)kxo[z] * dw;
-            offsets[z] = (int32_t)(co[z] * plane + (int64_t)kyo[z] * dh * row_stride + (dx % sw) * wq + dx / sw);
+            int64_t yy = (int64_t)kyo[z] * dh, xx = (int64_t)kxo[z] * dw;
+            offsets[z] = (int32_t)(co[z] * plane + ((yy % sh) * sw + xx % sw) * phase_plane + (yy / sh) * wq + xx / sw);
         }
         const float *xs = x.buf;
         float *os = out.buf;
+        const int64_t blocks = (out_h + block - 1) / block;
         Py_BEGIN_ALLOW_THREADS;
         for (int64_t img = 0; img < n; img++) {
             const float *xi = xs + img * cin * h * w;
             float *oi = os + img * cout * out_h * out_w;
 #pragma omp parallel for num_threads(threads_) schedule(static) if (threads_ > 1)
             for (int64_t c = 0; c < cin; c++) {
-                float *qc = q + c * plane;
-                for (int64_t y = 0; y < hp; y++) {
-                    int64_t iy = y - top;
-                    float *qrow = qc + y * row_stride;
-                    if (iy < 0 || iy >= h) {
-                        memset(qrow, 0, (size_t)row_stride * sizeof(float));
-                        continue;
-                    }
-                    const float *src = xi + (c * h + iy) * w;
-                    for (int64_t ph = 0; ph < sw; ph++) {
-                        float *dst = qrow + ph * wq;
-                        for (int64_t u = 0; u < wq; u++) {
-                            int64_t ix = u * sw + ph - left;
-                            dst[u] = (ix >= 0 && ix < w) ? src[ix] : 0.f;
+                for (int64_t ry = 0; ry < sh; ry++)
+                    for (int64_t rx = 0; rx < sw; rx++) {
+                        if (!used[ry * 64 + rx]) continue;
+                        float *dst = q + c * plane + (ry * sw + rx) * phase_plane;
+                        for (int64_t yq = 0; yq < hq; yq++) {
+                            const int64_t iy = yq * sh + ry - top;
+                            float *drow = dst + yq * wq;
+                            if (iy < 0 || iy >= h) {
+                                memset(drow, 0, (size_t)wq * sizeof(float));
+                                continue;
+                            }
+                            const float *src = xi + (c * h + iy) * w;
+                            if (sw == 1) {
+                                /* a shifted copy: zeros, the row, zeros */
+                                for (int64_t u = 0; u < wq; u++) {
+                                    const int64_t ix = u + rx - left;
+                                    drow[u] = (ix >= 0 && ix < w) ? src[ix] : 0.f;
+                                }
+                            } else {
+                                for (int64_t u = 0; u < wq; u++) {
+                                    const int64_t ix = u * sw + rx - left;
+                                    drow[u] = (ix >= 0 && ix < w) ? src[ix] : 0.f;
+                                }
+                            }
                         }
                     }
-                }
             }
 #pragma omp parallel num_threads(threads_) if (threads_ > 1)
             {
@@ -642,13 +669,15 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args) {
 #else
                 float *row = rows;
 #endif
+                /* (block, out channel) pairs, block-major: a thread's consecutive channels reuse the
+                   same input rows */
 #pragma omp for schedule(static)
-                for (int64_t oy = 0; oy < out_h; oy++) {
-                    const float *base = q + oy * sh * row_stride;
-                    for (int64_t k = 0; k < cout; k++) {
-                        gather_axpy(row, base, offsets, 1, vv, ip[k], ip[k + 1], width, bb ? bb[k] : 0.f);
-                        memcpy(oi + (k * out_h + oy) * out_w, row, (size_t)out_w * sizeof(float));
-                    }
+                for (int64_t job = 0; job < blocks * cout; job++) {
+                    const int64_t b = job / cout, k = job % cout;
+                    const int64_t oy0 = b * block, count = (oy0 + block <= out_h ? block : out_h - oy0);
+                    gather_axpy(row, q + oy0 * wq, offsets, 1, vv, ip[k], ip[k + 1], round_up8(count * wq), bb ? bb[k] : 0.f);
+                    float *dst = oi + (k * out_h + oy0) * out_w;
+                    for (int64_t y = 0; y < count; y++) memcpy(dst + y * out_w, row + y * wq, (size_t)out_w * sizeof(float));
                 }
             }
         }
@@ -716,6 +745,60 @@ done:
     return result;
 }
 
+/* spmv_shared(indptr, cols_u16, codes_u8, table, x, out, bias_or_None, rows, threads):
+   out[r] = bias[r] + sum table[codes] * x[cols], for a layer at batch 1. A product at batch 1
+   streams every non-zero once and does one multiply with it, so it is bound by the bytes per
+   non-zero: 16-bit columns and an 8-bit index into the layer's shared values (the quantizer's
+   codebook: a decoded file has at most 2^bits distinct weights per layer) are 3 bytes against
+   the 8 of a float value and an int32 column. */
+static PyObject *py_spmv_shared(PyObject *self, PyObject *args) {
+    Py_buffer indptr, cols, codes, table, x, out;
+    PyObject *bias_obj;
+    long long rows;
+    int threads;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*OLi", &indptr, &cols, &codes, &table, &x, &out, &bias_obj, &rows, &threads))
+        return NULL;
+    Py_buffer bias = {0};
+    int have_bias = bias_obj != Py_None;
+    PyObject *result = NULL;
+    if (have_bias && PyObject_GetBuffer(bias_obj, &bias, PyBUF_SIMPLE) != 0) goto done;
+    {
+        const int32_t *ip = indptr.buf;
+        const uint16_t *cc = cols.buf;
+        const uint8_t *kk = codes.buf;
+        const float *tab = table.buf, *xx = x.buf, *bb = have_bias ? bias.buf : NULL;
+        float *oo = out.buf;
+        const int threads_ = thread_count(threads);
+        Py_BEGIN_ALLOW_THREADS;
+#pragma omp parallel for num_threads(threads_) schedule(static) if (threads_ > 1)
+        for (int64_t r = 0; r < rows; r++) {
+            float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+            int64_t nz = ip[r];
+            const int64_t stop = ip[r + 1];
+            for (; nz + 4 <= stop; nz += 4) {
+                s0 += tab[kk[nz]] * xx[cc[nz]];
+                s1 += tab[kk[nz + 1]] * xx[cc[nz + 1]];
+                s2 += tab[kk[nz + 2]] * xx[cc[nz + 2]];
+                s3 += tab[kk[nz + 3]] * xx[cc[nz + 3]];
+            }
+            for (; nz < stop; nz++) s0 += tab[kk[nz]] * xx[cc[nz]];
+            oo[r] = (bb ? bb[r] : 0.f) + ((s0 + s1) + (s2 + s3));
+        }
+        Py_END_ALLOW_THREADS;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (have_bias && bias.obj) PyBuffer_Release(&bias);
+    PyBuffer_Release(&indptr);
+    PyBuffer_Release(&cols);
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyObject *py_features(PyObject *self, PyObject *args) {
 #ifdef JS_AVX
     const char *simd = "avx+fma";
@@ -734,6 +817,7 @@ static PyMethodDef methods[] = {
     {"winograd_conv", py_winograd_conv, METH_VARARGS, "Sparse Winograd convolution (see _compiled.py)."},
     {"direct_conv", py_direct_conv, METH_VARARGS, "Direct sparse convolution (see _compiled.py)."},
     {"csr_matmul", py_csr_matmul, METH_VARARGS, "CSR times dense (see _compiled.py)."},
+    {"spmv_shared", py_spmv_shared, METH_VARARGS, "CSR with shared values times a vector (see _compiled.py)."},
     {"features", py_features, METH_NOARGS, "Build features: SIMD level and OpenMP."},
     {NULL, NULL, 0, NULL},
 };
