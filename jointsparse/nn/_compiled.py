@@ -72,6 +72,18 @@ def features() -> dict:
     return dict(_csparse.features()) if _csparse is not None else {}
 
 
+#: Bumped whenever the kernels change speed, so that timing caches (nn.choice) keyed on it start anew.
+KERNEL_VERSION = "c1"
+
+
+def describe() -> str:
+    """One line naming the sparse kernels in use: 'compiled c1 (avx+fma, openmp)' or 'pytorch (why)'."""
+    if not available():
+        return f"pytorch ({UNAVAILABLE_REASON})"
+    build = features()
+    return f"compiled {KERNEL_VERSION} ({build['simd']}{', openmp' if build['openmp'] else ''})"
+
+
 def _threads() -> int:
     return max(1, torch.get_num_threads())
 

@@ -18,14 +18,22 @@ from torch import nn
 from . import _compiled
 
 #: Default switch points: a layer runs its sparse product when its weight density is at or below
-#: the threshold. Measured on a 2-core AMD EPYC (AVX2), torch 2.13.0, one thread, random masks
-#: (sweeps over the AlexNet conv2-5 and ResNet-18 shapes at batch 1 and 8, and fc6 at batch 1-64):
-#: sparse Winograd beat our dense Winograd from density 0.3-0.45 down; sparse spatial beat dense
-#: conv2d from 0.3 down at batch 1 on small maps but only from about 0.1 down at batch 8 on 27x27
-#: and larger maps; sparse FC beat F.linear from about 0.2 down at batch 1 and 8.
-WINOGRAD_SPARSE_THRESHOLD = 0.3
-SPATIAL_SPARSE_THRESHOLD = 0.1
-LINEAR_SPARSE_THRESHOLD = 0.2
+#: the threshold. Two sets, for the two implementations of the sparse products. Compiled C kernels
+#: (``_compiled``), measured on the 2-core AMD EPYC (AVX, FMA), torch 2.13.0, one thread, random
+#: masks, against F.conv2d / F.linear at batch 1 and 8 (AlexNet conv1-3 and fc7, ResNet-18 64@56,
+#: 128@28, 256@14 and a 1x1 shortcut): sparse Winograd won up to density 0.5 (1.3-2.6x there,
+#: 0.65-2.2x at 0.6), sparse spatial up to about 0.25-0.3, sparse FC up to 0.3. The PyTorch path
+#: (FBGEMM embedding_bag / MKL CSR): sparse Winograd beat our dense Winograd from 0.3-0.45 down;
+#: sparse spatial beat conv2d from 0.3 down at batch 1 on small maps but only from about 0.1 down
+#: at batch 8 on 27x27 and larger maps; sparse FC beat F.linear from about 0.2 down.
+if _compiled.available():
+    WINOGRAD_SPARSE_THRESHOLD = 0.5
+    SPATIAL_SPARSE_THRESHOLD = 0.25
+    LINEAR_SPARSE_THRESHOLD = 0.3
+else:
+    WINOGRAD_SPARSE_THRESHOLD = 0.3
+    SPATIAL_SPARSE_THRESHOLD = 0.1
+    LINEAR_SPARSE_THRESHOLD = 0.2
 #: Fewest dense columns for which ``csr_matmul`` uses ``F.embedding_bag`` instead of CSR matmul.
 EMBEDDING_BAG_MIN_COLUMNS = 12
 
@@ -147,7 +155,15 @@ class BlockDiagonalKernel(nn.Module):
         self.refresh()
 
     def _compiled_applies(self, x: torch.Tensor) -> bool:
-        return self._compiled_kernel is not None and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
+        # float32 only: the kernel holds float32 copies of the weights made when it was built, so
+        # after .double() (or on a float64 input) the PyTorch path runs on the converted weights.
+        return (
+            self._compiled_kernel is not None
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight_blocks().dtype == torch.float32
+            and not (torch.is_grad_enabled() and x.requires_grad)
+        )
 
     def block_matmul(self, columns: torch.Tensor) -> torch.Tensor:
         """``blockdiag(blocks) @ columns``: [B*C, P] -> [B*R, P]."""

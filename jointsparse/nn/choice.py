@@ -109,7 +109,7 @@ def _describe(module: nn.Module) -> str:
 
 def timing_key(candidates: Mapping[str, nn.Module], x: torch.Tensor, threads: int) -> str:
     forms = ";".join(f"{kind}={_describe(module)}" for kind, module in sorted(candidates.items()))
-    compiled = "compiled" if _compiled.available() else f"pytorch ({_compiled.UNAVAILABLE_REASON})"
+    compiled = _compiled.describe()
     return f"{cpu_model()}|torch {torch.__version__}|{compiled}|threads={threads}|input={list(x.shape)}|{forms}"
 
 

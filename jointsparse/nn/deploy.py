@@ -14,6 +14,7 @@ from torch import nn
 
 from ..transforms import has_winograd_form, winograd_pruned_weight
 from .choice import TimingCache, choose, layer_inputs
+from .fast import swap_fast_layers
 from .spatial import SparseConv2d, SparseLinear
 from .winograd import WinogradConv2d
 
@@ -70,6 +71,7 @@ def deploy(
     threads: Optional[int] = None,
     force: Optional[Mapping[str, str]] = None,
     timing_cache: Any = None,
+    fast_layers: bool = True,
 ) -> nn.Module:
     """Swap each layer named in ``layers`` for its sparse runtime form, in place.
 
@@ -79,6 +81,9 @@ def deploy(
     the model runs ``sample`` at ``threads`` threads (see :func:`jointsparse.nn.choice.choose`;
     ``force`` maps layer names or globs to a form; ``timing_cache`` is a ``TimingCache``, None for
     the default file, or False for none). The choices are left in ``model.deployment_choices``.
+
+    ``fast_layers``: also swap max pooling and local response norm for their compiled stand-ins
+    (:mod:`jointsparse.nn.fast`; same outputs, several times faster), where the kernels are built.
     """
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; use one of {DOMAINS}")
@@ -92,6 +97,8 @@ def deploy(
         for name, entry in choices.items():
             _replace(model, name, forms[name][entry["choice"]])
         model.deployment_choices = choices
+        if fast_layers:
+            swap_fast_layers(model)
         return model
     for name, setting in layers.items():
         module = model.get_submodule(name)
@@ -104,6 +111,8 @@ def deploy(
         else:
             raise ValueError(f"layer {name!r} is a {type(module).__name__}, not a Conv2d or Linear")
         _replace(model, name, replacement)
+    if fast_layers:
+        swap_fast_layers(model)
     return model
 
 
