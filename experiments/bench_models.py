@@ -6,7 +6,7 @@ Winograd sparsity) into a real ``.jsz`` file, then decoded four ways: dense (the
 own modules), spatial, Winograd, and auto (per-layer choice timed in this run). Random weights
 are not trained weights: the densities match the tables, the positions of the non-zeros do not.
 
-Timings: threads pinned (torch, numba and onnxruntime), the candidates interleaved round by
+Timings: threads pinned (torch, the compiled kernels and onnxruntime), the candidates interleaved round by
 round, median and spread over the repeats. The machine is shared, so state the load.
 
     python experiments/bench_models.py --out experiments/results/bench_models.md
@@ -15,6 +15,7 @@ round, median and spread over the repeats. The machine is shared, so state the l
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -31,9 +32,11 @@ except ModuleNotFoundError:  # pragma: no cover
 import torch
 
 from jointsparse.codecs import decode, encode
+from jointsparse.export import static_adaptive_pools
 from jointsparse.models import get_model
 from jointsparse.nn import _compiled
 from jointsparse.nn.choice import TimingCache
+from jointsparse.nn.fast import swap_fast_layers
 from jointsparse.provenance import command_line, machine_summary
 from jointsparse.sparsity import spatial_prune
 from jointsparse.timing import time_interleaved
@@ -66,6 +69,8 @@ def onnx_runner(model: torch.nn.Module, sample: torch.Tensor, threads: int, work
     except ImportError:
         return None, "onnxruntime not installed (pip install 'jointsparse[onnx]')"
     path = work / f"model-{sample.shape[0]}.onnx"
+    model = copy.deepcopy(model)
+    static_adaptive_pools(model, sample)  # AlexNet's adaptive pool does not export otherwise
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -90,8 +95,11 @@ def bench_network(name: str, work: Path, batches: list[int], threads_list: list[
             torch.set_num_threads(threads)
             sample = torch.randn(batch, *size, generator=torch.Generator().manual_seed(1))
             dense = decode(path, "spatial", runtime=False)
+            dense_fast = decode(path, "spatial", runtime=False)
+            swap_fast_layers(dense_fast)
             models = {
                 "dense": dense,
+                "dense_fast": dense_fast,
                 "spatial": decode(path, "spatial"),
                 "winograd": decode(path, "winograd"),
                 "auto": decode(path, "auto", batch=batch, threads=threads, timing_cache=cache),
@@ -119,8 +127,8 @@ def render(rows: list[dict], header: list[str]) -> str:
     for clock, title in (("median_ms", "wall clock: median ms [min-max] over the repeats"),
                          ("cpu_ms", "process CPU time: mean ms per run (excludes time the scheduler gave to other jobs; with 2 threads, both threads' time)")):
         lines += ["", f"## Whole model, {title}; speed-up vs dense torch in brackets (>1 = faster)", ""]
-        lines.append("| network | batch | threads | dense torch | onnxruntime dense | spatial | Winograd | auto | auto vs onnxruntime |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append("| network | batch | threads | dense torch | dense torch, our pool/LRN | onnxruntime dense | spatial | Winograd | auto | auto vs onnxruntime | auto vs dense with our pool/LRN |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for row in rows:
             def cell(key: str) -> str:
                 if key not in row["timings"]:
@@ -129,8 +137,9 @@ def render(rows: list[dict], header: list[str]) -> str:
                 spread = f" [{entry['min_ms']:.1f}-{entry['max_ms']:.1f}]" if clock == "median_ms" else ""
                 return f"{entry[clock]:.1f}{spread} ({ratio(row, key, clock)})"
             vs_ort = "-" if "onnxruntime" not in row["timings"] else f"{row['timings']['onnxruntime'][clock] / row['timings']['auto'][clock]:.2f}x"
+            vs_fast = f"{row['timings']['dense_fast'][clock] / row['timings']['auto'][clock]:.2f}x"
             lines.append(f"| {row['network']} {'x'.join(map(str, row['input'][1:]))} | {row['batch']} | {row['threads']} | "
-                         f"{cell('dense')} | {cell('onnxruntime')} | {cell('spatial')} | {cell('winograd')} | {cell('auto')} | {vs_ort} |")
+                         f"{cell('dense')} | {cell('dense_fast')} | {cell('onnxruntime')} | {cell('spatial')} | {cell('winograd')} | {cell('auto')} | {vs_ort} | {vs_fast} |")
     notes = sorted({row["onnx_note"] for row in rows if row["onnx_note"]})
     if notes:
         lines += ["", *[f"- onnxruntime column skipped: {note}" for note in notes]]
@@ -161,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown network(s) {unknown}; known: {sorted(NETWORKS)}")
     load_before = os.getloadavg()
-    kernels = "compiled (numba) kernels" if _compiled.on_by_default() else "sparse layers on the PyTorch path (FBGEMM embedding_bag / MKL CSR)"
+    kernels = f"sparse layers: {_compiled.describe()}"
     out = Path(args.out)
 
     def write(rows: list[dict], pending: list[str]) -> str:

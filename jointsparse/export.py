@@ -57,6 +57,38 @@ def recorded_input_size(manifest: dict[str, Any]) -> list[int] | None:
     return [int(v) for v in size] if size else None
 
 
+def static_adaptive_pools(model: torch.nn.Module, sample: torch.Tensor) -> list[str]:
+    """Replace, in place, each ``AdaptiveAvgPool2d`` that sees a fixed input size when ``model``
+    runs ``sample`` by the plain ``AvgPool2d`` (or ``Identity``) that computes the same thing
+    there; returns their names. The TorchScript ONNX exporter cannot export an adaptive pool after
+    a ceil-mode max pool (AlexNet: "input size not accessible"); a fixed-size export is what it
+    can write. Pools whose bins do not tile the input evenly are left alone."""
+    sizes: dict[str, tuple[int, int]] = {}
+    pools = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.AdaptiveAvgPool2d) and name}
+    handles = [module.register_forward_pre_hook(lambda mod, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:]))) for name, module in pools.items()]
+    try:
+        with torch.no_grad():
+            model.eval()(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    replaced = []
+    for name, module in pools.items():
+        if name not in sizes:
+            continue
+        (h, w), target = sizes[name], module.output_size
+        out_h, out_w = (target, target) if isinstance(target, int) else target
+        out_h, out_w = out_h or h, out_w or w
+        if h % out_h or w % out_w:
+            continue
+        kernel = (h // out_h, w // out_w)
+        replacement = torch.nn.Identity() if kernel == (1, 1) else torch.nn.AvgPool2d(kernel, kernel)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, replacement)
+        replaced.append(name)
+    return replaced
+
+
 def export_onnx(path: str | os.PathLike[str], out: str | os.PathLike[str], *, trust: bool = False,
                 input_size: Sequence[int] | None = None, opset: int = 17) -> dict[str, Any]:
     """Write the spatial deployment of ``path`` as ONNX; returns ``{"input_size", "bytes"}``."""
@@ -66,6 +98,7 @@ def export_onnx(path: str | os.PathLike[str], out: str | os.PathLike[str], *, tr
     if not size or len(size) != 3:
         raise ExportError(f"{os.fspath(path)!r} records no input size: pass --input-size C,H,W")
     model = decode(path, domain="spatial", runtime=False, allow_imports=trust)
+    static_adaptive_pools(model, torch.zeros(1, *size))
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
