@@ -47,6 +47,8 @@ NETWORKS = {
     "alexnet": ({"num_classes": 1000}, (3, 227, 227), "alexnet.toml"),
     "resnet18": ({"num_classes": 1000}, (3, 224, 224), "resnet18.toml"),
     "vgg_small": ({"num_classes": 10, "in_channels": 3}, (3, 32, 32), "demo.toml"),
+    # CT-SRCNN on a 256 x 256 luminance image, the size its MAC table is counted at
+    "ctsrcnn": ({}, (1, 256, 256), "ctsrcnn.toml"),
 }
 
 
@@ -57,7 +59,7 @@ def build_file(name: str, work: Path) -> tuple[Path, tuple[int, int, int]]:
     model = get_model(name, **kwargs).eval()
     pruned = spatial_prune(model, recipe["sparsity"]["spatial"])
     path = work / f"{name}.jsz"
-    encode(pruned, path, winograd_sparsity=recipe["sparsity"]["winograd"],
+    encode(pruned, path, winograd_sparsity=recipe["sparsity"]["winograd"], m=recipe.get("winograd", {}).get("m", 2),
            arch={"name": name, "kwargs": kwargs}, provenance={"data": {"input_size": list(size)}, "note": "random weights, magnitude-pruned"})
     return path, size
 
@@ -160,7 +162,7 @@ def render(rows: list[dict], header: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="experiments/results/bench_models.md")
-    parser.add_argument("--networks", default="alexnet,resnet18,vgg_small")
+    parser.add_argument("--networks", default="alexnet,resnet18,vgg_small,ctsrcnn")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--repeats", type=int, default=15)

@@ -1,5 +1,6 @@
 import importlib.util
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -415,3 +416,14 @@ def test_bench_conv_quick_smoke(tmp_path, monkeypatch):
     assert "| tiny 8->8 3x3 g1 8px | 1 |" in table and "winograd 0.1" in table and "torch " + torch.__version__ in table
     with pytest.raises(SystemExit):
         bench.main(["--shapes", "nope"])
+
+
+def test_compiled_kernels_built_where_required():
+    """CI sets JOINTSPARSE_REQUIRE_COMPILED=1: there, a failed build of the C extension is an
+    error instead of silently skipping every compiled-kernel test."""
+    from jointsparse.nn import _compiled
+
+    if os.environ.get("JOINTSPARSE_REQUIRE_COMPILED") != "1":
+        pytest.skip("JOINTSPARSE_REQUIRE_COMPILED is not set")
+    assert _compiled.available(), _compiled.UNAVAILABLE_REASON
+    assert _compiled.features()["simd"] in ("avx+fma", "portable")
