@@ -9,9 +9,9 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from .entropy import CODERS, POSITION_CODINGS, position_symbol_count
+from .entropy import CODERS, CONTEXT_CODING, POSITION_CODINGS, position_symbol_count
 from .errors import FormatError
-from .framing import VERSION
+from .framing import KNOWN_VERSIONS
 from .quantize import MAX_BITS, QUANTIZERS
 
 __all__ = ["RAW_DTYPES", "MAX_NDIM", "MAX_WINOGRAD_OUTPUT", "MAX_WINOGRAD_TILE", "validate_manifest", "planned_bytes"]
@@ -135,7 +135,7 @@ def planned_bytes(manifest_layers: list[dict], raw_entries: list[dict]) -> int:
     return total + working
 
 
-def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int]) -> dict:
+def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int], version: int = KNOWN_VERSIONS[-1]) -> dict:
     """One ``layers`` entry checked, as a new record holding each value in the type the decoder
     uses (ints, float64 thresholds, float32 codebook values and dither step)."""
     where = f"layer {index}"
@@ -187,8 +187,10 @@ def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int]
         claimed.add(section)
         streams[key] = {"coder": coder, "section": section, "symbols": _count(stream, "symbols", where)}
     coding = _field(entry["positions"], "coding", str, where)
-    if coding not in POSITION_CODINGS:
-        raise FormatError(f"{where}: unknown position coding {coding!r}")
+    if coding not in POSITION_CODINGS or (coding == CONTEXT_CODING and version < 2):
+        raise FormatError(f"{where}: unknown position coding {coding!r} (in a version-{version} file)")
+    if coding == CONTEXT_CODING and streams["positions"]["coder"] != "ans":
+        raise FormatError(f"{where}: ctx position coding needs the ans coder")
     streams["positions"]["coding"] = coding
     position_symbol_count(coding, numel, nnz, streams["positions"]["symbols"])
     if streams["indices"]["symbols"] != nnz:
@@ -247,8 +249,9 @@ def validate_manifest(manifest: dict, sections: list[memoryview]) -> dict:
     records (``arch`` kwargs, ``recipe``, ``provenance``) as they are."""
     if manifest.get("format") != "jsz":
         raise FormatError("manifest: format is not 'jsz'")
-    if _field(manifest, "version", int, "manifest") != VERSION:
-        raise FormatError(f"manifest: version {manifest['version']} differs from the header's {VERSION}")
+    version = _field(manifest, "version", int, "manifest")
+    if version not in KNOWN_VERSIONS:  # unpack() has checked that it equals the header's
+        raise FormatError(f"manifest: unknown version {version}")
     tool = _field(manifest, "tool", dict, "manifest")
     _field(tool, "name", str, "manifest tool")
     _field(tool, "version", str, "manifest tool")
@@ -260,7 +263,7 @@ def validate_manifest(manifest: dict, sections: list[memoryview]) -> dict:
     _field(manifest, "provenance", dict, "manifest", nullable=True)
     original = _count(manifest, "original_parameter_count", "manifest")
     claimed: set[int] = set()
-    layers = [validate_layer(e, i, len(sections), claimed) for i, e in enumerate(_field(manifest, "layers", list, "manifest"))]
+    layers = [validate_layer(e, i, len(sections), claimed, version) for i, e in enumerate(_field(manifest, "layers", list, "manifest"))]
     raws = [validate_raw(e, i, len(sections), claimed, sections) for i, e in enumerate(_field(manifest, "raw", list, "manifest"))]
     names = [e["name"] for e in layers] + [e["name"] for e in raws]
     if len(set(names)) != len(names):

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 from .entropy import (
+    CONTEXT_CODING,
     GAP_ALPHABET,
+    bitmap_entropy_bytes,
     decode_positions,
     decode_symbols,
     encode_positions,
@@ -37,7 +39,7 @@ class StreamStats:
     symbols: int
     alphabet: int
     entropy_bytes: float
-    coding: Optional[str] = None  # position streams: "bitmap" or "gaps"
+    coding: Optional[str] = None  # position streams: "bitmap", "gaps" or "ctx"
 
 
 @dataclass
@@ -88,10 +90,14 @@ def _winograd_entry(value: Optional[Mapping]) -> Optional[dict]:
     return entry
 
 
-def layer_record(name: str, layer: QuantizedLayer, coder: str, winograd: Optional[Mapping], sections: list[bytes]) -> dict:
-    """Code ``layer``'s two streams onto ``sections`` and return its manifest record."""
+def layer_record(
+    name: str, layer: QuantizedLayer, coder: str, winograd: Optional[Mapping], sections: list[bytes], contexts: bool = True
+) -> dict:
+    """Code ``layer``'s two streams onto ``sections`` and return its manifest record.
+    ``contexts=False`` leaves out the ctx position coding (order-0 codings only)."""
     _check_layer(name, layer)
-    coding, position_stream = encode_positions(layer.positions, layer.numel, coder)
+    shape = tuple(layer.shape) if contexts else None
+    coding, position_stream = encode_positions(layer.positions, layer.numel, coder, shape=shape)
     index_stream = encode_symbols(layer.indices, max(1, len(layer.codebook)), coder)
     sections += [position_stream.data, index_stream.data]
     module = name[: -len(".weight")]
@@ -151,13 +157,17 @@ def decode_layer(entry: dict, sections: list[memoryview]) -> StoredLayer:
     pos, idx = entry["positions"], entry["indices"]
     try:
         positions, position_symbols, position_model = decode_positions(
-            sections[pos["section"]], pos["coding"], pos["symbols"], numel, nnz, pos["coder"]
+            sections[pos["section"]], pos["coding"], pos["symbols"], numel, nnz, pos["coder"], tuple(entry["shape"])
         )
         alphabet = max(1, len(entry["codebook"]))
         indices, index_model = decode_symbols(sections[idx["section"]], nnz, alphabet, idx["coder"])
     except FormatError as error:
         raise FormatError(f"layer {name!r}: {error}") from None
-    position_alphabet = 2 if pos["coding"] == "bitmap" else GAP_ALPHABET
+    position_alphabet = GAP_ALPHABET if pos["coding"] == "gaps" else 2
+    if position_symbols is None:  # ctx: its bound is the map's order-0 entropy
+        position_entropy = bitmap_entropy_bytes(numel, nnz)
+    else:
+        position_entropy = order0_entropy_bits(np.bincount(position_symbols, minlength=position_alphabet)) / 8
     dither = entry["dither"]
     quantized = QuantizedLayer(
         shape=tuple(entry["shape"]),
@@ -172,7 +182,7 @@ def decode_layer(entry: dict, sections: list[memoryview]) -> StoredLayer:
     )
     position_stats = StreamStats(
         pos["coder"], len(sections[pos["section"]]), position_model, pos["symbols"], position_alphabet,
-        order0_entropy_bits(np.bincount(position_symbols, minlength=position_alphabet)) / 8, pos["coding"],
+        position_entropy, pos["coding"],
     )
     index_stats = StreamStats(
         idx["coder"], len(sections[idx["section"]]), index_model, nnz, alphabet,
