@@ -186,6 +186,9 @@ def test_the_header_is_checked():
         decode_context_positions(b"\x00\x01", (4, 4), 1)
     with pytest.raises(FormatError, match="empty layer"):
         decode_context_positions(b"\x00\x00", (0, 4), 0)
+    with pytest.raises(FormatError, match="1025 taps"):  # the tap loop is bounded
+        decode_context_positions(b"\x00\x00", (1, 1, 1025), 0)
+    assert encode_positions(np.array([3]), 1025, "ans", shape=(1, 1, 1025))[0] != "ctx"
     assert ContextConfig.parse(ContextConfig(2, 3, 2, True).header(), 9) == ContextConfig(2, 3, 2, True)
 
 

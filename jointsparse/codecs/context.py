@@ -47,9 +47,12 @@ import numpy as np
 
 from .errors import FormatError
 
-__all__ = ["ContextConfig", "layer_geometry", "encode_context_positions", "decode_context_positions", "context_entropy_bytes"]
+__all__ = ["MAX_TAPS", "ContextConfig", "supports", "layer_geometry", "encode_context_positions", "decode_context_positions", "context_entropy_bytes"]
 
 MAX_LOG2_BUCKETS = 4  # at most 16 row and 16 column buckets
+#: Taps are decoded one step each, so their count bounds the decoder's Python loop; real kernels
+#: have at most 121 (11x11), a 3-D 7x7x7 kernel 343.
+MAX_TAPS = 1024
 STATE_COUNTS = (1, 2, 6)  # tap-state kinds: none; any one earlier; min(ones so far, 2) x previous tap
 _HEADER = 2  # bytes before the ANS payload
 _SYMBOL_BITS = 8
@@ -86,6 +89,11 @@ def layer_geometry(shape: Sequence[int]) -> tuple[int, int, int]:
     rows = shape[0] if len(shape) >= 1 else 1
     cols = shape[1] if len(shape) >= 2 else 1
     return rows, cols, math.prod(shape[2:])
+
+
+def supports(shape: Sequence[int]) -> bool:
+    """Whether a layer of ``shape`` can be ctx-coded: non-empty, at most ``MAX_TAPS`` taps."""
+    return math.prod(shape) > 0 and layer_geometry(shape)[2] <= MAX_TAPS
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -319,8 +327,8 @@ def encode_context_positions(positions: np.ndarray, shape: Sequence[int]) -> tup
     """Code the ascending flat ``positions`` of a layer of ``shape``; returns the stream, the
     configuration chosen and the conditional empirical entropy of the map under the chosen
     contexts, in bytes (without side information and counts: the "context bound")."""
-    if math.prod(shape) == 0:
-        raise ValueError("ctx coding needs a non-empty layer")
+    if not supports(shape):
+        raise ValueError(f"ctx coding needs a non-empty layer with at most {MAX_TAPS} taps, got shape {list(shape)}")
     bits = _as_bits(positions, shape)
     rows, cols, taps = bits.shape
     kernel_map = bits[:, :, 0] if taps == 1 else bits.any(axis=2).astype(np.uint8)
@@ -369,6 +377,8 @@ def decode_context_positions(data: bytes, shape: Sequence[int], nnz: int) -> np.
     if numel == 0:
         raise FormatError("ctx position coding of an empty layer")
     rows, cols, taps = layer_geometry(shape)
+    if taps > MAX_TAPS:
+        raise FormatError(f"ctx position coding of a layer with {taps} taps (at most {MAX_TAPS})")
     config = ContextConfig.parse(bytes(data[:_HEADER]), taps)
     reader = _Reader(bytes(data[_HEADER:]))
     rb = reader.uniform(1 << config.log2_rows, rows).astype(np.int64)

@@ -27,7 +27,7 @@ import constriction
 import numpy as np
 
 from . import bounded_zstd
-from .context import decode_context_positions, encode_context_positions
+from .context import decode_context_positions, encode_context_positions, supports
 from .errors import FormatError
 
 __all__ = [
@@ -361,14 +361,14 @@ def encode_positions(
     of bitmap, gaps and (with the ANS coder, given the layer's ``shape``) ctx; ties go to the
     earlier of the three."""
     if coding is None:
-        choices = POSITION_CODINGS if coder == "ans" and shape is not None and numel > 0 else POSITION_CODINGS[:2]
+        choices = POSITION_CODINGS if coder == "ans" and shape is not None and supports(shape) else POSITION_CODINGS[:2]
     else:
         choices = (coding,)
     best: tuple[str, EncodedStream] | None = None
     for choice in choices:
         if choice == CONTEXT_CODING:
-            if coder != "ans" or shape is None or math.prod(shape) != numel or numel == 0:
-                raise ValueError("ctx position coding needs the ans coder and the non-empty layer's shape")
+            if coder != "ans" or shape is None or math.prod(shape) != numel or not supports(shape):
+                raise ValueError("ctx position coding needs the ans coder and a non-empty layer's shape (at most MAX_TAPS taps)")
             data = encode_context_positions(positions, shape)[0]
             stream = EncodedStream(data, coder, numel, 2, 2, bitmap_entropy_bytes(numel, len(positions)))
         else:
