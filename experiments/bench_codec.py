@@ -68,6 +68,28 @@ BITS = 5
 DEFAULT_FILE = Path(__file__).resolve().parent / "results" / "ctsrcnn.jsz"
 
 
+#: The AlexNet paper table's densities (SPEC section 10): conv1 0.4, conv2-5 0.2, fc6-7 0.04, fc8 0.2.
+PAPER_DENSITY = {"conv1": 0.4, "conv2": 0.2, "conv3": 0.2, "conv4": 0.2, "conv5": 0.2, "fc6": 0.04, "fc7": 0.04, "fc8": 0.2}
+
+
+def _structured_sparse(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Synthetic trained-like mask at the paper densities: a quarter of the input channels dead,
+    rows (filters) of different density, and (conv) the centre tap kept twice as often as the
+    rest. Not a trained network: a timing and sanity case for the ctx coder at AlexNet size."""
+    density = PAPER_DENSITY[name.split(".")[0]]
+    rows, cols = shape[0], shape[1]
+    alive = (torch.rand(cols, generator=generator) >= 0.25).float()
+    row_scale = 0.5 + torch.rand(rows, generator=generator)
+    p = row_scale[:, None] * alive[None, :]
+    if len(shape) == 4:
+        tap = torch.ones(shape[2], shape[3])
+        tap[shape[2] // 2, shape[3] // 2] = 2.0
+        p = p[:, :, None, None] * tap
+    p = (p * density / p.mean()).clamp(max=1.0)
+    weight = torch.randn(shape, generator=generator)
+    return weight * (torch.rand(shape, generator=generator) < p)
+
+
 def _random_sparse(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     weight = torch.randn(shape, generator=generator)
     return weight * (torch.rand(shape, generator=generator) < DENSITY)
@@ -194,14 +216,20 @@ def bench_layers(title: str, layers: dict, repeats: int, workdir: Path, nncodec:
     return lines + [""]
 
 
-def bench_model(name: str, shapes: dict, repeats: int, workdir: Path, nncodec: str | None) -> list[str]:
+def bench_model(name: str, shapes: dict, repeats: int, workdir: Path, nncodec: str | None, structured: bool = False) -> list[str]:
     generator = torch.Generator().manual_seed(0)
-    weights = {layer: _random_sparse(shape, generator) for layer, shape in shapes.items()}
+    if structured:
+        weights = {layer: _structured_sparse(layer, shape, generator) for layer, shape in shapes.items()}
+    else:
+        weights = {layer: _random_sparse(shape, generator) for layer, shape in shapes.items()}
     kinds = {layer: "conv" if len(shape) == 4 else "linear" for layer, shape in shapes.items()}
     quantize_s, quantize_cpu, layers = _median_time(lambda: {n: quantize_weight(w, "kmeans", BITS, kind=kinds[n]) for n, w in weights.items()}, repeats)
-    note = (f"Random Gaussian weights, i.i.d. random mask (no context gain by construction), k-means {BITS} bits. "
+    what = ("synthetic structured masks at the paper table's densities (dead input channels, filters of different "
+            "density, a favoured centre tap; see _structured_sparse)" if structured else
+            "i.i.d. random mask (no context gain by construction)")
+    note = (f"Random Gaussian weights, {what}, k-means {BITS} bits. "
             f"k-means quantization of all layers: {quantize_s:.2f} s wall, {quantize_cpu:.2f} s CPU (medians of {repeats}).")
-    return bench_layers(f"{name}-shaped", layers, repeats, workdir, nncodec, note)
+    return bench_layers(f"{name}-shaped{', structured' if structured else ''}", layers, repeats, workdir, nncodec, note)
 
 
 def bench_file(path: Path, repeats: int, workdir: Path, nncodec: str | None) -> list[str]:
@@ -246,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, shapes in models.items():
             body += bench_model(name, shapes, repeats, Path(tmp), args.nncodec)
             print("\n".join(body), file=sys.stderr, flush=True)
+        if not args.quick:
+            body += bench_model("AlexNet", MODELS["AlexNet"], repeats, Path(tmp), args.nncodec, structured=True)
         for path in [] if args.quick else args.jsz:
             body += bench_file(path, repeats, Path(tmp), args.nncodec)
     text = "\n".join(header + body)
