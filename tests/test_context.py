@@ -232,3 +232,35 @@ def test_wrong_counts_and_hostile_streams_raise_format_error_only():
                 assert decoded.size == positions.size and np.all(np.diff(decoded) > 0)
                 assert decoded[0] >= 0 and decoded[-1] < int(np.prod(shape))
         assert "FormatError" in outcomes
+
+
+def test_version_2_codebooks_are_base64_float32(tmp_path):
+    import base64
+    import json
+
+    rng = np.random.default_rng(5)
+    layer = _layer((6, 5, 3, 3), np.array([0, 7, 100, 269]), rng)
+    path = save(tmp_path / "b.jsz", {"conv.weight": layer})
+    manifest, sections = unpack(path.read_bytes())
+    text = manifest["layers"][0]["codebook"]
+    assert isinstance(text, str) and np.array_equal(np.frombuffer(base64.b64decode(text), "<f4"), layer.codebook)
+    assert np.array_equal(load(path).layers["conv.weight"].quantized.codebook, layer.codebook)
+    sections = [bytes(s) for s in sections]
+
+    def refused(codebook, match, version=2):
+        edited = json.loads(json.dumps(manifest))
+        edited["layers"][0]["codebook"] = codebook
+        edited["version"] = version
+        with pytest.raises(FormatError, match=match):
+            loads(pack(edited, sections))
+
+    refused(text, "base64 codebook in a version-1 file", version=1)
+    refused(text[:-4] + "!!!!", "not valid base64")
+    refused(base64.b64encode(b"\x00" * 6).decode(), "not whole float32 values")
+    refused(base64.b64encode(np.array([1.0, np.nan], "<f4").tobytes()).decode(), "finite float32")
+    refused(base64.b64encode(np.zeros(16, "<f4").tobytes()).decode(), "exceeds 2\\^4 - 1")
+    refused("A" * 10_000, "characters exceeds")
+    # the version-1 list form is still read in version 2
+    edited = json.loads(json.dumps(manifest))
+    edited["layers"][0]["codebook"] = [float(v) for v in layer.codebook]
+    assert np.array_equal(loads(pack(edited, sections)).layers["conv.weight"].quantized.codebook, layer.codebook)

@@ -3,6 +3,7 @@ layer shapes and section lengths, checked before any stream is decoded."""
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any, Mapping, Optional
 
@@ -135,6 +136,21 @@ def planned_bytes(manifest_layers: list[dict], raw_entries: list[dict]) -> int:
     return total + working
 
 
+def _binary_codebook(text: str, bits: int, version: int, where: str) -> list[float]:
+    """A version-2 codebook: base64 of little-endian float32 values (docs/format.md section 2)."""
+    if version < 2:
+        raise FormatError(f"{where}: a base64 codebook in a version-{version} file")
+    if len(text) > 4 * -(-4 * ((1 << bits) - 1) // 3):  # bounded before decoding
+        raise FormatError(f"{where}: codebook text of {len(text)} characters exceeds 2^{bits} - 1 entries")
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):  # binascii.Error is a ValueError
+        raise FormatError(f"{where}: codebook is not valid base64") from None
+    if len(raw) % 4:
+        raise FormatError(f"{where}: codebook of {len(raw)} bytes is not whole float32 values")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float64).tolist()
+
+
 def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int], version: int = KNOWN_VERSIONS[-1]) -> dict:
     """One ``layers`` entry checked, as a new record holding each value in the type the decoder
     uses (ints, float64 thresholds, float32 codebook values and dither step)."""
@@ -157,7 +173,9 @@ def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int]
     if quantizer not in QUANTIZERS:
         raise FormatError(f"{where}: unknown quantizer {quantizer!r}")
     bits = _count(entry, "bits", where, 1, MAX_BITS)
-    codebook = _field(entry, "codebook", list, where)
+    codebook = _field(entry, "codebook", (list, str), where)
+    if isinstance(codebook, str):
+        codebook = _binary_codebook(codebook, bits, version, where)
     if len(codebook) > (1 << bits) - 1:
         raise FormatError(f"{where}: codebook of {len(codebook)} entries exceeds 2^{bits} - 1")
     codebook = [_float32(v) for v in codebook]

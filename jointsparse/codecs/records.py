@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 from typing import Mapping, Optional
@@ -73,6 +74,13 @@ def _shortest_float32(value: float) -> float:
     return short if np.float32(short) == single else float(single)
 
 
+def _codebook_text(codebook: np.ndarray) -> str:
+    """The codebook as version 2 stores it: base64 of its little-endian float32 values. In the
+    zstd-compressed manifest that costs about 4.6 bytes an entry, against 5.2 for shortest
+    decimals (the version-1 list), and it is exact by construction."""
+    return base64.b64encode(np.asarray(codebook, dtype="<f4").tobytes()).decode("ascii")
+
+
 def _raw_bytes(tensor: torch.Tensor) -> tuple[str, bytes]:
     tensor = tensor.detach().to("cpu").contiguous()
     if tensor.dtype not in _DTYPE_NAMES:
@@ -109,7 +117,7 @@ def layer_record(
         "parameter_count": layer.numel,
         "quantizer": layer.quantizer,
         "bits": layer.bits,
-        "codebook": [_shortest_float32(v) for v in layer.codebook],
+        "codebook": _codebook_text(layer.codebook),
         "dither": None if layer.quantizer != "universal" else {"seed": int(layer.dither_seed), "step": _shortest_float32(layer.dither_step)},
         "nnz": layer.nnz,
         "positions": {"coding": coding, "coder": coder, "section": len(sections) - 2, "symbols": position_stream.count},
