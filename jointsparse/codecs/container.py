@@ -63,6 +63,7 @@ def save(
     tool_version: Optional[str] = None,
     input_size: Optional[list[int]] = None,
     maps: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    contexts: bool = True,
 ) -> Path:
     """Entropy-code ``layers`` and write the ``.jsz`` file atomically (temp file + ``os.replace``).
 
@@ -72,6 +73,8 @@ def save(
     ``recipe`` and ``provenance`` (e.g. the data set and command line) are stored as given; both
     must be plain JSON values. ``input_size`` ([C, H, W]) and ``maps`` (per layer name,
     ``{"output_size": [H, W], "groups": g}``) record the shapes MAC counts need (optional keys).
+    ``contexts``: with the ans coder, also try the context-modelled position coding per layer
+    (kept where it is smaller); False writes order-0 position codings only.
     """
     require_little_endian()
     if coder not in CODERS:
@@ -87,7 +90,7 @@ def save(
     sections: list[bytes] = []
     layer_entries = []
     for name, layer in layers.items():
-        layer_entries.append(layer_record(name, layer, coder, winograd.get(name), sections))
+        layer_entries.append(layer_record(name, layer, coder, winograd.get(name), sections, contexts))
         if maps is not None and name in maps:
             layer_entries[-1]["output_size"] = [int(v) for v in maps[name]["output_size"]]
             layer_entries[-1]["groups"] = int(maps[name]["groups"])

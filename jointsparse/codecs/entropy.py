@@ -1,6 +1,7 @@
-"""Lossless coding of symbol streams: positions (bitmap or gap/run-length) and codebook indices.
+"""Lossless coding of symbol streams: positions (bitmap, gap/run-length, or the context-modelled
+map of :mod:`.context`) and codebook indices.
 
-Two coders, both order-0 (context-free):
+Two coders of symbol streams, both order-0 (context-free):
 
 - ``"ans"``: rANS from ``constriction`` (``AnsCoder``, 32-bit words, 64-bit state) with an
   explicit categorical model stored in front of the payload: the exact integer symbol counts, or
@@ -19,18 +20,22 @@ file size); zstd streams are also checked against their frame header before deco
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import constriction
 import numpy as np
 
 from . import bounded_zstd
+from .context import decode_context_positions, encode_context_positions, supports
 from .errors import FormatError
 
 __all__ = [
     "CODERS",
     "DEFAULT_CODER",
     "POSITION_CODINGS",
+    "CONTEXT_CODING",
+    "bitmap_entropy_bytes",
     "GAP_ESCAPE",
     "EncodedStream",
     "order0_entropy_bits",
@@ -45,7 +50,9 @@ __all__ = [
 
 CODERS = ("ans", "zstd")
 DEFAULT_CODER = "ans"
-POSITION_CODINGS = ("bitmap", "gaps")
+#: "ctx" (format version 2, ANS only): the context-modelled significance map of context.py.
+POSITION_CODINGS = ("bitmap", "gaps", "ctx")
+CONTEXT_CODING = "ctx"
 ZSTD_LEVEL = 19
 #: Gap symbol 255 means "255 zeros, the run goes on"; 0..254 mean "that many zeros, then a non-zero".
 GAP_ESCAPE = 255
@@ -331,7 +338,7 @@ def symbols_to_positions(symbols: np.ndarray, numel: int, nnz: int, coding: str)
 
 def position_symbol_count(coding: str, numel: int, nnz: int, declared: int) -> int:
     """Validate a declared position-symbol count against the layer size; returns it."""
-    if coding == "bitmap":
+    if coding in ("bitmap", CONTEXT_CODING):  # ctx: one (modelled) bit per weight
         if declared != numel:
             raise FormatError(f"bitmap stream declares {declared} symbols for {numel} weights")
     elif coding == "gaps":
@@ -342,26 +349,49 @@ def position_symbol_count(coding: str, numel: int, nnz: int, declared: int) -> i
     return declared
 
 
-def encode_positions(positions: np.ndarray, numel: int, coder: str = DEFAULT_CODER, coding: str | None = None) -> tuple[str, EncodedStream]:
-    """Code the ascending flat ``positions`` of the non-zeros; ``coding=None`` keeps the smaller
-    of bitmap and gaps (ties go to the bitmap)."""
-    choices = POSITION_CODINGS if coding is None else (coding,)
+def bitmap_entropy_bytes(numel: int, nnz: int) -> float:
+    """The order-0 bound of a layer's significance map: ``numel * H(nnz / numel) / 8``."""
+    return order0_entropy_bits(np.array([numel - nnz, nnz])) / 8
+
+
+def encode_positions(
+    positions: np.ndarray, numel: int, coder: str = DEFAULT_CODER, coding: str | None = None, shape: tuple[int, ...] | None = None
+) -> tuple[str, EncodedStream]:
+    """Code the ascending flat ``positions`` of the non-zeros; ``coding=None`` keeps the smallest
+    of bitmap, gaps and (with the ANS coder, given the layer's ``shape``) ctx; ties go to the
+    earlier of the three."""
+    if coding is None:
+        choices = POSITION_CODINGS if coder == "ans" and shape is not None and supports(shape) else POSITION_CODINGS[:2]
+    else:
+        choices = (coding,)
     best: tuple[str, EncodedStream] | None = None
     for choice in choices:
-        symbols, alphabet = positions_to_symbols(positions, numel, choice)
-        stream = encode_symbols(symbols, alphabet, coder)
+        if choice == CONTEXT_CODING:
+            if coder != "ans" or shape is None or math.prod(shape) != numel or not supports(shape):
+                raise ValueError("ctx position coding needs the ans coder and a non-empty layer's shape (at most MAX_TAPS taps)")
+            data = encode_context_positions(positions, shape)[0]
+            stream = EncodedStream(data, coder, numel, 2, 2, bitmap_entropy_bytes(numel, len(positions)))
+        else:
+            symbols, alphabet = positions_to_symbols(positions, numel, choice)
+            stream = encode_symbols(symbols, alphabet, coder)
         if best is None or stream.nbytes < best[1].nbytes:
             best = (choice, stream)
     assert best is not None
     return best
 
 
-def decode_positions(data: bytes, coding: str, count: int, numel: int, nnz: int, coder: str) -> tuple[np.ndarray, np.ndarray, int]:
+def decode_positions(
+    data: bytes, coding: str, count: int, numel: int, nnz: int, coder: str, shape: tuple[int, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Decode a position stream; returns ``(positions, symbols, model_bytes)`` (the last two for
-    statistics)."""
+    statistics; ctx streams have no symbol array, ``None``)."""
     if not 0 <= nnz <= numel:
         raise FormatError(f"{nnz} non-zeros in a {numel}-weight layer")
     position_symbol_count(coding, numel, nnz, count)
+    if coding == CONTEXT_CODING:
+        if coder != "ans" or shape is None or math.prod(shape) != numel:
+            raise FormatError("ctx position coding needs the ans coder and the layer's shape")
+        return decode_context_positions(data, shape, nnz), None, 2
     alphabet = 2 if coding == "bitmap" else GAP_ALPHABET
     symbols, model_bytes = decode_symbols(data, count, alphabet, coder)
     return symbols_to_positions(symbols, numel, nnz, coding), symbols, model_bytes

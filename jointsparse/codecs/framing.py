@@ -18,11 +18,14 @@ from typing import Any, Mapping
 from . import bounded_zstd
 from .errors import FormatError
 
-__all__ = ["MAGIC", "VERSION", "MAX_MANIFEST_BYTES", "pack", "pack_text", "unpack", "require_little_endian"]
+__all__ = ["MAGIC", "VERSION", "KNOWN_VERSIONS", "MAX_MANIFEST_BYTES", "pack", "pack_text", "unpack", "require_little_endian"]
 
 MAGIC = b"\x89JSZ\r\n\x1a\n"
 END_MARKER = b"JSZE"
-VERSION = 1
+#: The version this writer writes. Version 2 added the "ctx" position coding (docs/format.md);
+#: everything else is as in version 1, so a version-1 file reads as before.
+VERSION = 2
+KNOWN_VERSIONS = (1, 2)
 FLAG_ZSTD_MANIFEST = 1
 _HEADER = struct.Struct("<8sHHIIIQ")
 _SECTION = struct.Struct("<QII")
@@ -48,18 +51,21 @@ def pack(manifest: Mapping[str, Any], sections: list[bytes]) -> bytes:
         raise ValueError(f"manifest is not plain JSON (recipe and arch kwargs must be JSON values): {error}") from None
     if len(manifest_json) > MAX_MANIFEST_BYTES:
         raise ValueError(f"manifest of {len(manifest_json)} bytes exceeds {MAX_MANIFEST_BYTES}")
-    return pack_text(manifest_json, sections)
+    # The header states the manifest's version (a version-1 manifest gives a version-1 file).
+    version = manifest.get("version")
+    return pack_text(manifest_json, sections, version=version if version in KNOWN_VERSIONS else VERSION)
 
 
-def pack_text(manifest_json: bytes, sections: list[bytes], *, compress: bool = True, level: int = 19) -> bytes:
+def pack_text(manifest_json: bytes, sections: list[bytes], *, compress: bool = True, level: int = 19, version: int = VERSION) -> bytes:
     """Frame manifest text as given (no check that it is JSON) and the sections; the checksums
     are computed here. :func:`pack` uses it; so do tests and the adversarial campaign
-    (experiments/fuzz_decoder.py), which frame manifests no writer would produce."""
+    (experiments/fuzz_decoder.py), which frame manifests no writer would produce. ``version`` is the
+    header's (tests write version-1 files with it)."""
     manifest_bytes = bounded_zstd.compress(manifest_json, level=level) if compress else bytes(manifest_json)
     table = b"".join(_SECTION.pack(len(s), zlib.crc32(s), 0) for s in sections)
     total = _HEADER.size + len(table) + len(manifest_bytes) + sum(len(s) for s in sections) + _TRAILER.size
     flags = FLAG_ZSTD_MANIFEST if compress else 0
-    header = _HEADER.pack(MAGIC, VERSION, flags, len(sections), len(manifest_bytes), zlib.crc32(manifest_bytes), total)
+    header = _HEADER.pack(MAGIC, version, flags, len(sections), len(manifest_bytes), zlib.crc32(manifest_bytes), total)
     body = b"".join([header, table, manifest_bytes, *sections])
     return body + _TRAILER.pack(zlib.crc32(body), END_MARKER)
 
@@ -75,7 +81,8 @@ def unpack(data: bytes) -> tuple[dict, list[memoryview]]:
     """Check the frame of a ``.jsz`` file and return ``(manifest, sections)``.
 
     Checks, in order: size, magic, version, flags, declared length (truncation), end marker,
-    whole-file CRC, section table bounds, manifest and section CRCs, JSON syntax.
+    whole-file CRC, section table bounds, manifest and section CRCs, JSON syntax, and that an
+    integer manifest ``version`` equals the header's.
     """
     view = memoryview(data)
     minimum = _HEADER.size + _TRAILER.size
@@ -86,8 +93,9 @@ def unpack(data: bytes) -> tuple[dict, list[memoryview]]:
     if len(data) < minimum:
         raise FormatError(f"truncated file: {len(data)} bytes, the header alone needs {minimum}")
     magic, version, flags, count, manifest_length, manifest_crc, total = _HEADER.unpack_from(view, 0)
-    if version != VERSION:
-        raise FormatError(f"unknown .jsz version {version} (this reader knows version {VERSION})")
+    if version not in KNOWN_VERSIONS:
+        known = " and ".join(str(v) for v in KNOWN_VERSIONS)
+        raise FormatError(f"unknown .jsz version {version} (this reader knows versions {known})")
     if flags & ~FLAG_ZSTD_MANIFEST:
         raise FormatError(f"unsupported .jsz flags 0x{flags:04x}")
     if total != len(data):
@@ -121,7 +129,11 @@ def unpack(data: bytes) -> tuple[dict, list[memoryview]]:
             raise FormatError(f"section {index}: checksum mismatch")
         sections.append(section)
         offset += length
-    return _parse_json(_manifest_json(bytes(manifest_bytes), flags)), sections
+    manifest = _parse_json(_manifest_json(bytes(manifest_bytes), flags))
+    stated = manifest.get("version")
+    if isinstance(stated, int) and not isinstance(stated, bool) and stated != version:
+        raise FormatError(f"manifest: version {stated} differs from the header's {version}")
+    return manifest, sections
 
 
 def _reject_constant(name: str) -> None:

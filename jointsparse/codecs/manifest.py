@@ -3,15 +3,16 @@ layer shapes and section lengths, checked before any stream is decoded."""
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
 
-from .entropy import CODERS, POSITION_CODINGS, position_symbol_count
+from .entropy import CODERS, CONTEXT_CODING, POSITION_CODINGS, position_symbol_count
 from .errors import FormatError
-from .framing import VERSION
+from .framing import KNOWN_VERSIONS
 from .quantize import MAX_BITS, QUANTIZERS
 
 __all__ = ["RAW_DTYPES", "MAX_NDIM", "MAX_WINOGRAD_OUTPUT", "MAX_WINOGRAD_TILE", "validate_manifest", "planned_bytes"]
@@ -135,7 +136,22 @@ def planned_bytes(manifest_layers: list[dict], raw_entries: list[dict]) -> int:
     return total + working
 
 
-def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int]) -> dict:
+def _binary_codebook(text: str, bits: int, version: int, where: str) -> list[float]:
+    """A version-2 codebook: base64 of little-endian float32 values (docs/format.md section 2)."""
+    if version < 2:
+        raise FormatError(f"{where}: a base64 codebook in a version-{version} file")
+    if len(text) > 4 * -(-4 * ((1 << bits) - 1) // 3):  # bounded before decoding
+        raise FormatError(f"{where}: codebook text of {len(text)} characters exceeds 2^{bits} - 1 entries")
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):  # binascii.Error is a ValueError
+        raise FormatError(f"{where}: codebook is not valid base64") from None
+    if len(raw) % 4:
+        raise FormatError(f"{where}: codebook of {len(raw)} bytes is not whole float32 values")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float64).tolist()
+
+
+def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int], version: int = KNOWN_VERSIONS[-1]) -> dict:
     """One ``layers`` entry checked, as a new record holding each value in the type the decoder
     uses (ints, float64 thresholds, float32 codebook values and dither step)."""
     where = f"layer {index}"
@@ -157,7 +173,9 @@ def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int]
     if quantizer not in QUANTIZERS:
         raise FormatError(f"{where}: unknown quantizer {quantizer!r}")
     bits = _count(entry, "bits", where, 1, MAX_BITS)
-    codebook = _field(entry, "codebook", list, where)
+    codebook = _field(entry, "codebook", (list, str), where)
+    if isinstance(codebook, str):
+        codebook = _binary_codebook(codebook, bits, version, where)
     if len(codebook) > (1 << bits) - 1:
         raise FormatError(f"{where}: codebook of {len(codebook)} entries exceeds 2^{bits} - 1")
     codebook = [_float32(v) for v in codebook]
@@ -187,8 +205,10 @@ def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int]
         claimed.add(section)
         streams[key] = {"coder": coder, "section": section, "symbols": _count(stream, "symbols", where)}
     coding = _field(entry["positions"], "coding", str, where)
-    if coding not in POSITION_CODINGS:
-        raise FormatError(f"{where}: unknown position coding {coding!r}")
+    if coding not in POSITION_CODINGS or (coding == CONTEXT_CODING and version < 2):
+        raise FormatError(f"{where}: unknown position coding {coding!r} (in a version-{version} file)")
+    if coding == CONTEXT_CODING and streams["positions"]["coder"] != "ans":
+        raise FormatError(f"{where}: ctx position coding needs the ans coder")
     streams["positions"]["coding"] = coding
     position_symbol_count(coding, numel, nnz, streams["positions"]["symbols"])
     if streams["indices"]["symbols"] != nnz:
@@ -247,8 +267,9 @@ def validate_manifest(manifest: dict, sections: list[memoryview]) -> dict:
     records (``arch`` kwargs, ``recipe``, ``provenance``) as they are."""
     if manifest.get("format") != "jsz":
         raise FormatError("manifest: format is not 'jsz'")
-    if _field(manifest, "version", int, "manifest") != VERSION:
-        raise FormatError(f"manifest: version {manifest['version']} differs from the header's {VERSION}")
+    version = _field(manifest, "version", int, "manifest")
+    if version not in KNOWN_VERSIONS:  # unpack() has checked that it equals the header's
+        raise FormatError(f"manifest: unknown version {version}")
     tool = _field(manifest, "tool", dict, "manifest")
     _field(tool, "name", str, "manifest tool")
     _field(tool, "version", str, "manifest tool")
@@ -260,7 +281,7 @@ def validate_manifest(manifest: dict, sections: list[memoryview]) -> dict:
     _field(manifest, "provenance", dict, "manifest", nullable=True)
     original = _count(manifest, "original_parameter_count", "manifest")
     claimed: set[int] = set()
-    layers = [validate_layer(e, i, len(sections), claimed) for i, e in enumerate(_field(manifest, "layers", list, "manifest"))]
+    layers = [validate_layer(e, i, len(sections), claimed, version) for i, e in enumerate(_field(manifest, "layers", list, "manifest"))]
     raws = [validate_raw(e, i, len(sections), claimed, sections) for i, e in enumerate(_field(manifest, "raw", list, "manifest"))]
     names = [e["name"] for e in layers] + [e["name"] for e in raws]
     if len(set(names)) != len(names):
