@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .codecs import decode, read_manifest
-from .nn import SparseConv2d, SparseLinear, WinogradConv2d, _compiled
+from .nn import LINEAR_SPARSE_THRESHOLD, SPATIAL_SPARSE_THRESHOLD, WINOGRAD_SPARSE_THRESHOLD, SparseConv2d, SparseLinear, WinogradConv2d, _compiled
 from .nn.choice import layer_inputs
 from .timing import median_seconds, time_interleaved
 
@@ -22,14 +22,17 @@ def _slow_reason(kind: str, layer: nn.Module, x: torch.Tensor) -> str:
     if not _compiled.available():
         return f"pure-PyTorch sparse path ({_compiled.UNAVAILABLE_REASON})"
     if isinstance(layer, WinogradConv2d):
-        if layer.winograd_density > 0.3:
-            return f"Winograd density {layer.winograd_density:.2f} too high (sparse pays below about 0.3)"
+        if layer.winograd_density > WINOGRAD_SPARSE_THRESHOLD:
+            return f"Winograd density {layer.winograd_density:.2f} too high (sparse pays below about {WINOGRAD_SPARSE_THRESHOLD})"
+        if (layer.m, layer.r) != (2, 3):
+            return f"F({layer.m}, {layer.r}) runs the generic tile transforms (only F(2, 3)'s are hand-vectorised)"
         if x.shape[2] * x.shape[3] >= 28 * 28:
             return f"{x.shape[2]}x{x.shape[3]} map: the tile transforms cost as much as the sparse products"
         return "too few non-zeros per call to amortise the tile transforms"
     if isinstance(layer, (SparseConv2d, SparseLinear)):
-        if layer.density > 0.3:
-            return f"density {layer.density:.2f} too high (a dense GEMM wins above about 0.3)"
+        threshold = SPATIAL_SPARSE_THRESHOLD if isinstance(layer, SparseConv2d) else LINEAR_SPARSE_THRESHOLD
+        if layer.density > threshold:
+            return f"density {layer.density:.2f} too high (a dense GEMM wins above about {threshold})"
         if isinstance(layer, SparseLinear) and x.shape[0] >= 8:
             return f"batch {x.shape[0]}: dense GEMM reuses each weight {x.shape[0]} times"
         if isinstance(layer, SparseConv2d) and layer.in_channels // layer.groups <= 4:
