@@ -547,6 +547,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if min(args.batch, args.repeats, args.threads) < 1:
+        raise UsageError("--batch, --repeats and --threads must be >= 1")
     trust_gate(args.input, args.trust)
     options = dict(batch=args.batch, repeats=args.repeats, threads=args.threads, input_size=_input_size(args.input_size),
                    allow_imports=args.trust)

@@ -140,6 +140,7 @@ def test_bad_input_gives_exit_2_and_one_line(pipeline, tmp_path):
     assert "sparsity.spatial" in expect_usage_error(run("compress", dense, "--recipe", bad, "-o", jsz, check=False), no_file=jsz)
     assert "unknown dataset" in expect_usage_error(run("train", *MODEL, "--data", "cifar-1000", "-o", out, check=False), no_file=out).lower()
     expect_usage_error(run("train", "--model", "nonet", "--data", "digits", "-o", out, check=False), no_file=out)
+    assert ">= 1" in expect_usage_error(run("bench", packed, "--batch", "0", check=False))
 
 
 def test_compress_resume_continues_after_a_kill(pipeline, tmp_path):
