@@ -338,3 +338,15 @@ def test_encode_stores_an_importable_class_and_layer_maps(tmp_path):
 
     with pytest.raises(ValueError, match="not importable.*arch="):
         encode(Local(), tmp_path / "l.jsz")
+
+
+def test_auto_refuses_a_recorded_input_size_it_cannot_allocate(tmp_path):
+    """decode(domain='auto') times layers on a random input of the file's recorded size: a hostile
+    size is a FormatError before any allocation, a user's too-large size a ValueError."""
+    model = _pruned(get_model("lenet5"), 0.2)
+    path = tmp_path / "huge.jsz"
+    encode(model, path, provenance={"data": {"input_size": [1, 10**6, 10**6]}})
+    with pytest.raises(FormatError, match="input size"):
+        decode(path, "auto")
+    with pytest.raises(ValueError, match="over the"):
+        decode(path, "auto", batch=10**5, input_size=(1, 28, 28))

@@ -22,9 +22,13 @@ from ..transforms import DEFAULT_M, winograd_pruned_weight, winograd_threshold
 from .container import DEFAULT_MAX_EXPANSION, JszContents, StoredLayer, load, planned_bytes, read_manifest, save
 from .entropy import DEFAULT_CODER
 from .errors import FormatError
-from .manifest import MAX_WINOGRAD_OUTPUT
+from .manifest import MAX_MAP_SIDE, MAX_WINOGRAD_OUTPUT
 from .quantize import BitsSpec, QuantizedLayer, compressible_layers, quantize_model
 from .report import report
+
+#: Most values (batch x C x H x W) in the random sample ``decode(domain="auto")`` times layers on:
+#: 2^26 floats, 256 MiB, e.g. a batch of 64 ImageNet-sized images.
+MAX_AUTO_SAMPLE = 1 << 26
 
 __all__ = ["DOMAINS", "encode", "decode", "decode_state", "winograd_settings", "winograd_weights"]
 
@@ -272,9 +276,17 @@ def decode(
     if runtime:
         sample = None
         if domain == "auto":
-            size = list(input_size or ((contents.manifest.get("provenance") or {}).get("data") or {}).get("input_size") or [])
+            recorded = ((contents.manifest.get("provenance") or {}).get("data") or {}).get("input_size")
+            size = list(input_size or recorded or [])
             if len(size) != 3:
                 raise ValueError("the file records no input size; domain 'auto' needs input_size=(C, H, W)")
+            # The timing sample is a real tensor: bound it like every other allocation a file can
+            # ask for (a hostile file could record a 10^6 x 10^6 input).
+            bad = (ValueError if input_size else FormatError)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_MAP_SIDE for v in size):
+                raise bad(f"input size {size!r} for domain 'auto' must be three integers in 1..{MAX_MAP_SIDE}")
+            if batch * size[0] * size[1] * size[2] > MAX_AUTO_SAMPLE:
+                raise bad(f"a batch of {batch} inputs of size {size} is {batch * size[0] * size[1] * size[2]:,} values, over the {MAX_AUTO_SAMPLE:,} domain 'auto' times layers on")
             sample = torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))
         try:
             deploy(model.eval(), winograd_settings(contents.layers), domain, sample=sample, threads=threads, force=force, timing_cache=timing_cache)
