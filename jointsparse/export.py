@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from .codecs import decode, decode_state, read_manifest, winograd_weights
+from .nn.choice import layer_inputs
 from .utils import atomic_write_bytes
 
 FORMATS = ("onnx", "safetensors")
@@ -63,15 +64,8 @@ def static_adaptive_pools(model: torch.nn.Module, sample: torch.Tensor) -> list[
     there; returns their names. The TorchScript ONNX exporter cannot export an adaptive pool after
     a ceil-mode max pool (AlexNet: "input size not accessible"); a fixed-size export is what it
     can write. Pools whose bins do not tile the input evenly are left alone."""
-    sizes: dict[str, tuple[int, int]] = {}
     pools = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.AdaptiveAvgPool2d) and name}
-    handles = [module.register_forward_pre_hook(lambda mod, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:]))) for name, module in pools.items()]
-    try:
-        with torch.no_grad():
-            model.eval()(sample)
-    finally:
-        for handle in handles:
-            handle.remove()
+    sizes = {name: tuple(x.shape[-2:]) for name, x in layer_inputs(model, sample, set(pools)).items()}
     replaced = []
     for name, module in pools.items():
         if name not in sizes:

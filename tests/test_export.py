@@ -78,3 +78,21 @@ def test_safetensors_holds_the_state_dict_and_csr_winograd_weights(packed, tmp_p
             rebuilt = dense_from_csr(*parts, layout[module]["shape"])
             assert torch.equal(rebuilt, entry["weight"]) and layout[module]["m"] == entry["m"]
     assert keys == set(state) | {f"{m}.winograd.{k}" for m in winograd for k in ("crow_indices", "col_indices", "values")}
+
+
+def test_static_adaptive_pools_replace_only_pools_that_tile_evenly():
+    """AlexNet's adaptive pool sees 6x6 at 227 px (an identity: replaced, so the TorchScript
+    exporter can write the model) and 1x1 at 67 px (copies values: left alone)."""
+    from jointsparse.export import static_adaptive_pools
+    from jointsparse.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("alexnet", num_classes=10).eval()
+    x = torch.randn(1, 3, 227, 227)
+    with torch.no_grad():
+        want = model(x)
+        assert static_adaptive_pools(model, x) == ["fit"]
+        assert isinstance(model.fit, torch.nn.Identity)
+        assert torch.equal(model(x), want)
+    small = get_model("alexnet", num_classes=10).eval()
+    assert static_adaptive_pools(small, torch.randn(1, 3, 67, 67)) == []

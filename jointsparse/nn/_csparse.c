@@ -205,12 +205,24 @@ typedef struct {
     int lavin23; /* F(2,3) with Lavin's matrices: the hand-vectorised transforms apply */
 } WinogradProblem;
 
+/* dst[0:n] = sum over the non-zero coef[j] (j < count) of coef[j] * src[j * stride + 0:n]: one row
+   of a separable transform pass, zero coefficients skipped (B^T and A^T are about half zeros). */
+static inline void combine_rows(float *restrict dst, const float *restrict src, int64_t stride, const float *coef,
+                                int64_t count, int64_t n) {
+    memset(dst, 0, (size_t)n * sizeof(float));
+    for (int64_t j = 0; j < count; j++) {
+        const float c = coef[j];
+        if (c == 0.f) continue;
+        const float *restrict s = src + j * stride;
+        for (int64_t q = 0; q < n; q++) dst[q] += c * s[q];
+    }
+}
+
 /* V[p, c, 0:ldv] for the tile rows [ty0, ty1) of one padded channel plane. */
 static void winograd_input_tiles(const WinogradProblem *P, const float *restrict plane, int64_t ty0, int64_t ty1,
                                  int64_t ldv, float *restrict gathered, float *restrict half, float *restrict v_c,
                                  int64_t v_stride) {
     const int64_t t = P->t, m = P->m, nw = P->tiles_w;
-    const int64_t count = (ty1 - ty0) * nw;
     /* gathered[a*t + b][i] = d_i[a][b] for tile i of the block */
     for (int64_t a = 0; a < t; a++)
         for (int64_t b = 0; b < t; b++) {
@@ -224,28 +236,9 @@ static void winograd_input_tiles(const WinogradProblem *P, const float *restrict
         }
     /* half[a*t + j] = sum_b B^T[j][b] d[a][b]; V[i*t + j] = sum_a B^T[i][a] half[a*t + j] */
     for (int64_t a = 0; a < t; a++)
-        for (int64_t j = 0; j < t; j++) {
-            float *restrict h = half + (a * t + j) * ldv;
-            memset(h, 0, (size_t)ldv * sizeof(float));
-            for (int64_t b = 0; b < t; b++) {
-                const float coef = P->bt[j * t + b];
-                if (coef == 0.f) continue;
-                const float *restrict g = gathered + (a * t + b) * ldv;
-                for (int64_t q = 0; q < ldv; q++) h[q] += coef * g[q];
-            }
-        }
+        for (int64_t j = 0; j < t; j++) combine_rows(half + (a * t + j) * ldv, gathered + a * t * ldv, ldv, P->bt + j * t, t, ldv);
     for (int64_t i = 0; i < t; i++)
-        for (int64_t j = 0; j < t; j++) {
-            float *restrict v = v_c + (i * t + j) * v_stride;
-            memset(v, 0, (size_t)ldv * sizeof(float));
-            for (int64_t a = 0; a < t; a++) {
-                const float coef = P->bt[i * t + a];
-                if (coef == 0.f) continue;
-                const float *restrict h = half + (a * t + j) * ldv;
-                for (int64_t q = 0; q < ldv; q++) v[q] += coef * h[q];
-            }
-        }
-    (void)count;
+        for (int64_t j = 0; j < t; j++) combine_rows(v_c + (i * t + j) * v_stride, half + j * ldv, t * ldv, P->bt + i * t, t, ldv);
 }
 
 #ifdef JS_AVX
@@ -385,30 +378,15 @@ static void winograd_output_tiles(const WinogradProblem *P, int64_t k, int64_t l
         f23_output_tiles(P, prod, ldv, ty0, ty1, P->bias ? P->bias[k] : 0.f, out_k);
         return;
     }
-    /* half[i*t + b] = sum_a A^T[i][a] prod[a*t + b] */
+    /* half[i*t + b] = sum_a A^T[i][a] prod[a*t + b]; y = sum_b A^T[j][b] half[i*t + b] (in prod's
+       first row, free by then) */
     for (int64_t i = 0; i < m; i++)
-        for (int64_t b = 0; b < t; b++) {
-            float *restrict h = half + (i * t + b) * ldv;
-            memset(h, 0, (size_t)ldv * sizeof(float));
-            for (int64_t a = 0; a < t; a++) {
-                const float coef = P->at[i * t + a];
-                if (coef == 0.f) continue;
-                const float *restrict s = prod + (a * t + b) * ldv;
-                for (int64_t q = 0; q < ldv; q++) h[q] += coef * s[q];
-            }
-        }
+        for (int64_t b = 0; b < t; b++) combine_rows(half + (i * t + b) * ldv, prod + b * ldv, t * ldv, P->at + i * t, t, ldv);
     const float bias = P->bias ? P->bias[k] : 0.f;
     for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j < m; j++) {
-            /* y = sum_b A^T[j][b] half[i*t + b], reusing prod's first row as the buffer */
             float *restrict y = prod;
-            for (int64_t q = 0; q < count; q++) y[q] = bias;
-            for (int64_t b = 0; b < t; b++) {
-                const float coef = P->at[j * t + b];
-                if (coef == 0.f) continue;
-                const float *restrict h = half + (i * t + b) * ldv;
-                for (int64_t q = 0; q < count; q++) y[q] += coef * h[q];
-            }
+            combine_rows(y, half + i * t * ldv, ldv, P->at + j * t, t, count);
             int64_t q = 0;
             for (int64_t ty = ty0; ty < ty1; ty++) {
                 int64_t oy = ty * m + i;
@@ -419,7 +397,7 @@ static void winograd_output_tiles(const WinogradProblem *P, int64_t k, int64_t l
                 float *restrict orow = out_k + oy * P->out_w + j;
                 int64_t full = (P->out_w - j + m - 1) / m; /* tiles whose column j is inside the output */
                 if (full > nw) full = nw;
-                for (int64_t tx = 0; tx < full; tx++) orow[tx * m] = y[q + tx];
+                for (int64_t tx = 0; tx < full; tx++) orow[tx * m] = y[q + tx] + bias;
                 q += nw;
             }
         }
