@@ -195,3 +195,25 @@ def test_forcing_compiled_without_kernels_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(_compiled, "UNAVAILABLE_REASON", "the C extension is not built")
     with pytest.raises(RuntimeError, match="the C extension is not built"):
         layer.compiled = True
+
+
+def test_layers_the_kernels_do_not_take_run_the_pytorch_path(monkeypatch):
+    """A stride over the kernel's phase table, or an input past its 32-bit offsets, is not an
+    error: the layer runs its PyTorch product instead."""
+    conv = nn.Conv2d(2, 3, 1, stride=65)
+    layer = SparseConv2d.from_conv(conv, sparse=True)
+    assert not layer.compiled
+    x = torch.randn(1, 2, 130, 130)
+    with torch.no_grad():
+        assert_close(layer(x), conv(x))
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    layer = SparseConv2d.from_conv(conv, sparse=True)
+    assert layer.compiled
+
+    def too_large(self, *args, **kwargs):
+        raise _compiled.Unsupported("input too large")
+
+    monkeypatch.setattr(_compiled.DirectConvKernel, "__call__", too_large)
+    x = torch.randn(1, 2, 9, 9)
+    with torch.no_grad():
+        assert_close(layer(x), conv(x))

@@ -46,6 +46,9 @@ _SWITCH = os.environ.get("JOINTSPARSE_COMPILED", "").strip().lower()
 #: from 13x13, or at batch 8, the direct kernel won by 1.2-12x.
 IM2COL_MAX_COLUMNS = 64
 
+#: Largest stride the direct convolution takes (its table of stride phases is fixed-size).
+MAX_STRIDE = 64
+
 #: Largest Winograd tile side t = m + r - 1 the compiled kernel handles (its stack buffers).
 MAX_TILE = 16
 
@@ -55,6 +58,10 @@ if _csparse is None:
     UNAVAILABLE_REASON = f"the C extension jointsparse.nn._csparse is not built ({_IMPORT_ERROR}); reinstall with a C compiler (pip install -e .)"
 elif _SWITCH in ("0", "false", "no", "off"):
     UNAVAILABLE_REASON = "JOINTSPARSE_COMPILED=0 in the environment"
+
+
+class Unsupported(ValueError):
+    """A layer or input the compiled kernels do not take (the PyTorch path runs it instead)."""
 
 
 def available() -> bool:
@@ -93,7 +100,7 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, row_count: 
     indptr = torch.zeros(row_count + 1, dtype=torch.int64)
     indptr[1:] = torch.bincount(rows, minlength=row_count).cumsum(0)
     if int(indptr[-1]) > 2**31 - 1:
-        raise ValueError("too many non-zeros for the compiled kernels' 32-bit indices")
+        raise Unsupported("too many non-zeros for the compiled kernels' 32-bit indices")
     return indptr.to(torch.int32).numpy(), cols.to(torch.int32).numpy(), vals.detach().to(torch.float32).contiguous().numpy()
 
 
@@ -112,7 +119,7 @@ class WinogradKernel:
         tt, cout, cin_pg = winograd_weight.shape
         t = m + r - 1
         if t > MAX_TILE:
-            raise ValueError(f"F({m}, {r}) has tiles of side {t}; the compiled kernel takes at most {MAX_TILE}")
+            raise Unsupported(f"F({m}, {r}) has tiles of side {t}; the compiled kernel takes at most {MAX_TILE}")
         self.m, self.r, self.padding = m, r, padding
         self.cout, self.cin = cout, cin_pg * groups
         weight = winograd_weight.detach()
@@ -146,6 +153,8 @@ class DirectConvKernel:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int], dilation: tuple[int, int], groups: int) -> None:
         cout, cin_pg, kh, kw = weight.shape
+        if max(stride) > MAX_STRIDE:
+            raise Unsupported(f"stride {stride}: the compiled kernel takes strides up to {MAX_STRIDE}")
         self.cout, self.cin, self.kernel_size, self.stride, self.dilation = cout, cin_pg * groups, (kh, kw), stride, dilation
         weight = weight.detach()
         co, c, ky, kx = weight.nonzero(as_tuple=True)
@@ -168,6 +177,10 @@ class DirectConvKernel:
             raise ValueError(f"input {h + top + bottom}x{w + left + right} (after padding) is smaller than the dilated {kh}x{kw} kernel")
         if self.use_im2col(n, out_h, out_w):
             return self._im2col_conv(x, pad, out_h, out_w)
+        # The kernel addresses its phase-split copy of one image with 32-bit offsets.
+        reach_h, reach_w = dh * (kh - 1) // sh, dw * (kw - 1) // sw
+        if self.cin * sh * sw * (out_h + reach_h + 1) * (out_w + 8 + reach_w) >= 2**31 - 1:
+            raise Unsupported("input too large for the compiled kernel's 32-bit offsets")
         out = torch.empty(n, self.cout, out_h, out_w, dtype=torch.float32)
         _csparse.direct_conv(
             _input(x), out.numpy(), self.indptr, self.cin_of, self.ky, self.kx, self.vals, self.bias,

@@ -132,7 +132,10 @@ class BlockDiagonalKernel(nn.Module):
         self._csr = block_diagonal_csr(blocks.detach()) if self.uses_sparse else None
         self._compiled_kernel = None
         if self.uses_sparse and self._compiled_allowed and _compiled.available() and blocks.dtype == torch.float32 and blocks.device.type == "cpu":
-            self._compiled_kernel = self.build_compiled()
+            try:
+                self._compiled_kernel = self.build_compiled()
+            except _compiled.Unsupported:
+                self._compiled_kernel = None  # e.g. more non-zeros than 32-bit indices: PyTorch runs it
 
     def build_compiled(self):
         """The layer's compiled kernel (``_compiled``): a callable built from the current weights,

@@ -95,9 +95,12 @@ class SparseConv2d(BlockDiagonalKernel):
             # conv2d pads internally; an explicit F.pad would cost one more copy of the input.
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
         if self._compiled_applies(x):
-            if self.padding_mode == "zeros":
-                return self._compiled_kernel(x, self.pad)
-            return self._compiled_kernel(F.pad(x, self.pad, mode=self.padding_mode))
+            try:
+                if self.padding_mode == "zeros":
+                    return self._compiled_kernel(x, self.pad)
+                return self._compiled_kernel(F.pad(x, self.pad, mode=self.padding_mode))
+            except _compiled.Unsupported:
+                pass  # an input too large for the kernel's 32-bit offsets: the PyTorch path below
         if any(self.pad):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self.pad, mode=mode)
