@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {', '.join(STAGES)} (finished stages are reused)")
     parser.add_argument("--recipe", type=Path, default=Path(__file__).resolve().parent / "recipes" / "ctsrcnn.toml")
     parser.add_argument("--cascade", default="3,5,7,9", help="depths of the cascade steps (3 = SRCNN 9-5-5; each step inserts layers)")
-    parser.add_argument("--cascade-steps", default="500,300,300,800", help="training steps of each cascade step")
+    parser.add_argument("--cascade-steps", default="1500,900,900,3000", help="training steps of each cascade step")
     parser.add_argument("--dense-lr", type=float, default=5e-4, help="Adam learning rate of each cascade step (cosine to a tenth)")
     parser.add_argument("--ablation-steps", type=int, default=100, help="retraining steps per ablation mode")
     parser.add_argument("--count-size", type=int, default=256, help="MACs are counted on a 1 x N x N luminance image")
