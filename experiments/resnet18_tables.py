@@ -40,7 +40,6 @@ SPEC = NetworkSpec(
     proxy_resolution=56,
     count_resolution=224,
     dense_epochs=3,
-    dense_polish_epochs=0,
     dense_lr=0.05,
     target_ratio=24.2,
     target_macs=4.5,
