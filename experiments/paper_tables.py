@@ -51,7 +51,7 @@ import torch
 from jointsparse.codecs import decode
 from jointsparse.compress import compress
 from jointsparse.cost import WINOGRAD_PRODUCTS_CONVENTION, WINOGRAD_TRANSFORMS_CONVENTION
-from jointsparse.data import ShardSampler, TensorImageDataset, _loader, make_loaders
+from jointsparse.data import ShardSampler, TensorImageDataset, _loader, get_dataset, make_loaders
 from jointsparse.info import info_payload
 from jointsparse.models import get_model
 from jointsparse.provenance import ROOT, code_version, command_line, machine_summary
@@ -125,6 +125,8 @@ def parse_args(spec: NetworkSpec, argv: list[str] | None = None) -> argparse.Nam
     parser.add_argument("--work-dir", type=Path, default=None, help=f"checkpoints and stage records (default {spec.name}-tables-work)")
     parser.add_argument("--out-dir", type=Path, default=results)
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="reuse finished and partial stages")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run no stage: write the tables from the finished stages (and, while the dense stage is unfinished, its logged epochs)")
     parser.add_argument("--smoke", action="store_true", help="a few hundred images, one short epoch per stage: checks the path and the tables")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -575,11 +577,11 @@ def commit_file(record: dict[str, Any], target: Path) -> str | None:
 
 
 def _curve_table(curve: list[dict[str, Any]], kept: int | None = None) -> list[str]:
-    lines = ["| epoch | phase | peak lr | train loss | validation top-1 | gain (pt) |", "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| epoch | phase | peak lr | train loss | validation top-1 | gain (pt) | seconds |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for index, point in enumerate(curve):
         gain = "" if index == 0 else f"{point['val_top1'] - curve[index - 1]['val_top1']:+.2f}"
         mark = " (kept)" if kept == index + 1 else ""
-        lines.append(f"| {index + 1} | {point['phase']} | {point['peak_lr']:g} | {point['train_loss']:.4f} | {point['val_top1']:.2f}{mark} | {gain} |")
+        lines.append(f"| {index + 1} | {point['phase']} | {point['peak_lr']:g} | {point['train_loss']:.4f} | {point['val_top1']:.2f}{mark} | {gain} | {point['seconds']:.0f} |")
     return lines
 
 
@@ -644,10 +646,94 @@ def _ablation_lines(args: argparse.Namespace, spec: NetworkSpec, records: dict[s
     return lines, payload
 
 
+def logged_dense_curve(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The dense epochs an unfinished dense stage has finished, read from the trainer's logs in the
+    work directory (the first schedule, then each cycle in turn)."""
+    curve: list[dict[str, Any]] = []
+    logs = [(args.work_dir / "dense.jsonl", args.dense_lr, "first schedule")]
+    logs += [(args.work_dir / f"dense-cycle{k}.jsonl", args.dense_polish_lr / 2 ** (k - 1), f"cycle {k}") for k in range(1, args.dense_max_epochs + 1)]
+    for path, lr, phase in logs:
+        if not path.is_file():
+            break
+        epochs: dict[int, dict[str, Any]] = {}
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if record.get("kind") == "epoch":
+                epochs[record["epoch"]] = record
+        curve += [_curve_point(epochs[e], lr, phase) for e in sorted(epochs)]
+    return curve
+
+
+def _train_images(args: argparse.Namespace) -> int:
+    """The training images a run trains on (its training split, less the validation images)."""
+    return len(get_dataset(args.data, "train", subset=args.subset, subset_seed=args.seed if args.subset else None)) - args.validation
+
+
+def _pending_report(spec: NetworkSpec, args: argparse.Namespace, records: dict[str, Any]) -> Path | None:
+    """The report of a run whose joint stage has not finished: what has, what is pending, and the
+    command that resumes it. None while no dense epoch has finished."""
+    dense = records.get("dense")
+    curve = dense["curve"] if dense else logged_dense_curve(args)
+    if not curve:
+        return None
+    control = records.get("control")
+    pending = [stage for stage in ("dense", "control", "joint") if stage not in records]
+    resume = (f"python experiments/{spec.name}_tables.py --stages {','.join(pending)} --threads {args.threads}"
+              + (f" --dense-max-epochs {args.dense_max_epochs}" if args.dense_max_epochs != 12 else "") + " --work-dir WORK")
+    lines = [f"# {spec.title}: the paper's compression tables, reproduced on {'ImageNet' if args.data.startswith('imagefolder:') else 'a CPU proxy'}", "",
+             f"**Status: unfinished.** Pending: {', '.join(pending)}. Tables A and B need the joint stage; until it has run there are no new "
+             "compression, MAC or accuracy figures here. Resume (each stage continues from its checkpoints in WORK):", "", "```", resume, "```", ""]
+    earlier = args.out_dir / f"{spec.name}_tables_earlier.md"
+    if earlier.is_file():
+        lines += [f"The earlier run's tables (before the validation split, the convergence rule and the control) stay in `{earlier.name}` until this run "
+                  "replaces them.", ""]
+    finished = [(stage, record) for stage, record in records.items()]
+    if finished:
+        lines += ["Finished stages, produced by:", "", "```"]
+        lines += [f"{_shown(record['command'])}    # {stage}: {record['date']}, code {record['code']}" for stage, record in finished]
+        lines += ["```", ""]
+    lines += [f"Machine: {machine_summary()}, {args.threads} torch thread(s) per run. Recipe: `{os.path.relpath(args.recipe)}`. WORK: the run's work directory. "
+              f"Report written {datetime.date.today().isoformat()} from WORK's state (`--report-only`).", "",
+              f"Data: {_train_images(args):,} training images and {args.validation:,} validation images, drawn from the training split at random with the "
+              f"fixed seed {args.seed} and held out of all training; the test split is scored once per reported figure. What is tuned on what: the dense "
+              "epochs and the dense model kept, on validation; the compression stages and the control score their epochs on validation. The recipe "
+              "(`a`, densities, stage epochs and learning rates) is unchanged from the issue-7 run, where it was set while looking at test figures.", ""]
+    if dense:
+        lines += _dense_lines(dense)
+    else:
+        seconds = sum(point["seconds"] for point in curve)
+        lines += [f"Dense baseline, **unfinished**: {len(curve)} epoch(s) done in {seconds:.0f} s of wall time (validation after each), read from the "
+                  f"trainer's logs in WORK. The rule: a {args.dense_epochs}-epoch cosine schedule at lr {args.dense_lr:g}, then one-epoch cosine cycles "
+                  f"from lr {args.dense_polish_lr:g}, halved each cycle, until an epoch gains less than {args.dense_min_gain:g} pt of validation top-1 "
+                  f"(cap {args.dense_max_epochs} epochs); the kept epoch is then chosen on validation and scored once on the test set. "
+                  + (f"So far the last epoch gained {_gain(curve):+.2f} pt: " if len(curve) > 1 else "One epoch so far, no gain to judge: ")
+                  + ("converged, the stage only has to pick and score its model." if converged(curve, args.dense_min_gain) else "not converged yet.")
+                  + " No test figure yet.", ""]
+        lines += _curve_table(curve) + [""]
+    if control:
+        lines += _control_lines(control)
+    ablation_lines, _ = _ablation_lines(args, spec, records)
+    lines += ablation_lines
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    md = args.out_dir / f"{spec.name}_tables.md"
+    atomic_write_text(md, "\n".join(lines) + "\n")
+    payload = {key: None for key in ("compression_ratio", "weights_only_ratio", "macs_reduction_spatial", "macs_reduction_winograd",
+                                     "macs_reduction_winograd_with_transforms", "top1_spatial", "top1_winograd", "file", "file_bytes")}
+    payload.update(status="unfinished", pending=pending, resume=resume, top1_dense=dense["top1"] if dense else None,
+                   dense_control_top1=control["top1"] if control else None, dense_epochs=len(curve), dense_converged=converged(curve, args.dense_min_gain),
+                   dense_curve_val_top1=[point["val_top1"] for point in curve], validation_images=args.validation,
+                   train_images=dense["train_images"] if dense else _train_images(args), machine=machine_summary())
+    atomic_write_text(args.out_dir / f"{spec.name}_tables.json", json.dumps(payload, indent=2) + "\n")
+    return md
+
+
 def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     records = {stage: json.loads((args.work_dir / f"{stage}.json").read_text()) for stage in STAGES if (args.work_dir / f"{stage}.json").is_file()}
     if "joint" not in records:
-        return None
+        return _pending_report(spec, args, records)
     joint, dense, control = records["joint"], records["dense"], records.get("control")
     joint["dense_control_top1"] = control["top1"] if control else None
     joint["committed_file"] = commit_file(joint, args.out_dir / f"{spec.name}_tables.jsz")
@@ -771,11 +857,11 @@ def main(spec: NetworkSpec, argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         run = Run(spec, args)
         for stage in STAGES:
-            if stage in args.stages:
+            if stage in args.stages and not args.report_only:
                 getattr(run, f"run_{stage}")()
         if is_rank0():
             path = write_report(spec, args)
-            run.log(f"wrote {path}" if path else "no table yet (the joint stage has not run)")
+            run.log(f"wrote {path}" if path else "no table yet (no dense epoch has finished)")
         return 0
     except (TablesError, ValueError, FileNotFoundError) as error:
         print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)

@@ -161,6 +161,28 @@ def test_report_measures_drops_against_the_better_of_dense_and_control(tmp_path)
     assert json.loads((out / "resnet18_tables.json").read_text())["ablation"]["source"] == "earlier run (not re-run)"
 
 
+def test_unfinished_run_reports_its_logged_dense_epochs_and_how_to_resume(tmp_path):
+    from resnet18_tables import SPEC
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    args = paper_tables.parse_args(SPEC, ["--report-only", "--data", "digits", "--validation", "97", "--dense-max-epochs", "6",
+                                          "--work-dir", str(work), "--out-dir", str(out)])
+    assert paper_tables.write_report(SPEC, args) is None  # nothing finished yet
+    epoch = lambda n, acc: json.dumps({"kind": "epoch", "epoch": n, "step": 10 * n, "test_acc": acc, "train_loss": 0.5, "train_acc": 0.8, "seconds": 100.0})
+    (work / "dense.jsonl").write_text("\n".join([epoch(1, 0.80), epoch(2, 0.85), epoch(3, 0.87)]) + "\n")
+    (work / "dense-cycle1.jsonl").write_text(epoch(1, 0.874) + "\n" + '{"kind": "epo')  # a line cut short by a kill
+    md = paper_tables.write_report(SPEC, args).read_text()
+    assert "**Status: unfinished.** Pending: dense, control, joint." in md
+    assert "--stages dense,control,joint --threads 1 --dense-max-epochs 6 --work-dir WORK" in md
+    assert "4 epoch(s) done in 400 s" in md and "So far the last epoch gained +0.40 pt: not converged yet." in md
+    assert "| 4 | cycle 1 | 0.025 | 0.5000 | 87.40 | +0.40 | 100 |" in md
+    assert "1,340 training images and 97 validation images" in md  # digits: 1,437 training images
+    payload = json.loads((out / "resnet18_tables.json").read_text())
+    assert payload["status"] == "unfinished" and payload["file"] is None and payload["dense_control_top1"] is None
+    assert payload["dense_curve_val_top1"] == [80.0, 85.0, 87.0, 87.4] and payload["train_images"] == 1340
+
+
 def test_committed_resnet18_results_carry_the_issue_keys():
     payload = json.loads((EXPERIMENTS / "results" / "resnet18_tables.json").read_text())
     for key in ("macs_reduction_winograd_with_transforms", "dense_control_top1", "validation_images", "train_images", "file", "file_bytes"):
