@@ -667,6 +667,19 @@ def logged_dense_curve(args: argparse.Namespace) -> list[dict[str, Any]]:
     return curve
 
 
+def _machine() -> str:
+    return f"{machine_summary()}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+def _recipe_epochs(recipe: Recipe, train_images: int, batch_size: int) -> float:
+    """The training the recipe's retrain, fine-tune and codebook stages give, in epochs."""
+    steps = -(-train_images // batch_size)
+    total = 0
+    for stage in (recipe.retrain, recipe.finetune, recipe.codebook):
+        total += stage.epochs * min(steps, stage.max_steps_per_epoch or steps)
+    return total / steps if steps else 0.0
+
+
 def _train_images(args: argparse.Namespace) -> int:
     """The training images a run trains on (its training split, less the validation images)."""
     return len(get_dataset(args.data, "train", subset=args.subset, subset_seed=args.seed if args.subset else None)) - args.validation
@@ -695,7 +708,7 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, records: dict[s
         lines += ["Finished stages, produced by:", "", "```"]
         lines += [f"{_shown(record['command'])}    # {stage}: {record['date']}, code {record['code']}" for stage, record in finished]
         lines += ["```", ""]
-    lines += [f"Machine: {machine_summary()}, {args.threads} torch thread(s) per run. Recipe: `{os.path.relpath(args.recipe)}`. WORK: the run's work directory. "
+    lines += [f"Machine: {_machine()}, {args.threads} torch thread(s) per run. Recipe: `{os.path.relpath(args.recipe)}`. WORK: the run's work directory. "
               f"Report written {datetime.date.today().isoformat()} from WORK's state (`--report-only`).", "",
               f"Data: {_train_images(args):,} training images and {args.validation:,} validation images, drawn from the training split at random with the "
               f"fixed seed {args.seed} and held out of all training; the test split is scored once per reported figure. What is tuned on what: the dense "
@@ -715,6 +728,14 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, records: dict[s
         lines += _curve_table(curve) + [""]
     if control:
         lines += _control_lines(control)
+    pace = sum(point["seconds"] for point in curve) / len(curve)
+    extra = _recipe_epochs(load_recipe(args.recipe), len(curve) and _train_images(args), load_recipe(args.recipe).data.batch_size)
+    first_left = max(0, args.dense_epochs - len(curve))
+    dense_left = (0, 0) if dense else (first_left or int(not converged(curve, args.dense_min_gain)), args.dense_max_epochs - len(curve))
+    todo = dense_left[0] + (0 if control else extra) + ("joint" not in records) * extra
+    lines += [f"Remaining, at this run's pace of {pace:.0f} s per dense epoch: dense {dense_left[0]}-{dense_left[1]} more epoch(s), "
+              f"the control {0 if control else extra:.2f} and the joint stage {extra:.2f} epochs of training (regularized retraining runs slower than dense) "
+              f"plus evaluations: at least {todo * pace / 3600:.1f} h of one core.", ""]
     ablation_lines, _ = _ablation_lines(args, spec, records)
     lines += ablation_lines
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -748,7 +769,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     for (command, date, code), stages in invocations.items():
         lines.append(f"{command}    # {', '.join(stages)}: {date}, code {code}")
     lines += ["```", "", "WORK: any scratch directory (checkpoints and stage records; the same one for every stage).", "",
-              f"Machine: {machine_summary()}, {args.threads} torch thread(s) per run. Recipe: `{os.path.relpath(args.recipe)}`.", ""]
+              f"Machine: {_machine()}, {args.threads} torch thread(s) per run. Recipe: `{os.path.relpath(args.recipe)}`.", ""]
     lines += ["Wall time per stage (seconds):", ""]
     if "curve" in dense:
         lines.append(f"- dense: {dense['seconds']:.0f} ({dense['epochs_total']} epoch(s), validation after each, one test evaluation)")
