@@ -225,10 +225,16 @@ class Run:
         _barrier()  # other ranks read rank 0's records and dense weights next
 
     def _done(self, stage: str) -> bool:
-        """A stage with a record is finished; say so and skip it."""
+        """A stage with a record is finished; say so and skip it. An unfinished one notes the
+        invocation that starts it (``<stage>.started.json``), for the report of an unfinished run."""
         done = self.record(stage) is not None
         if done:
             self.log(f"{stage}: already done")
+        elif is_rank0():
+            started = self.args.work_dir / f"{stage}.started.json"
+            history = json.loads(started.read_text()) if started.is_file() else []
+            history.append({"command": command_line(), "date": datetime.date.today().isoformat(), "code": self.code})
+            atomic_write_text(started, json.dumps(history, indent=2) + "\n")
         return done
 
     def new_model(self, num_classes: int) -> torch.nn.Module:
@@ -707,6 +713,12 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, records: dict[s
     if finished:
         lines += ["Finished stages, produced by:", "", "```"]
         lines += [f"{_shown(record['command'])}    # {stage}: {record['date']}, code {record['code']}" for stage, record in finished]
+        lines += ["```", ""]
+    started = [(stage, entry) for stage in pending if (args.work_dir / f"{stage}.started.json").is_file()
+               for entry in json.loads((args.work_dir / f"{stage}.started.json").read_text())]
+    if started:
+        lines += ["Unfinished stages, started by (each invocation in turn):", "", "```"]
+        lines += [f"{_shown(entry['command'])}    # {stage}: {entry['date']}, code {entry['code']}" for stage, entry in started]
         lines += ["```", ""]
     lines += [f"Machine: {_machine()}, {args.threads} torch thread(s) per run. Recipe: `{os.path.relpath(args.recipe)}`. WORK: the run's work directory. "
               f"Report written {datetime.date.today().isoformat()} from WORK's state (`--report-only`).", "",
