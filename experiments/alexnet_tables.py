@@ -45,7 +45,6 @@ SPEC = NetworkSpec(
     proxy_resolution=67,
     count_resolution=227,
     dense_epochs=3,
-    dense_polish_epochs=3,
     dense_lr=0.01,
     target_ratio=47.7,
     target_macs=5.1,

@@ -7,9 +7,12 @@ CPU proxy (the default): ResNet-18 (ImageNet layout) with a 10-class head on Fas
     torchrun --nproc-per-node 8 experiments/resnet18_tables.py --data imagefolder:/data/imagenet \\
         --device cuda --resolution 224 --dense-epochs 90 --dense-lr 0.1
 
-CPU proxy, as committed::
+CPU proxy, as committed (one core of a shared 2-core machine; the results file lists the exact
+invocations; the work directory is git-ignored, so an interrupted run resumes from it)::
 
-    python experiments/resnet18_tables.py
+    taskset -c 0 python experiments/resnet18_tables.py --stages dense,joint --threads 1 --dense-max-epochs 8 \
+        --work-dir experiments/work/resnet18
+    taskset -c 0 python experiments/resnet18_tables.py --stages control --threads 1 --work-dir experiments/work/resnet18
 
 Smoke run::
 
@@ -40,7 +43,6 @@ SPEC = NetworkSpec(
     proxy_resolution=56,
     count_resolution=224,
     dense_epochs=3,
-    dense_polish_epochs=0,
     dense_lr=0.05,
     target_ratio=24.2,
     target_macs=4.5,

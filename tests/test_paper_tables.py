@@ -85,6 +85,115 @@ def test_report_flags_each_missed_target(tmp_path):
     assert md.count("python x.py    #") == 1
 
 
+def test_validation_is_carved_from_training_with_a_fixed_seed():
+    import torch
+
+    from jointsparse.data import TensorImageDataset
+
+    images = torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1).expand(50, 1, 2, 2).contiguous()
+    data = TensorImageDataset(images, torch.arange(50) % 10, num_classes=10, mean=None, std=None)
+    train, val = paper_tables.carve_validation(data, 12, seed=3)
+    assert (len(train), len(val)) == (38, 12)
+    assert set(train.indices.tolist()).isdisjoint(val.indices.tolist())
+    assert sorted(train.indices.tolist() + val.indices.tolist()) == list(range(50))
+    again = paper_tables.carve_validation(data, 12, seed=3)[1]
+    assert again.indices.tolist() == val.indices.tolist()
+    assert paper_tables.carve_validation(data, 12, seed=4)[1].indices.tolist() != val.indices.tolist()
+    # batch indexing passes through, and the images are the base's at the carved indices
+    x, y = val[[0, 1]]
+    assert x.shape == (2, 1, 2, 2) and y.tolist() == [int(i) % 10 for i in val.indices[:2]]
+    assert val.batch_indexing
+    with pytest.raises(paper_tables.TablesError, match="--validation"):
+        paper_tables.carve_validation(data, 50, seed=0)
+
+
+def test_convergence_rule():
+    curve = lambda *tops: [{"val_top1": t} for t in tops]
+    assert not paper_tables.converged(curve(80.0), 0.1)  # one epoch: no gain to judge
+    assert not paper_tables.converged(curve(80.0, 80.5), 0.1)
+    assert paper_tables.converged(curve(80.0, 80.05), 0.1)
+    assert paper_tables.converged(curve(80.0, 79.0), 0.1)
+
+
+def _point(phase: str, top1: float) -> dict:
+    return {"phase": phase, "peak_lr": 0.05, "val_top1": top1, "train_loss": 0.3, "train_top1": 90.0, "seconds": 10.0}
+
+
+def test_report_measures_drops_against_the_better_of_dense_and_control(tmp_path):
+    from resnet18_tables import SPEC
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    curve = [_point("first schedule", 88.0), _point("first schedule", 90.0), _point("cycle 1", 90.6)]
+    (work / "dense.json").write_text(json.dumps({
+        "command": "python x.py --work-dir /somewhere", "date": "2026-12-02", "code": "abc", "seconds": 30.0, "top1": 90.0, "val_top1": 90.6,
+        "kept_epoch": 3, "curve": curve, "epochs": 2, "epochs_total": 3, "converged": False, "max_epochs": 3, "min_gain": 0.1, "lr": 0.05,
+        "polish_lr": 0.025}))
+    (work / "control.json").write_text(json.dumps({
+        "command": "python y.py", "date": "2026-12-02", "code": "abc", "seconds": 20.0, "top1": 90.4, "val_top1": 90.7, "steps": 30, "epochs": 3.28,
+        "curve": [_point("retrain", 90.7)]}))
+    joint = _record(30.0, (89.9, 89.5), (8.0, 8.5))
+    joint.update(validation_images=6, file=str(work / "joint.jsz"))
+    (work / "joint.json").write_text(json.dumps(joint))
+    (work / "joint.jsz").write_bytes(b"JSZ" * 10)
+    args = paper_tables.parse_args(SPEC, ["--work-dir", str(work), "--out-dir", str(out)])
+    md = paper_tables.write_report(SPEC, args).read_text()
+    assert "**not converged**: the cap of 3 epochs was hit while the last epoch still gained +0.60 pt" in md
+    assert "| 3 | cycle 1 | 0.05 | 0.3000 | 90.60 (kept) | +0.60 |" in md
+    assert "test top-1 **90.40%**" in md and "3.28 epochs" in md
+    assert "top-1 drop 0.90 pt (worse domain) vs <= 1.0 pt: met" in md  # 90.4 (control) - 89.5
+    assert "| 90.00 | 90.40 | 89.90 | 89.50 | 0.50 | 0.90 |" in md
+    assert "Training images 10 and validation images 6 (drawn from the 16 training images" in md
+    assert "--work-dir WORK" in md and "/somewhere" not in md
+    payload = json.loads((out / "resnet18_tables.json").read_text())
+    assert {"dense_control_top1", "validation_images", "train_images", "file", "file_bytes", "macs_reduction_winograd_with_transforms"} <= set(payload)
+    assert payload["dense_control_top1"] == 90.4 and payload["top1_baseline"] == 90.4 and payload["validation_images"] == 6
+    assert (out / "resnet18_tables.jsz").read_bytes() == b"JSZ" * 10 and payload["file"].endswith("resnet18_tables.jsz")
+    assert payload["dense_converged"] is False and payload["dense_curve_val_top1"] == [88.0, 90.0, 90.6]
+    assert "## Table C" not in md  # no ablation record and no earlier table in this out dir
+    # an earlier run's Table C is shown, and said to be one
+    (out / "resnet18_ablation_earlier.json").write_text(json.dumps({
+        "note": "the run of some day.", "remark": "Not at equal density.", "top1_dense": 92.0, "date": "2026-12-01",
+        "modes": {"joint": {"top1_spatial": 91.0, "top1_winograd": 90.0, "density": 0.1, "winograd_density": 0.2, "compression_ratio": 30.0}}}))
+    md = paper_tables.write_report(SPEC, args).read_text()
+    assert "**From the earlier run, not re-run in this one:** the run of some day." in md
+    assert "| joint | 91.00 | 90.00 | 1.00 | 2.00 | 0.100 | 0.200 | 30.0x |" in md and "Not at equal density." in md
+    assert json.loads((out / "resnet18_tables.json").read_text())["ablation"]["source"] == "earlier run (not re-run)"
+
+
+def test_unfinished_run_reports_its_logged_dense_epochs_and_how_to_resume(tmp_path):
+    from resnet18_tables import SPEC
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    args = paper_tables.parse_args(SPEC, ["--report-only", "--data", "digits", "--validation", "97", "--dense-max-epochs", "6",
+                                          "--work-dir", str(work), "--out-dir", str(out)])
+    assert paper_tables.write_report(SPEC, args) is None  # nothing finished yet
+    epoch = lambda n, acc: json.dumps({"kind": "epoch", "epoch": n, "step": 10 * n, "test_acc": acc, "train_loss": 0.5, "train_acc": 0.8, "seconds": 100.0})
+    (work / "dense.jsonl").write_text("\n".join([epoch(1, 0.80), epoch(2, 0.85), epoch(3, 0.87)]) + "\n")
+    (work / "dense-cycle1.jsonl").write_text(epoch(1, 0.874) + "\n" + '{"kind": "epo')  # a line cut short by a kill
+    (work / "dense.started.json").write_text(json.dumps([{"command": "python r.py --work-dir /x", "date": "2026-12-02", "code": "abc"}]))
+    md = paper_tables.write_report(SPEC, args).read_text()
+    assert "**Status: unfinished.** Pending: dense, control, joint." in md
+    assert "python r.py --work-dir WORK    # dense: 2026-12-02, code abc" in md
+    assert "--stages dense,control,joint --threads 1 --dense-max-epochs 6 --work-dir WORK" in md
+    assert "4 epoch(s) done in 400 s" in md and "So far the last epoch gained +0.40 pt: not converged yet." in md
+    assert "| 4 | cycle 1 | 0.025 | 0.5000 | 87.40 | +0.40 | 100 |" in md
+    assert "1,340 training images and 97 validation images" in md  # digits: 1,437 training images
+    payload = json.loads((out / "resnet18_tables.json").read_text())
+    assert payload["status"] == "unfinished" and payload["file"] is None and payload["dense_control_top1"] is None
+    assert payload["dense_curve_val_top1"] == [80.0, 85.0, 87.0, 87.4] and payload["train_images"] == 1340
+
+
+def test_committed_resnet18_results_carry_the_issue_keys():
+    payload = json.loads((EXPERIMENTS / "results" / "resnet18_tables.json").read_text())
+    for key in ("macs_reduction_winograd_with_transforms", "dense_control_top1", "validation_images", "train_images", "file", "file_bytes"):
+        assert key in payload, key
+    if payload["file"]:
+        path = EXPERIMENTS.parent / payload["file"]
+        assert path.is_file() and path.stat().st_size == payload["file_bytes"]
+
+
 def _smoke(name: str, tmp_path: Path, tag: str) -> tuple[str, dict]:
     work = tmp_path / f"{name}-{tag}"
     result = run_script(name, "--smoke", "--no-progress", "--work-dir", str(work), "--out-dir", str(work))
