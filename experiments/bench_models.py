@@ -97,7 +97,7 @@ def bench_network(name: str, work: Path, batches: list[int], threads_list: list[
             torch.set_num_threads(threads)
             sample = torch.randn(batch, *size, generator=torch.Generator().manual_seed(1))
             dense = decode(path, "spatial", runtime=False)
-            dense_fast = decode(path, "spatial", runtime=False)
+            dense_fast = copy.deepcopy(dense)
             swap_fast_layers(dense_fast)
             models = {
                 "dense": dense,

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._patches import patches
+
 try:
     from . import _csparse
 except ImportError as error:  # pragma: no cover - exercised only where the extension was not built
@@ -62,6 +64,12 @@ elif _SWITCH in ("0", "false", "no", "off"):
 
 class Unsupported(ValueError):
     """A layer or input the compiled kernels do not take (the PyTorch path runs it instead)."""
+
+
+def accepts(x: torch.Tensor) -> bool:
+    """True for an input the compiled kernels run on: a float32 CPU tensor outside autograd (they
+    compute no gradient). Whether they are available is :func:`available`."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad)
 
 
 def available() -> bool:
@@ -188,7 +196,6 @@ class DirectConvKernel:
         )
         return out
 
-
     @staticmethod
     def use_im2col(batch: int, out_h: int, out_w: int) -> bool:
         return batch * out_h * out_w <= IM2COL_MAX_COLUMNS
@@ -196,18 +203,14 @@ class DirectConvKernel:
     def _im2col_conv(self, x: torch.Tensor, pad: tuple[int, int, int, int], out_h: int, out_w: int) -> torch.Tensor:
         """Small maps: im2col rows [(c, ky, kx)][(image, y, x)] padded to a multiple of 8 columns,
         times the CSR weights, so each non-zero sweeps the whole map in one contiguous run."""
-        left, right, top, bottom = pad
-        n, cin = x.shape[:2]
+        n = x.shape[0]
         if any(pad):
             x = F.pad(x, pad)
-        x = x.detach().contiguous()
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        view = patches(x.detach(), self.kernel_size, self.stride, self.dilation)
         columns = n * out_h * out_w
         ld = -(-columns // 8) * 8
-        buffer = torch.empty(cin * kh * kw, ld, dtype=torch.float32)
-        sn, sc, sy, sx = x.stride()
-        patches = x.as_strided((cin, kh, kw, n, out_h, out_w), (sc, sy * dh, sx * dw, sn, sy * sh, sx * sw))
-        buffer[:, :columns].view(cin, kh, kw, n, out_h, out_w).copy_(patches)
+        buffer = torch.empty(view.shape[0] * view.shape[1] * view.shape[2], ld, dtype=torch.float32)
+        buffer[:, :columns].view(view.shape).copy_(view)
         buffer[:, columns:] = 0.0
         out = torch.empty(self.cout, ld, dtype=torch.float32)
         _csparse.csr_matmul(self.indptr, self.rows_of, self.vals, buffer.numpy(), out.numpy(), self.bias, self.cout, ld, ld, _threads())

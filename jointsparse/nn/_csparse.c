@@ -317,7 +317,6 @@ static void f23_output_tiles(const WinogradProblem *P, const float *restrict pro
                              int64_t ty1, float bias, float *restrict out_k) {
     const int64_t nw = P->tiles_w, out_h = P->out_h, out_w = P->out_w;
     int64_t q = 0;
-    (void)ldv;
     for (int64_t ty = ty0; ty < ty1; ty++) {
         const int64_t oy = ty * 2;
         const int rows_in = oy + 1 < out_h ? 2 : 1;
@@ -349,8 +348,7 @@ static void f23_output_tiles(const WinogradProblem *P, const float *restrict pro
             }
         }
         q -= tx - nw; /* back to this row's end: the last chunk may have run past it */
-        continue;
-#endif
+#else
         for (; tx < nw; tx++, q++) {
             float z[2][4];
             for (int b = 0; b < 4; b++) {
@@ -365,6 +363,7 @@ static void f23_output_tiles(const WinogradProblem *P, const float *restrict pro
                 if (2 * tx + 1 < out_w) dst[1] = z[i][1] - z[i][2] - z[i][3] + bias;
             }
         }
+#endif
     }
 }
 

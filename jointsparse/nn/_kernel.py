@@ -160,13 +160,7 @@ class BlockDiagonalKernel(nn.Module):
     def _compiled_applies(self, x: torch.Tensor) -> bool:
         # float32 only: the kernel holds float32 copies of the weights made when it was built, so
         # after .double() (or on a float64 input) the PyTorch path runs on the converted weights.
-        return (
-            self._compiled_kernel is not None
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and self.weight_blocks().dtype == torch.float32
-            and not (torch.is_grad_enabled() and x.requires_grad)
-        )
+        return self._compiled_kernel is not None and self.weight_blocks().dtype == torch.float32 and _compiled.accepts(x)
 
     def block_matmul(self, columns: torch.Tensor) -> torch.Tensor:
         """``blockdiag(blocks) @ columns``: [B*C, P] -> [B*R, P]."""

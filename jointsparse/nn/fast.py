@@ -28,13 +28,7 @@ def _pair(value) -> tuple[int, int]:
 
 
 def _applies(x: torch.Tensor) -> bool:
-    return (
-        _compiled.available()
-        and x.dtype == torch.float32
-        and x.device.type == "cpu"
-        and x.dim() == 4
-        and not (torch.is_grad_enabled() and x.requires_grad)
-    )
+    return _compiled.available() and x.dim() == 4 and _compiled.accepts(x)
 
 
 class FastMaxPool2d(nn.Module):

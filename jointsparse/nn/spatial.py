@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _compiled
+from ._patches import patches
 from ._kernel import LINEAR_SPARSE_THRESHOLD, SPATIAL_SPARSE_THRESHOLD, BlockDiagonalKernel
 
 
@@ -31,19 +32,9 @@ def im2col(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int
     Rows are ordered (channel, ky, kx) like a flattened Conv2d weight, columns (image, y, x). One
     copy from a strided view, instead of ``F.unfold`` followed by a transpose (two copies).
     """
-    n, c, h, w = x.shape
-    kh, kw = kernel_size
-    out_h = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    out_w = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f"input {h}x{w} (after padding) is smaller than the dilated {kh}x{kw} kernel")
-    x = x.contiguous()
-    sn, sc, sh, sw = x.stride()
-    patches = x.as_strided(
-        (c, kh, kw, n, out_h, out_w),
-        (sc, sh * dilation[0], sw * dilation[1], sn, sh * stride[0], sw * stride[1]),
-    )
-    return patches.reshape(c * kh * kw, n * out_h * out_w)
+    view = patches(x, kernel_size, stride, dilation)
+    c, kh, kw = view.shape[:3]
+    return view.reshape(c * kh * kw, -1)
 
 
 class SparseConv2d(BlockDiagonalKernel):

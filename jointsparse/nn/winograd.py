@@ -136,8 +136,6 @@ class WinogradConv2d(BlockDiagonalKernel):
         return cls(winograd, bias, m, r, conv.padding[0], conv.groups, sparse)
 
     def build_compiled(self):
-        if self.t > _compiled.MAX_TILE:
-            return None  # the PyTorch path runs these (e.g. F(4, 9): t = 12 is fine, F(8, 9) is not)
         at, _, bt = winograd_matrices(self.m, self.r)
         return _compiled.WinogradKernel(self.winograd_weight, self.bias, self.m, self.r, self.padding, self.groups, bt, at)
 
