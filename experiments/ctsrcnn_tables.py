@@ -25,7 +25,7 @@ Run as committed (the results file lists the exact invocation)::
 
 Smoke run (a few patches, two steps per stage; checks the path and the report)::
 
-    python experiments/ctsrcnn_tables.py --smoke --work-dir /tmp/c --out-dir /tmp/c
+    python experiments/ctsrcnn_tables.py --smoke --work-dir smoke-ctsrcnn --out-dir smoke-ctsrcnn
 """
 
 from __future__ import annotations

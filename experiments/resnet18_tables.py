@@ -16,7 +16,7 @@ invocations; the work directory is git-ignored, so an interrupted run resumes fr
 
 Smoke run::
 
-    python experiments/resnet18_tables.py --smoke --work-dir /tmp/r --out-dir /tmp/r
+    python experiments/resnet18_tables.py --smoke --work-dir smoke-resnet18 --out-dir smoke-resnet18
 """
 
 from __future__ import annotations
