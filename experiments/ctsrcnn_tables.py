@@ -55,7 +55,7 @@ from jointsparse.compress import compress
 from jointsparse.provenance import ROOT, code_version, command_line, machine_summary
 from jointsparse.recipe import Recipe, load_recipe
 from jointsparse.tasks import SUPER_RESOLUTION
-from jointsparse.train import TrainConfig, evaluate, seed_everything, train
+from jointsparse.train import CheckpointError, TrainConfig, evaluate, seed_everything, train
 from jointsparse.utils import atomic_torch_save, atomic_write_text
 
 STAGES = ("dense", "control", "joint", "ablation")
@@ -98,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.stages or any(s not in STAGES for s in args.stages):
         raise TablesError(f"--stages must name some of {', '.join(STAGES)}, got {args.stages}")
     args.cascade, args.cascade_steps = _ints(args.cascade), _ints(args.cascade_steps)
+    if args.smoke:  # two steps per depth, whatever the depths
+        args.cascade_steps = [2] * len(args.cascade)
     if not args.cascade or args.cascade[0] < 3 or args.cascade != sorted(set(args.cascade)):
         raise TablesError(f"--cascade must be increasing depths starting at >= 3, got {args.cascade}")
     if len(args.cascade_steps) != len(args.cascade) or min(args.cascade_steps) < 1:
@@ -108,7 +110,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise TablesError(f"recipe {args.recipe} not found")
     args.subset, args.val_subset, args.test_subset = (64, 16, 2) if args.smoke else (None, None, None)
     if args.smoke:
-        args.cascade_steps = [2] * len(args.cascade)
         args.ablation_steps = 2
     return args
 
@@ -216,24 +217,40 @@ class Run:
         self.log(f"dense: test PSNR {scores['psnr']:.2f} dB, bicubic {bicubic:.2f} dB")
 
     # -- control: the dense net, trained as long as compression trains -----------------------------
+    def control_plan(self) -> list[tuple[str, TrainConfig]]:
+        """The control's training: the recipe's retrain, fine-tune and codebook settings in turn."""
+        plan = [(stage, getattr(self.recipe, stage).train_config(seed=self.args.seed, device="cpu", progress=self.progress))
+                for stage in ("retrain", "finetune", "codebook")]
+        return [(stage, config) for stage, config in plan if config.epochs > 0]
+
     def run_control(self) -> None:
-        if self.done("control"):
+        plan = self.control_plan()
+        settings = {stage: self.recipe.to_dict()[stage] for stage, _ in plan}
+        record = self.record("control")
+        if record is not None and record.get("settings") == settings:
+            self.log("control: already done")
             return
+        if record is not None:  # the recipe's training settings changed: keep the stages that still match, train the rest
+            self.log("control: the recipe's training settings changed; continuing from the stages that still match")
         seed_everything(self.args.seed)
         model = self.dense_model()
         seconds, steps = 0.0, 0
-        for stage in ("retrain", "finetune", "codebook"):
-            config = getattr(self.recipe, stage).train_config(seed=self.args.seed, device="cpu", progress=self.progress)
-            if config.epochs == 0:
-                continue
+        for index, (stage, config) in enumerate(plan):
             self.log(f"control: {stage}'s settings, {config.epochs} epoch(s) x {config.max_steps_per_epoch or len(self.train_loader)} steps")
-            result = train(model, self.train_loader, self.val_loader, config, task=TASK, checkpoint_path=self.work / f"control-{stage}.ckpt",
-                           resume="auto" if self.args.resume else False, log_path=self.work / f"control-{stage}.jsonl", stage=f"control-{stage}")
+            kwargs = dict(task=TASK, checkpoint_path=self.work / f"control-{stage}.ckpt", log_path=self.work / f"control-{stage}.jsonl", stage=f"control-{stage}")
+            try:
+                result = train(model, self.train_loader, self.val_loader, config, resume="auto" if self.args.resume else False, **kwargs)
+            except CheckpointError as error:  # written under other settings: this stage and the later ones start again
+                self.log(f"control: {error}; training {stage} and later stages again")
+                for later, _ in plan[index:]:
+                    for suffix in (".ckpt", ".jsonl"):
+                        (self.work / f"control-{later}{suffix}").unlink(missing_ok=True)
+                result = train(model, self.train_loader, self.val_loader, config, resume=False, **kwargs)
             seconds += sum(r.get("seconds", 0.0) for r in result.history)
             steps += result.steps
         atomic_torch_save(model.state_dict(), self.work / "control.pt")
         scores = self.test_scores(model)
-        self.save_record("control", {"psnr": scores["psnr"], "per_image": scores["per_image"], "steps": steps,
+        self.save_record("control", {"psnr": scores["psnr"], "per_image": scores["per_image"], "steps": steps, "settings": settings,
                                      "val_psnr": evaluate(model, self.val_loader, task=TASK)["metric"], "seconds": seconds})
         self.log(f"control: test PSNR {scores['psnr']:.2f} dB after {steps} more steps")
 
@@ -261,13 +278,18 @@ class Run:
         }
 
     def run_joint(self) -> None:
-        if self.done("joint"):
+        record = self.record("joint")
+        if record is not None and record.get("recipe") == self.recipe.to_dict():
+            self.log("joint: already done")
             return
+        if record is not None:
+            self.log("joint: the recipe changed; compressing again (the pipeline keeps the stages the change does not touch)")
         record = self.compress_and_deploy("joint", self.recipe)
         self.args.out_dir.mkdir(parents=True, exist_ok=True)
         final = self.args.out_dir / "ctsrcnn.jsz"
         shutil.copyfile(self.work / "joint.jsz", final)
         record["file"] = str(final.resolve().relative_to(ROOT)) if final.resolve().is_relative_to(ROOT) else str(final)
+        record["recipe"] = self.recipe.to_dict()
         self.save_record("joint", record)
         self.log(f"joint: {record['compression_ratio']:.1f}x, PSNR spatial {record['psnr_spatial']:.2f} dB, winograd {record['psnr_winograd']:.2f} dB")
 
@@ -275,7 +297,7 @@ class Run:
         previous = self.record("ablation") or {"modes": {}}
         steps = self.args.ablation_steps
         for mode in ABLATION_MODES:
-            if mode in previous["modes"] and previous.get("steps") == steps:
+            if mode in previous["modes"] and previous.get("steps") == steps and previous.get("recipe") == self.recipe.to_dict():
                 self.log(f"ablation {mode}: already done")
                 continue
             recipe = dataclasses.replace(
@@ -287,6 +309,7 @@ class Run:
             row.pop("layers")
             previous["modes"][mode] = row
             previous["steps"] = steps
+            previous["recipe"] = self.recipe.to_dict()  # a changed recipe (e.g. other bits) runs the modes again
             self.save_record("ablation", previous)
 
 
@@ -355,7 +378,7 @@ def write_report(args: argparse.Namespace) -> Path | None:
     for (command, date, code), stages in invocations.items():
         lines.append(f"{command}    # {', '.join(stages)}: {date}, code {code}")
     lines += ["```", "", "WORK: a scratch directory (checkpoints and stage records).", "",
-              f"Machine: {machine_summary()}, {args.threads} torch thread(s), shared with four other engineers' jobs (wall times are not benchmarks). "
+              f"Machine: {machine_summary()}, {args.threads} torch thread(s), shared with other jobs (wall times are not benchmarks). "
               f"Recipe: `experiments/recipes/{args.recipe.name}`.", "", "Wall time per stage (seconds):", "",
               "- dense (cascade): " + ", ".join(f"depth {c['depth']} {c['seconds']:.0f}" for c in dense["cascade"])]
     if control:
@@ -399,6 +422,11 @@ def write_report(args: argparse.Namespace) -> Path | None:
                   "Winograd-sparse MACs: element-wise products only (the paper's convention). Transform MACs: the input transform (once per input "
                   "channel and tile) and the output transform (once per output channel and tile), one operation per non-zero entry of B^T and A^T "
                   f"applied separably (`jointsparse.cost.transform_macs`). The 'with transforms' reduction below counts {WINOGRAD_TRANSFORMS_CONVENTION}.", ""]
+        stages = joint["val_psnr_stages"]
+        lines += ["## Where the PSNR goes (validation patches, dB)", "",
+                  "The joint run's validation PSNR after each stage (the figures the recipe was chosen on; the test images are scored once, below):", "",
+                  "| " + " | ".join(stages) + " |", "| " + " | ".join("---:" for _ in stages) + " |",
+                  "| " + " | ".join(f"{value:.2f}" for value in stages.values()) + " |", ""]
         met = targets(records)
         reference = max(dense["psnr"], control["psnr"]) if control else dense["psnr"]
         lines += ["## Summary (measured)", "",

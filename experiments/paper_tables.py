@@ -51,7 +51,7 @@ import torch
 from jointsparse.codecs import decode
 from jointsparse.compress import compress
 from jointsparse.cost import WINOGRAD_PRODUCTS_CONVENTION, WINOGRAD_TRANSFORMS_CONVENTION
-from jointsparse.data import ShardSampler, TensorImageDataset, _loader, get_dataset, make_loaders
+from jointsparse.data import ShardSampler, TensorImageDataset, data_loader, get_dataset, make_loaders
 from jointsparse.info import info_payload
 from jointsparse.models import get_model
 from jointsparse.provenance import ROOT, code_version, command_line, machine_summary
@@ -205,8 +205,8 @@ class Run:
         train_set, val_set = carve_validation(full_loader.dataset, validation, self.args.seed)
         rank = get_rank()
         sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=self.world, rank=rank, shuffle=True, seed=self.args.seed, drop_last=False)
-        train_loader = _loader(train_set, sampler, data.batch_size, False, 0)
-        val_loader = _loader(val_set, ShardSampler(len(val_set), rank, self.world), data.eval_batch_size, False, 0)
+        train_loader = data_loader(train_set, sampler, data.batch_size, False, 0)
+        val_loader = data_loader(val_set, ShardSampler(len(val_set), rank, self.world), data.eval_batch_size, False, 0)
         return train_loader, val_loader, test_loader, dataclasses.replace(info, train_size=len(train_set))
 
     def main_loaders(self) -> tuple:

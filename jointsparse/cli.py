@@ -679,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None, help="TOML recipe (default: built-in defaults, a = \"auto\")")
     p.add_argument("-o", "--output", required=True, help="the .jsz file to write (its directory must exist)")
     p.add_argument("--workdir", default=None, help="stage checkpoints (default: OUTPUT.work)")
-    p.add_argument("--resume", action="store_true", help="continue a killed run from its last finished epoch")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last finished epoch (stages the recipe change does not touch are kept)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -79,22 +79,56 @@ def build_regularizer(model: nn.Module, recipe: Recipe) -> Sparsifier:
     return build_method(reg.method, model, **reg.options)
 
 
+#: Recipe sections each stage does not read, so a change to them keeps the stage's result:
+#: a resumed run with a longer fine-tune or other bits reuses the retraining. (The regularizer
+#: draws from ``quantize.seed``, so that one field stays in every stage's view.)
+_LATER_SECTIONS = {
+    "retrain": ("finetune", "codebook", "quantize", "coding"),
+    "finetune": ("codebook", "quantize", "coding"),
+    "codebook": ("coding",),
+}
+
+
+def _stage_view(fingerprint: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The part of a run's fingerprint that ``stage``'s result depends on."""
+    recipe = dict(fingerprint.get("recipe") or {})
+    view = {key: value for key, value in recipe.items() if key not in _LATER_SECTIONS[stage]}
+    if "quantize" in _LATER_SECTIONS[stage]:
+        view["quantize.seed"] = (recipe.get("quantize") or {}).get("seed")
+    return {**{key: value for key, value in fingerprint.items() if key != "recipe"}, "recipe": view}
+
+
 class _Stages:
     """Stage bookkeeping in the work directory: ``<stage>.ckpt`` is the trainer's per-epoch
-    checkpoint; ``<stage>.done`` is written once the stage has finished."""
+    checkpoint; ``<stage>.done`` is written once the stage has finished.
 
-    def __init__(self, workdir: Path, resume: bool, fingerprint: dict[str, Any]) -> None:
+    On resume, a work directory of another model or data set is refused; one whose recipe differs
+    only in sections a stage does not read keeps that stage: the first stage whose view changed
+    and every later one are run again."""
+
+    def __init__(self, workdir: Path, resume: bool, fingerprint: dict[str, Any], log: Callable[[str], None] = print) -> None:
         self.workdir = workdir
         marker = workdir / "run.pt"
         if resume and marker.is_file():
             saved = torch.load(marker, weights_only=True)
             if saved != fingerprint:
-                raise PipelineError(f"work directory {str(workdir)!r} belongs to another run (model, data or recipe differ); remove it or drop --resume")
+                self._drop_changed_stages(saved, fingerprint, log)
         elif workdir.exists() and not resume:
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(fingerprint, marker)
         self.resume = resume
+
+    def _drop_changed_stages(self, saved: Any, fingerprint: dict[str, Any], log: Callable[[str], None]) -> None:
+        if not isinstance(saved, dict) or _stage_view(saved, STAGES[0]) != _stage_view(fingerprint, STAGES[0]):
+            raise PipelineError(f"work directory {str(self.workdir)!r} belongs to another run (model, data or recipe differ); remove it or drop --resume")
+        changed = next((stage for stage in STAGES if _stage_view(saved, stage) != _stage_view(fingerprint, stage)), None)
+        if changed is None:
+            return  # only the coding changed: every stage stands, the file is written again
+        log(f"[resume] the recipe changed from the {changed} stage on: keeping the earlier stages, running {changed} and later again")
+        for stage in STAGES[STAGES.index(changed):]:
+            for suffix in (".done", ".ckpt", ".jsonl"):
+                (self.workdir / f"{stage}{suffix}").unlink(missing_ok=True)
 
     def checkpoint(self, stage: str) -> Path:
         return self.workdir / f"{stage}.ckpt"
@@ -132,7 +166,7 @@ def compress(
     each layer's map size (MACs without the model).
     """
     out_path = Path(out_path)
-    stages = _Stages(Path(workdir or f"{out_path}.work"), resume, {"recipe": recipe.to_dict(), **(fingerprint or {})})
+    stages = _Stages(Path(workdir or f"{out_path}.work"), resume, {"recipe": recipe.to_dict(), **(fingerprint or {})}, log)
     scores: dict[str, float] = {}
     seconds: dict[str, float] = {}
     regularization: dict[str, Any] = {}  # values resolved at run time ("auto" a), kept in the file's provenance

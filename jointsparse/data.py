@@ -64,6 +64,7 @@ __all__ = [
     "read_idx",
     "get_dataset",
     "make_loaders",
+    "data_loader",
     "set_sampler_epoch",
 ]
 
@@ -677,7 +678,10 @@ def _passthrough(batch: Any) -> Any:
     return batch
 
 
-def _loader(dataset: Dataset, sampler: Sampler, batch_size: int, drop_last: bool, num_workers: int) -> DataLoader:
+def data_loader(dataset: Dataset, sampler: Sampler, batch_size: int, drop_last: bool = False, num_workers: int = 0) -> DataLoader:
+    """A loader over ``dataset`` in ``sampler``'s order, as :func:`make_loaders` builds them: for
+    tensor datasets one indexing op per batch. For loaders over a split carved by the caller
+    (e.g. a validation split taken out of the training images)."""
     if isinstance(dataset, TensorImageDataset) or getattr(dataset, "batch_indexing", False):
         # One fancy-indexing op per batch: the sampler yields index lists, the dataset slices.
         return DataLoader(
@@ -747,9 +751,9 @@ def make_loaders(
     else:
         rank, world = 0, 1
     train_sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
-    train_loader = _loader(train_set, train_sampler, batch_size, drop_last, num_workers)
+    train_loader = data_loader(train_set, train_sampler, batch_size, drop_last, num_workers)
     test_loader = None
     if test_set is not None:
-        test_loader = _loader(test_set, ShardSampler(len(test_set), rank, world), eval_batch_size, False, num_workers)
+        test_loader = data_loader(test_set, ShardSampler(len(test_set), rank, world), eval_batch_size, False, num_workers)
     info = dataclasses.replace(train_set.info, train_size=len(train_set), test_size=0 if test_set is None else len(test_set))
     return train_loader, test_loader, info

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from jointsparse import superres
+from jointsparse.models import get_model
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
@@ -39,7 +40,7 @@ def test_bad_settings_exit_2_with_one_line(tmp_path, capsys, args, message):
 @pytest.mark.slow
 @pytest.mark.skipif(not superres.images_available(), reason="scikit-image's bundled photographs are not installed")
 def test_smoke_run_writes_the_tables_and_resumes(tmp_path, capsys):
-    argv = ["--smoke", "--cascade", "3,5", "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")]
+    argv = ["--smoke", "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")]
     assert ctsrcnn_tables.main(argv) == 0
     payload = json.loads((tmp_path / "o" / "ctsrcnn_tables.json").read_text())
     assert ISSUE_KEYS <= set(payload)
@@ -49,14 +50,25 @@ def test_smoke_run_writes_the_tables_and_resumes(tmp_path, capsys):
     assert payload["macs_reduction_winograd"] > payload["macs_reduction_winograd_with_transforms"] > 0
     jsz = tmp_path / "o" / "ctsrcnn.jsz"
     assert jsz.is_file() and jsz.stat().st_size == payload["file_bytes"]
-    assert math.isclose(payload["compression_ratio"], 4 * 75_777 / payload["file_bytes"], rel_tol=1e-9)  # depth 5: 75,777 parameters
+    parameters = sum(p.numel() for p in get_model("ctsrcnn", depth=9).parameters())
+    assert math.isclose(payload["compression_ratio"], 4 * parameters / payload["file_bytes"], rel_tol=1e-9)
     assert set(payload["ablation"]) == {"spatial", "winograd", "joint"} and set(payload["targets_met"]) == {"compression", "computation", "psnr", "dense_vs_bicubic"}
     report = (tmp_path / "o" / "ctsrcnn_tables.md").read_text()
     for heading in ("## Dense baseline", "## Per layer", "## Summary (measured)", "## Regularization ablation", "Wall time per stage", "Machine:"):
         assert heading in report
-    assert "| conv9 |" not in report and "| conv5 |" in report  # the smoke cascade stops at depth 5
+    assert "| conv9 |" in report and "| conv10 |" not in report  # the recipe's depth-9 net, cascaded from depth 3
     capsys.readouterr()
     assert ctsrcnn_tables.main(argv) == 0  # every stage is reused
     out = capsys.readouterr().out
     assert all(f"{stage}: already done" in out for stage in ("dense", "control", "joint"))
     assert json.loads((tmp_path / "o" / "ctsrcnn_tables.json").read_text())["file_bytes"] == payload["file_bytes"]
+    # a recipe with other bits and a longer fine-tune: the retraining is kept, the rest follows the recipe
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(ctsrcnn_tables.parse_args([]).recipe.read_text().replace("conv_bits = 5", "conv_bits = 6").replace("lr = 0.0002", "lr = 0.0003"))
+    assert ctsrcnn_tables.main(argv + ["--recipe", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "dense: already done" in out and "control: the recipe's training settings changed" in out and "joint: the recipe changed" in out
+    assert "keeping the earlier stages, running finetune and later again" in out and "[retrain] already done" in out
+    rerun = json.loads((tmp_path / "o" / "ctsrcnn_tables.json").read_text())
+    assert rerun["file_bytes"] != payload["file_bytes"] and rerun["psnr_dense"] == payload["psnr_dense"]
+    assert "## Where the PSNR goes" in (tmp_path / "o" / "ctsrcnn_tables.md").read_text()

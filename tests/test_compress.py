@@ -1,0 +1,84 @@
+"""The compression pipeline's work directory: a resumed run keeps the stages a recipe change does
+not touch, and refuses a directory of another run."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from jointsparse.compress import PipelineError, compress
+from jointsparse.models import get_model
+from jointsparse.recipe import parse_recipe
+
+BASE = {
+    "sparsity": {"spatial": {"*": 0.5}, "winograd": {"*": 0.0}},
+    "retrain": {"epochs": 1, "optimizer": "adam", "lr": 1e-3},
+    "finetune": {"epochs": 1, "optimizer": "adam", "lr": 1e-3},
+    "codebook": {"epochs": 1},
+    "quantize": {"conv_bits": 4, "linear_bits": 4},
+}
+
+
+def _loader() -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(16, 1, 28, 28, generator=generator)
+    labels = torch.randint(0, 10, (16,), generator=generator)
+    return DataLoader(TensorDataset(images, labels), batch_size=8)
+
+
+def _run(tmp_path, changes: dict, *, resume: bool) -> tuple[list[str], bytes]:
+    settings = copy.deepcopy(BASE)
+    for section, values in changes.items():
+        settings.setdefault(section, {}).update(values)
+    torch.manual_seed(0)
+    model = get_model("lenet5")
+    lines: list[str] = []
+    out = tmp_path / "m.jsz"
+    compress(model, _loader(), _loader(), parse_recipe(settings), out, workdir=tmp_path / "work", resume=resume,
+             progress=False, log=lines.append)
+    return lines, out.read_bytes()
+
+
+def _started(lines: list[str]) -> set[str]:
+    return {stage for stage in ("retrain", "finetune", "codebook") if any(line.startswith(f"[{stage}]") and "epoch(s)" in line for line in lines)}
+
+
+def test_a_resumed_run_with_a_new_finetune_keeps_the_retraining(tmp_path):
+    first, _ = _run(tmp_path, {}, resume=False)
+    assert _started(first) == {"retrain", "finetune", "codebook"}
+    retrained = (tmp_path / "work" / "retrain.done").read_bytes()
+    again, _ = _run(tmp_path, {"finetune": {"lr": 5e-4}}, resume=True)
+    assert _started(again) == {"finetune", "codebook"}
+    assert any("changed from the finetune stage" in line for line in again)
+    assert (tmp_path / "work" / "retrain.done").read_bytes() == retrained
+
+
+def test_new_bits_rerun_only_the_codebook_stage_and_new_coding_no_stage(tmp_path):
+    _, first_file = _run(tmp_path, {}, resume=False)
+    bits, bits_file = _run(tmp_path, {"quantize": {"conv_bits": 5, "linear_bits": 5}}, resume=True)
+    assert _started(bits) == {"codebook"} and bits_file != first_file
+    coding, coding_file = _run(tmp_path, {"quantize": {"conv_bits": 5, "linear_bits": 5}, "coding": {"coder": "zstd"}}, resume=True)
+    assert _started(coding) == set() and coding_file != bits_file
+    # an unchanged recipe reruns nothing and writes the same bytes
+    same, same_file = _run(tmp_path, {"quantize": {"conv_bits": 5, "linear_bits": 5}, "coding": {"coder": "zstd"}}, resume=True)
+    assert _started(same) == set() and same_file == coding_file
+
+
+@pytest.mark.parametrize("changes", [
+    {"retrain": {"lr": 5e-4}},
+    {"sparsity": {"spatial": {"*": 0.6}}},
+    {"quantize": {"seed": 1}},  # the regularizer draws from it
+])
+def test_a_change_the_retraining_reads_is_refused(tmp_path, changes):
+    _run(tmp_path, {}, resume=False)
+    with pytest.raises(PipelineError, match="belongs to another run"):
+        _run(tmp_path, changes, resume=True)
+
+
+def test_without_resume_the_work_directory_starts_over(tmp_path):
+    _run(tmp_path, {}, resume=False)
+    lines, _ = _run(tmp_path, {"retrain": {"lr": 5e-4}}, resume=False)
+    assert _started(lines) == {"retrain", "finetune", "codebook"}
