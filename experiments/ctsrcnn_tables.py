@@ -296,8 +296,10 @@ class Run:
     def run_ablation(self) -> None:
         previous = self.record("ablation") or {"modes": {}}
         steps = self.args.ablation_steps
+        if previous.get("steps") != steps or previous.get("recipe") != self.recipe.to_dict():
+            previous = {"modes": {}}  # rows of other settings (e.g. other bits) are all run again
         for mode in ABLATION_MODES:
-            if mode in previous["modes"] and previous.get("steps") == steps and previous.get("recipe") == self.recipe.to_dict():
+            if mode in previous["modes"]:
                 self.log(f"ablation {mode}: already done")
                 continue
             recipe = dataclasses.replace(

@@ -69,6 +69,7 @@ def test_smoke_run_writes_the_tables_and_resumes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dense: already done" in out and "control: the recipe's training settings changed" in out and "joint: the recipe changed" in out
     assert "keeping the earlier stages, running finetune and later again" in out and "[retrain] already done" in out
+    assert not any(f"ablation {mode}: already done" in out for mode in ("spatial", "winograd", "joint"))  # other bits: every row again
     rerun = json.loads((tmp_path / "o" / "ctsrcnn_tables.json").read_text())
     assert rerun["file_bytes"] != payload["file_bytes"] and rerun["psnr_dense"] == payload["psnr_dense"]
     assert "## Where the PSNR goes" in (tmp_path / "o" / "ctsrcnn_tables.md").read_text()
