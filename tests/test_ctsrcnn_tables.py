@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -64,7 +65,11 @@ def test_smoke_run_writes_the_tables_and_resumes(tmp_path, capsys):
     assert json.loads((tmp_path / "o" / "ctsrcnn_tables.json").read_text())["file_bytes"] == payload["file_bytes"]
     # a recipe with other bits and a longer fine-tune: the retraining is kept, the rest follows the recipe
     recipe = tmp_path / "r.toml"
-    recipe.write_text(ctsrcnn_tables.parse_args([]).recipe.read_text().replace("conv_bits = 5", "conv_bits = 6").replace("lr = 0.0002", "lr = 0.0003"))
+    text = ctsrcnn_tables.parse_args([]).recipe.read_text()
+    text = re.sub(r"conv_bits = \d+", "conv_bits = 4", text)
+    text = re.sub(r"(\[finetune\][^\[]*?lr = )[0-9.e-]+", r"\g<1>0.000123", text)
+    assert "conv_bits = 4" in text and "lr = 0.000123" in text
+    recipe.write_text(text)
     assert ctsrcnn_tables.main(argv + ["--recipe", str(recipe)]) == 0
     out = capsys.readouterr().out
     assert "dense: already done" in out and "control: the recipe's training settings changed" in out and "joint: the recipe changed" in out
