@@ -19,6 +19,7 @@ from jointsparse.codecs.framing import VERSION, pack, pack_text, unpack
 from jointsparse.codecs.quantize import QuantizedLayer
 
 FIXTURE_V1 = Path(__file__).parent / "data" / "format_v1.jsz"
+FIXTURE_V2 = Path(__file__).parent / "data" / "format_v2.jsz"
 
 
 def _structured_conv(rng: np.random.Generator, shape=(32, 24, 3, 3), dead=0.4, keep=0.3) -> np.ndarray:
@@ -140,6 +141,31 @@ def test_a_version_1_file_still_decodes():
     for name, layer in _fixture_layers().items():
         assert torch.equal(contents.layers[name].quantized.dequantize(), layer.dequantize()), name
     assert torch.equal(contents.raw["fc.bias"], torch.tensor([0.5, -0.25, 0.0, 1.0, 2.0]))
+
+
+def _fixture_v2_layers() -> dict[str, QuantizedLayer]:
+    """The layers tests/data/format_v2.jsz holds (written by the version-2 writer of main at a815005,
+    with raw ``fc.bias`` as in the version-1 fixture and a Winograd entry for ``ctx.weight``):
+    the version-1 fixture's layers plus a structured conv whose positions use the ctx coding."""
+    layers = _fixture_layers()
+    rng = np.random.default_rng(16)
+    positions = _structured_conv(rng)
+    layers["ctx.weight"] = QuantizedLayer(shape=(32, 24, 3, 3), positions=positions, indices=rng.integers(0, 31, positions.size).astype(np.uint8),
+                                          codebook=np.linspace(-2, 2, 31).astype(np.float32), quantizer="kmeans", bits=5, kind="conv")
+    return layers
+
+
+def test_a_version_2_file_still_decodes():
+    data = FIXTURE_V2.read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == 2
+    contents = loads(data)
+    assert contents.manifest["version"] == 2
+    assert contents.layers["ctx.weight"].positions.coding == "ctx"  # the version-2 coding and
+    assert all(isinstance(e["codebook"], str) for e in unpack(data)[0]["layers"])  # base64 codebooks
+    for name, layer in _fixture_v2_layers().items():
+        assert torch.equal(contents.layers[name].quantized.dequantize(), layer.dequantize()), name
+    assert torch.equal(contents.raw["fc.bias"], torch.tensor([0.5, -0.25, 0.0, 1.0, 2.0]))
+    assert contents.layers["ctx.weight"].winograd == {"m": 2, "r": 3, "threshold": 0.25, "sparsity": 0.5}
 
 
 def test_version_rules():
