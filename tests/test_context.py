@@ -108,7 +108,7 @@ def test_the_file_records_the_choice_and_decodes(tmp_path):
     order0 = save(tmp_path / "order0.jsz", layers, raw={"fc.bias": torch.arange(4.0)}, contexts=False)
     assert path.stat().st_size < order0.stat().st_size
     contents = load(path)
-    assert contents.manifest["version"] == VERSION == 2
+    assert contents.manifest["version"] == VERSION == 3
     codings = {name: entry["positions"]["coding"] for name, entry in ((e["name"], e) for e in contents.manifest["layers"])}
     assert codings["conv.weight"] == "ctx" and codings["fc.weight"] == "ctx"
     assert all(contents.layers[n].positions.coding != "ctx" for n in ("small.weight",))
@@ -171,8 +171,8 @@ def test_a_version_2_file_still_decodes():
 def test_version_rules():
     data = FIXTURE_V1.read_bytes()
     manifest, sections = unpack(data)
-    for version in (0, 3, 7, 65535):
-        with pytest.raises(FormatError, match=f"^unknown .jsz version {version} \\(this reader knows versions 1 and 2\\)$"):
+    for version in (0, 4, 7, 65535):
+        with pytest.raises(FormatError, match=f"^unknown .jsz version {version} \\(this reader knows versions 1, 2 and 3\\)$"):
             loads(pack_text(b"{}", [], version=version))
     # the header and the manifest must agree
     import json
@@ -197,8 +197,8 @@ def test_ctx_needs_the_ans_coder_in_the_manifest(tmp_path):
     with pytest.raises(FormatError, match="ctx position coding needs the ans coder"):
         loads(pack(manifest, [bytes(s) for s in sections]))
     manifest["layers"][0]["positions"]["coder"] = "ans"
-    manifest["layers"][0]["positions"]["symbols"] += 1
-    with pytest.raises(FormatError, match="declares"):
+    manifest["layers"][0]["positions"]["symbols"] = 32 * 24 * 9  # version 3: implied, so not stated
+    with pytest.raises(FormatError, match="positions: field 'symbols' is not part of a version-3 record"):
         loads(pack(manifest, [bytes(s) for s in sections]))
 
 
@@ -260,17 +260,15 @@ def test_wrong_counts_and_hostile_streams_raise_format_error_only():
         assert "FormatError" in outcomes
 
 
-def test_version_2_codebooks_are_base64_float32(tmp_path):
+def test_version_2_codebooks_are_base64_float32():
     import base64
     import json
 
-    rng = np.random.default_rng(5)
-    layer = _layer((6, 5, 3, 3), np.array([0, 7, 100, 269]), rng)
-    path = save(tmp_path / "b.jsz", {"conv.weight": layer})
-    manifest, sections = unpack(path.read_bytes())
+    layer = _fixture_layers()["conv.weight"]
+    manifest, sections = unpack(FIXTURE_V2.read_bytes())
     text = manifest["layers"][0]["codebook"]
     assert isinstance(text, str) and np.array_equal(np.frombuffer(base64.b64decode(text), "<f4"), layer.codebook)
-    assert np.array_equal(load(path).layers["conv.weight"].quantized.codebook, layer.codebook)
+    assert np.array_equal(loads(FIXTURE_V2.read_bytes()).layers["conv.weight"].quantized.codebook, layer.codebook)
     sections = [bytes(s) for s in sections]
 
     def refused(codebook, match, version=2):
@@ -284,7 +282,7 @@ def test_version_2_codebooks_are_base64_float32(tmp_path):
     refused(text[:-4] + "!!!!", "not valid base64")
     refused(base64.b64encode(b"\x00" * 6).decode(), "not whole float32 values")
     refused(base64.b64encode(np.array([1.0, np.nan], "<f4").tobytes()).decode(), "finite float32")
-    refused(base64.b64encode(np.zeros(16, "<f4").tobytes()).decode(), "exceeds 2\\^4 - 1")
+    refused(base64.b64encode(np.zeros(8, "<f4").tobytes()).decode(), "exceeds 2\\^3 - 1")
     refused("A" * 10_000, "characters exceeds")
     # the version-1 list form is still read in version 2
     edited = json.loads(json.dumps(manifest))
