@@ -39,11 +39,17 @@ import numpy as np
 import torch
 import zstandard  # noqa: F401  (its version goes in the header)
 
-from jointsparse.codecs import load, quantize_weight, save
-from jointsparse.codecs.context import context_entropy_bytes
-from jointsparse.codecs.entropy import bitmap_entropy_bytes
-from jointsparse.utils import atomic_write_text
-from jointsparse.provenance import machine_summary
+# Measure the checkout this script is in: ``python experiments/bench_codec.py`` puts experiments/
+# (not the checkout) first on sys.path, so an editable install of another checkout would win.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from jointsparse.codecs import load, quantize_weight, save  # noqa: E402
+from jointsparse.codecs.context import context_entropy_bytes  # noqa: E402
+from jointsparse.codecs.entropy import bitmap_entropy_bytes  # noqa: E402
+from jointsparse.utils import atomic_write_text  # noqa: E402
+from jointsparse.provenance import machine_summary  # noqa: E402
 
 MODELS = {
     "LeNet-5": {

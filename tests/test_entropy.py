@@ -214,3 +214,27 @@ def test_adaptive_streams_are_checked():
         except FormatError:
             continue
         assert decoded.size == 50 + seed and int(decoded.max()) < 31
+
+
+def test_the_one_varint_helper():
+    from jointsparse.codecs.varint import MAX_VARINT_BYTES, get_varint, put_varint, varint_bytes
+
+    for value in (0, 1, 127, 128, 300, 2**32, 2**64 - 1):
+        data = b"\xaa" + varint_bytes(value) + b"\xbb"
+        assert get_varint(data, 1) == (value, len(data) - 1)
+    assert varint_bytes(300) == b"\xac\x02" and len(varint_bytes(2**64 - 1)) == MAX_VARINT_BYTES
+    out = bytearray()
+    put_varint(out, 5)
+    put_varint(out, 129)
+    assert bytes(out) == b"\x05\x81\x01"
+    with pytest.raises(ValueError, match="unsigned"):
+        put_varint(bytearray(), -1)
+    with pytest.raises(FormatError, match="^ANS model table is truncated or has an over-long varint$"):
+        get_varint(b"\x81\x81", 0, "ANS model table")
+    with pytest.raises(FormatError, match="over-long"):
+        get_varint(b"\x80" * MAX_VARINT_BYTES + b"\x01", 0)
+    with pytest.raises(FormatError, match="section table"):  # it must end before ``end``
+        get_varint(b"\x81\x01", 0, "section table", end=1)
+    # A truncated count table in a stream: FormatError, never IndexError.
+    with pytest.raises(FormatError, match="ANS model table is truncated"):
+        decode_symbols(b"\x01\x03\x05\x85", 10, 31, "ans")
