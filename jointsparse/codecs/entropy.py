@@ -6,8 +6,8 @@ Two coders of symbol streams, both order-0 (context-free):
 - ``"ans"``: rANS from ``constriction`` (``AnsCoder``, 32-bit words, 64-bit state) with one of
   three models, whichever gives the smallest stream: an explicit categorical model stored in
   front of the payload (the exact integer symbol counts), no table at all (a uniform model), or
-  (format version 3) no table and an adaptive model that codes each block of symbols with the
-  counts of the symbols before it. Encoder and decoder turn the same integers into the same
+  (format version 3, alphabets above 2) no table and an adaptive model that codes each block of
+  symbols with the counts of the symbols before it. Encoder and decoder turn the same integers into the same
   model, so they agree bit for bit.
 - ``"zstd"``: zstandard (level 19 by default) on the raw symbol array: bits packed 8 per byte for a
   binary alphabet, one byte per symbol up to 256 symbols, little-endian uint16 above.
@@ -157,8 +157,8 @@ def _encode_adaptive(symbols: np.ndarray, alphabet: int) -> bytes:
 
 def _encode_ans(symbols: np.ndarray, alphabet: int, counts: np.ndarray, adaptive: bool = True) -> tuple[bytes, int]:
     """The smallest of: the exact count table and its static model, the uniform model (no table),
-    and (``adaptive``, format version 3) the adaptive model (no table). Returns the stream and the
-    bytes of it that are the stored model."""
+    and (``adaptive``, format version 3, alphabets above 2) the adaptive model (no table). Returns
+    the stream and the bytes of it that are the stored model."""
     # Count table: how many entries follow (the highest used symbol + 1; the rest are zero), then
     # the counts themselves.
     stored = int(np.flatnonzero(counts)[-1]) + 1
@@ -172,7 +172,10 @@ def _encode_ans(symbols: np.ndarray, alphabet: int, counts: np.ndarray, adaptive
         uniform = bytes([_MODEL_UNIFORM]) + _ans_payload(symbols, constriction.stream.model.Uniform(alphabet))
         if len(uniform) < len(best[0]):
             best = (uniform, 1)
-        if adaptive and not single:
+        # Not for bitmaps: a two-letter count table costs a few bytes, about what learning costs,
+        # so the gain is a byte or two, and it tipped layers from the ctx coding (8 bits a coded
+        # symbol) to a binary bitmap that decodes 3x slower per bit (AlexNet fc6: 1.0 -> 2.4 s).
+        if adaptive and not single and alphabet > 2:
             learned = _encode_adaptive(symbols, alphabet)
             if len(learned) < len(best[0]):
                 best = (learned, 1)
