@@ -288,3 +288,18 @@ def test_version_2_codebooks_are_base64_float32():
     edited = json.loads(json.dumps(manifest))
     edited["layers"][0]["codebook"] = [float(v) for v in layer.codebook]
     assert np.array_equal(loads(pack(edited, sections)).layers["conv.weight"].quantized.codebook, layer.codebook)
+
+
+def test_a_version_2_file_may_not_use_the_adaptive_ans_model():
+    from jointsparse.codecs.entropy import encode_symbols
+
+    manifest, sections = unpack(FIXTURE_V2.read_bytes())
+    sections = [bytes(s) for s in sections]
+    entry = next(e for e in manifest["layers"] if e["name"] == "ctx.weight")
+    nnz = entry["nnz"]
+    skewed = np.minimum(np.random.default_rng(0).geometric(0.3, nnz) - 1, 30)  # other, skewed indices
+    stream = encode_symbols(skewed, 31, "ans")
+    assert stream.data[0] == 2  # the version-3 writer's choice for them: the adaptive model
+    sections[entry["indices"]["section"]] = stream.data
+    with pytest.raises(FormatError, match="layer 'ctx.weight': unknown ANS model kind 2 \\(adaptive models are format version 3\\)"):
+        loads(pack(manifest, sections))  # re-framed as version 2, every checksum right
