@@ -282,15 +282,10 @@ def test_raw_dtype_allow_list_is_what_save_writes():
 def _all_zero_layer_file(shape, m, threshold=0.0) -> bytes:
     """A valid file of one all-zero conv layer with a Winograd entry: a few hundred bytes that ask
     for ``prod(shape)`` spatial and far more Winograd-domain weights."""
+    from jointsparse.codecs.varint import varint_bytes
+
     numel = int(np.prod(shape))
-    varint = bytearray()
-    value = numel
-    while True:
-        varint.append((value & 0x7F) | (0x80 if value >> 7 else 0))
-        value >>= 7
-        if not value:
-            break
-    positions = bytes([1, 1]) + bytes(varint)  # ANS counts: every bitmap symbol is 0
+    positions = bytes([1, 1]) + varint_bytes(numel)  # ANS counts: every bitmap symbol is 0
     manifest = {
         "format": "jsz", "version": 1, "tool": {"name": "jointsparse", "version": "test"}, "arch": None, "recipe": None,
         "provenance": None, "original_parameter_count": numel, "raw": [],
