@@ -35,15 +35,36 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import zstandard  # noqa: F401  (its version goes in the header)
 
-from jointsparse.codecs import load, quantize_weight, save
-from jointsparse.codecs.context import context_entropy_bytes
-from jointsparse.codecs.entropy import bitmap_entropy_bytes
-from jointsparse.utils import atomic_write_text
-from jointsparse.provenance import machine_summary
+def _blas_threads(argv: list[str]) -> str:
+    """``--threads``, read before numpy and torch start their BLAS and OpenMP pools (they read
+    the variables below only then)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--threads", type=int, default=1)
+    return str(early.parse_known_args(argv)[0].threads)
+
+
+# --threads caps numpy's BLAS pool too, which torch.set_num_threads does not: with the machine's
+# cores taken by another job, OpenBLAS's spinning threads made the ctx encoder's CPU time 14x
+# larger (AlexNet fc6: 1.5 s with one thread, 22 s with the default pool).
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, _blas_threads(sys.argv[1:]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import zstandard  # noqa: E402,F401  (its version goes in the header)
+
+# Measure the checkout this script is in: ``python experiments/bench_codec.py`` puts experiments/
+# (not the checkout) first on sys.path, so an editable install of another checkout would win.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from jointsparse.codecs import load, quantize_weight, save  # noqa: E402
+from jointsparse.codecs.context import context_entropy_bytes  # noqa: E402
+from jointsparse.codecs.entropy import bitmap_entropy_bytes  # noqa: E402
+from jointsparse.utils import atomic_write_text  # noqa: E402
+from jointsparse.provenance import machine_summary  # noqa: E402
 
 MODELS = {
     "LeNet-5": {
@@ -262,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command.strip()}`",
         "",
         f"Machine: {machine_summary()} ({platform.machine()}), no GPU, shared with other jobs; "
-        f"torch {torch.__version__} (CPU, {args.threads} thread), numpy {np.__version__}, zstandard {zstandard.__version__}, "
+        f"torch {torch.__version__} (CPU, {args.threads} thread; numpy's BLAS pool as many), numpy {np.__version__}, zstandard {zstandard.__version__}, "
         f"constriction {importlib.metadata.version('constriction')}, "
         f"Python {platform.python_version()}. Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}.",
         "",

@@ -168,13 +168,24 @@ def _set(node: Any, path: tuple, value: Any) -> None:
 
 
 def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+    from jointsparse.codecs.varint import varint_bytes
+
+    return varint_bytes(value)
+
+
+def _stream_sections(case: "Case", layer: dict) -> tuple[int, int]:
+    """The (positions, indices) sections of ``layer``: stated in version 1 and 2 records, implied
+    by the layer's place in version 3 (section 0 holds the codebooks)."""
+    if case.manifest.get("version", 3) < 3:
+        return layer["positions"]["section"], layer["indices"]["section"]
+    place = case.manifest["layers"].index(layer)
+    return 1 + 2 * place, 2 + 2 * place
+
+
+def _raw_section(case: "Case", entry: dict) -> int:
+    if case.manifest.get("version", 3) < 3:
+        return entry["section"]
+    return 1 + 2 * len(case.manifest["layers"]) + case.manifest["raw"].index(entry)
 
 
 def _all_zero_positions(numel: int, coder: str) -> bytes:
@@ -257,11 +268,17 @@ def mutate_shape(case: Case, rng: random.Random) -> None:
     shape = [cout, cin, k, k] if rng.random() < 0.85 else [cout, cin]
     numel = math.prod(shape)
     coder = rng.choice(["ans", "ans", "zstd"]) if numel < 2**26 else "ans"
-    layer.update(shape=shape, parameter_count=numel, nnz=0)
-    layer["positions"] = {"coding": "bitmap", "coder": coder, "section": layer["positions"]["section"], "symbols": numel}
-    layer["indices"] = {"coder": coder, "section": layer["indices"]["section"], "symbols": 0}
-    case.sections[layer["positions"]["section"]] = _all_zero_positions(numel, coder)
-    case.sections[layer["indices"]["section"]] = b""
+    position_section, index_section = _stream_sections(case, layer)
+    layer.update(shape=shape, nnz=0)
+    if case.manifest.get("version", 3) < 3:
+        layer["parameter_count"] = numel
+        layer["positions"] = {"coding": "bitmap", "coder": coder, "section": position_section, "symbols": numel}
+        layer["indices"] = {"coder": coder, "section": index_section, "symbols": 0}
+    else:  # version 3 states neither sections nor the counts the shape and nnz imply
+        layer["positions"] = {"coding": "bitmap", "coder": coder}
+        layer["indices"] = {"coder": coder}
+    case.sections[position_section] = _all_zero_positions(numel, coder)
+    case.sections[index_section] = b""
     if len(shape) == 4 and k >= 2 and rng.random() < 0.9:
         m = rng.choice([1, 2, 3, 4, 6, 8, 10, 14, 15, 16 - k + 1, 17 - k])
         layer["winograd"] = {"m": m, "r": k, "threshold": rng.choice([0.0, 0.0, 1e-3, 1.0]), "sparsity": None}
@@ -273,11 +290,15 @@ def mutate_shape(case: Case, rng: random.Random) -> None:
 
 
 def mutate_counts(case: Case, rng: random.Random) -> None:
-    """nnz, symbol counts and parameter counts just off (or far off) what the streams hold."""
+    """nnz, symbol counts, parameter counts and (version 3) codebook sizes just off (or far off) what
+    the streams and the codebook section hold."""
     layer = _layer(case, rng)
     if layer is None:
         return mutate_value(case, rng)
-    target = rng.choice([("nnz",), ("positions", "symbols"), ("indices", "symbols"), ("parameter_count",)])
+    if case.manifest.get("version", 3) < 3:
+        target = rng.choice([("nnz",), ("positions", "symbols"), ("indices", "symbols"), ("parameter_count",)])
+    else:  # version 3: the symbol counts follow from nnz and the shape (gaps excepted); codebook is a count
+        target = rng.choice([("nnz",), ("nnz",), ("positions", "symbols"), ("codebook",)])
     try:
         current = _get(layer, target)
     except (KeyError, TypeError, IndexError):
@@ -346,7 +367,7 @@ def mutate_raw(case: Case, rng: random.Random) -> None:
     entry.update(dtype=dtype, shape=shape)
     if numel * itemsize <= 1 << 22 and rng.random() < 0.8:
         fill = 2 if dtype == "bool" and rng.random() < 0.3 else 1
-        case.sections[entry["section"]] = bytes([fill]) * (numel * itemsize)
+        case.sections[_raw_section(case, entry)] = bytes([fill]) * (numel * itemsize)
     case.notes.append(f"raw {entry.get('name')} {dtype}{shape}")
 
 

@@ -16,6 +16,7 @@ import torch
 
 from jointsparse.codecs import FormatError, load, loads, read_manifest, save
 from jointsparse.codecs.container import MAGIC, RAW_DTYPES, pack, planned_bytes, unpack
+from jointsparse.codecs.manifest import validate_manifest
 from jointsparse.codecs.quantize import quantize_weight
 
 
@@ -131,31 +132,31 @@ def test_each_kind_of_damage_has_its_own_message(small_file):
     def bigger_nnz(m, s):
         m["layers"][0]["nnz"] += 1
 
-    def shared_section(m, s):
-        m["layers"][1]["indices"]["section"] = m["layers"][0]["indices"]["section"]
+    def stated_section(m, s):  # version 3: sections follow from the order, never stated
+        m["layers"][1]["indices"]["section"] = 2
 
-    def short_raw(m, s):
-        s[m["raw"][0]["section"]] = s[m["raw"][0]["section"]][:-1]
+    def short_raw(m, s):  # version 3: raw tensor 0 is section 1 + 2 * layers
+        s[1 + 2 * len(m["layers"])] = s[1 + 2 * len(m["layers"])][:-1]
 
     def wrong_dtype(m, s):
         m["raw"][0]["dtype"] = "object"
 
-    def wrong_count(m, s):
+    def stated_count(m, s):  # derivable from the shape: left out of version 3
         m["layers"][0]["parameter_count"] = 55
 
     def huge_shape(m, s):
-        m["layers"][0]["shape"] = [2**39, 2**39, 1, 1]
+        m["layers"][0]["shape"] = [2**39, 2**39, 3, 3]
 
     def big_bits(m, s):
         m["layers"][0]["bits"] = 17
 
     for mutate, message in [
         (bigger_nnz, "non-zeros|symbols"),
-        (shared_section, "section missing or shared"),
+        (stated_section, "indices: field 'section' is not part of a version-3 record"),
         (short_raw, "section has"),
         (wrong_dtype, "not allowed"),
-        (wrong_count, "does not match shape"),
-        (huge_shape, "does not match shape"),
+        (stated_count, "field 'parameter_count' is not part of a version-3 record"),
+        (huge_shape, "decoding needs"),
         (big_bits, "bits = 17"),
     ]:
         with pytest.raises(FormatError, match=message):
@@ -239,7 +240,7 @@ def test_fuzzed_files_give_format_error_or_valid_decode_within_memory_budget(sma
     every decoded case, and by tracemalloc on a sample)."""
     expansion = 64
     original = small_file.read_bytes()
-    manifest, sections = unpack(original)
+    manifest = validate_manifest(*unpack(original))
     manifest_bytes = planned_bytes(manifest["layers"], manifest["raw"])
     assert manifest_bytes <= expansion * len(original)  # the valid file fits the budget used below
     rng = random.Random(1234)
@@ -281,15 +282,10 @@ def test_raw_dtype_allow_list_is_what_save_writes():
 def _all_zero_layer_file(shape, m, threshold=0.0) -> bytes:
     """A valid file of one all-zero conv layer with a Winograd entry: a few hundred bytes that ask
     for ``prod(shape)`` spatial and far more Winograd-domain weights."""
+    from jointsparse.codecs.varint import varint_bytes
+
     numel = int(np.prod(shape))
-    varint = bytearray()
-    value = numel
-    while True:
-        varint.append((value & 0x7F) | (0x80 if value >> 7 else 0))
-        value >>= 7
-        if not value:
-            break
-    positions = bytes([1, 1]) + bytes(varint)  # ANS counts: every bitmap symbol is 0
+    positions = bytes([1, 1]) + varint_bytes(numel)  # ANS counts: every bitmap symbol is 0
     manifest = {
         "format": "jsz", "version": 1, "tool": {"name": "jointsparse", "version": "test"}, "arch": None, "recipe": None,
         "provenance": None, "original_parameter_count": numel, "raw": [],
@@ -372,3 +368,138 @@ def test_a_number_that_overflows_a_float_is_refused_anywhere_in_the_manifest(sma
     text = json.dumps(manifest).replace('"__HUGE__"', "1e999").encode()
     with pytest.raises(FormatError, match="1e999"):
         loads(pack_text(text, [bytes(s) for s in sections]))
+
+
+# ------------------------------------------------- format version 3: the compact frame and the codebook section
+
+
+def _v3_frame(table: bytes, count: int, manifest_stored: bytes, body: bytes, manifest_length: int | None = None) -> bytes:
+    """A version-3 file around a hand-made section table, every checksum right, so that the
+    table's own checks are what fails."""
+    from jointsparse.codecs import framing
+
+    total = framing._HEADER.size + len(table) + len(manifest_stored) + len(body) + framing._TRAILER.size
+    length = len(manifest_stored) if manifest_length is None else manifest_length
+    header = framing._HEADER.pack(MAGIC, 3, 1, count, length, zlib.crc32(manifest_stored), total)
+    data = header + table + manifest_stored + body
+    return data + framing._TRAILER.pack(zlib.crc32(data), framing.END_MARKER)
+
+
+def test_version_3_frame_is_a_varint_table_without_section_crcs(small_file):
+    from jointsparse.codecs.varint import get_varint
+
+    data = small_file.read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == 3
+    count = struct.unpack_from("<I", data, 12)[0]
+    manifest, sections = unpack(data)
+    assert count == len(sections) == 1 + 2 * len(manifest["layers"]) + len(manifest["raw"])
+    offset = 32
+    for section in sections:
+        length, offset = get_varint(data, offset)
+        assert length == len(section)
+    assert offset == 32 + sum(1 if len(s) < 128 else 2 for s in sections)  # one or two bytes each here
+    # The whole-file CRC is the only one over the sections: damage behind a repaired file CRC
+    # reaches the stream decoders, which refuse it.
+    manifest_length = struct.unpack_from("<I", data, 16)[0]
+    damaged = bytearray(data)
+    damaged[offset + manifest_length + len(sections[0]) + 2] ^= 0xFF  # inside the first position stream
+    damaged[-8:-4] = struct.pack("<I", zlib.crc32(bytes(damaged[:-8])))
+    try:
+        loads(bytes(damaged))
+    except FormatError:
+        pass  # a damaged stream may also decode to another valid one; it must never raise anything else
+
+
+def test_version_3_section_table_failures_each_have_their_message():
+    from jointsparse.codecs import bounded_zstd
+    from jointsparse.codecs.varint import varint_bytes
+
+    stored = bounded_zstd.compress(b"{}", 19)
+    body = b"abc" + b"defg"
+    good = _v3_frame(varint_bytes(3) + varint_bytes(4), 2, stored, body)
+    assert [bytes(s) for s in unpack(good)[1]] == [b"abc", b"defg"]  # the JSON {} fails later, in validation
+    cases = {
+        "section lengths do not add up": _v3_frame(varint_bytes(3) + varint_bytes(5), 2, stored, body),
+        "section lengths do not add up to the file size": _v3_frame(varint_bytes(2) + varint_bytes(4), 2, stored, body),
+        # a table cut short: the last varint runs into the trailer
+        "section table is truncated or has an over-long varint": _v3_frame(b"\x83", 1, b"", b""),
+        # eleven continuation bytes: longer than any 64-bit value needs
+        "section table is truncated or has an over-long varint ": _v3_frame(b"\x80" * 11 + b"\x00", 1, b"", b""),
+        "section table \\(1000 entries\\) overruns the file": _v3_frame(varint_bytes(3) + varint_bytes(4), 1000, stored, body),
+        "and manifest \\(999 bytes\\) overrun the file": _v3_frame(varint_bytes(3) + varint_bytes(4), 2, stored, body, 999),
+        "manifest checksum mismatch": None,
+    }
+    damaged = bytearray(good)
+    damaged[20] ^= 1  # the manifest CRC (header offset 20)
+    damaged[-8:-4] = struct.pack("<I", zlib.crc32(bytes(damaged[:-8])))
+    cases["manifest checksum mismatch"] = bytes(damaged)
+    for message, data in cases.items():
+        with pytest.raises(FormatError, match=message.strip()):
+            unpack(data)
+
+
+def test_version_3_manifest_leaves_out_what_follows_from_other_fields(small_file):
+    manifest, sections = unpack(small_file.read_bytes())
+    layer, raw = manifest["layers"][0], manifest["raw"][0]
+    assert not {"module", "parameter_count"} & set(layer) and "section" not in raw
+    assert set(layer["indices"]) == {"coder"} and isinstance(layer["codebook"], int)
+    checked = read_manifest(small_file)["layers"][0]  # the reader fills them in
+    assert checked["module"] == "conv" and checked["parameter_count"] == 6 * 3 * 3 * 3
+    assert checked["indices"]["section"] == 2 and checked["positions"]["section"] == 1
+    assert checked["indices"]["symbols"] == checked["nnz"] and checked["positions"]["symbols"] == 162
+    assert len(checked["codebook"]) == layer["codebook"] and all(type(v) is float for v in checked["codebook"])
+
+    def refused(mutate, message):
+        with pytest.raises(FormatError, match=message):
+            loads(_reframed(small_file, mutate))
+
+    refused(lambda m, s: m["layers"][0].update(module="conv"), "field 'module' is not part of a version-3 record")
+    refused(lambda m, s: m["raw"][0].update(section=5), "field 'section' is not part of a version-3 record")
+    refused(lambda m, s: m["layers"][0]["positions"].update(symbols=162), "positions: field 'symbols' is not part of")
+    refused(lambda m, s: m["layers"][0]["indices"].update(symbols=3), "indices: field 'symbols' is not part of")
+    refused(lambda m, s: m["layers"][0].update(name="conv"), "name must be a module name plus '.weight'")
+    refused(lambda m, s: m["layers"][0].update(codebook=16), "codebook = 16 outside \\[0, 15\\]")
+    refused(lambda m, s: m["layers"][0].update(codebook=[0.5]), "field 'codebook' has the wrong type")
+    refused(lambda m, s: s.append(b""), "manifest: 13 sections for 2 layers and 7 raw tensors \\(needs 12\\)")
+    refused(lambda m, s: m["raw"].pop(), "sections for 2 layers and 6 raw tensors")
+
+    def gaps_without_symbols(m, s):
+        m["layers"][0]["positions"]["coding"] = "gaps"
+
+    refused(gaps_without_symbols, "missing field 'symbols'")  # a gap stream's length is stated
+
+
+def test_the_codebook_section_round_trips_and_is_checked(small_file):
+    from jointsparse.codecs import bounded_zstd
+    from jointsparse.codecs.codebooks import pack_codebooks, unpack_codebooks
+
+    rng = np.random.default_rng(0)
+    smooth = [np.sort(rng.normal(0, 0.05, k)).astype(np.float32) for k in (31, 0, 29, 15)]
+    packed = pack_codebooks(smooth)
+    assert len(packed) < 4 * 75  # a narrow range: the byte planes compress
+    for got, want in zip(unpack_codebooks(packed, [31, 0, 29, 15]), smooth):
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+    tiny = pack_codebooks([np.array([0.25], np.float32)])
+    assert tiny == np.array([0.25], "<f4").tobytes()  # too short to gain: stored as it is (4 bytes a value)
+    assert unpack_codebooks(tiny, [1])[0].tolist() == [0.25] and pack_codebooks([]) == b""
+    with pytest.raises(FormatError, match="for no codebook value"):
+        unpack_codebooks(b"\x00", [0, 0])
+    with pytest.raises(FormatError, match="declares"):  # a frame of the wrong size
+        unpack_codebooks(packed, [31, 0, 29, 16])
+    with pytest.raises(FormatError, match="not a zstd frame"):
+        unpack_codebooks(b"\x00" * 7, [2])
+    bomb = bounded_zstd.compress(bytes(4 * 60000), 19)  # small on disk, big when decoded
+    with pytest.raises(FormatError, match="limit"):
+        unpack_codebooks(bomb, [60000])
+    # In a file: the section must hold the values the records count, all finite.
+
+    def longer(m, s):
+        s[0] = bytes(s[0]) + b"\x00"
+
+    def not_finite(m, s):
+        values = [np.full(m["layers"][0]["codebook"], np.inf, np.float32), np.zeros(m["layers"][1]["codebook"], np.float32)]
+        s[0] = pack_codebooks(values)
+
+    for mutate, message in [(longer, "codebook section"), (not_finite, "finite float32")]:
+        with pytest.raises(FormatError, match=message):
+            loads(_reframed(small_file, mutate))

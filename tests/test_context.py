@@ -19,6 +19,7 @@ from jointsparse.codecs.framing import VERSION, pack, pack_text, unpack
 from jointsparse.codecs.quantize import QuantizedLayer
 
 FIXTURE_V1 = Path(__file__).parent / "data" / "format_v1.jsz"
+FIXTURE_V2 = Path(__file__).parent / "data" / "format_v2.jsz"
 
 
 def _structured_conv(rng: np.random.Generator, shape=(32, 24, 3, 3), dead=0.4, keep=0.3) -> np.ndarray:
@@ -107,7 +108,7 @@ def test_the_file_records_the_choice_and_decodes(tmp_path):
     order0 = save(tmp_path / "order0.jsz", layers, raw={"fc.bias": torch.arange(4.0)}, contexts=False)
     assert path.stat().st_size < order0.stat().st_size
     contents = load(path)
-    assert contents.manifest["version"] == VERSION == 2
+    assert contents.manifest["version"] == VERSION == 3
     codings = {name: entry["positions"]["coding"] for name, entry in ((e["name"], e) for e in contents.manifest["layers"])}
     assert codings["conv.weight"] == "ctx" and codings["fc.weight"] == "ctx"
     assert all(contents.layers[n].positions.coding != "ctx" for n in ("small.weight",))
@@ -142,11 +143,36 @@ def test_a_version_1_file_still_decodes():
     assert torch.equal(contents.raw["fc.bias"], torch.tensor([0.5, -0.25, 0.0, 1.0, 2.0]))
 
 
+def _fixture_v2_layers() -> dict[str, QuantizedLayer]:
+    """The layers tests/data/format_v2.jsz holds (written by the version-2 writer of main at a815005,
+    with raw ``fc.bias`` as in the version-1 fixture and a Winograd entry for ``ctx.weight``):
+    the version-1 fixture's layers plus a structured conv whose positions use the ctx coding."""
+    layers = _fixture_layers()
+    rng = np.random.default_rng(16)
+    positions = _structured_conv(rng)
+    layers["ctx.weight"] = QuantizedLayer(shape=(32, 24, 3, 3), positions=positions, indices=rng.integers(0, 31, positions.size).astype(np.uint8),
+                                          codebook=np.linspace(-2, 2, 31).astype(np.float32), quantizer="kmeans", bits=5, kind="conv")
+    return layers
+
+
+def test_a_version_2_file_still_decodes():
+    data = FIXTURE_V2.read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == 2
+    contents = loads(data)
+    assert contents.manifest["version"] == 2
+    assert contents.layers["ctx.weight"].positions.coding == "ctx"  # the version-2 coding and
+    assert all(isinstance(e["codebook"], str) for e in unpack(data)[0]["layers"])  # base64 codebooks
+    for name, layer in _fixture_v2_layers().items():
+        assert torch.equal(contents.layers[name].quantized.dequantize(), layer.dequantize()), name
+    assert torch.equal(contents.raw["fc.bias"], torch.tensor([0.5, -0.25, 0.0, 1.0, 2.0]))
+    assert contents.layers["ctx.weight"].winograd == {"m": 2, "r": 3, "threshold": 0.25, "sparsity": 0.5}
+
+
 def test_version_rules():
     data = FIXTURE_V1.read_bytes()
     manifest, sections = unpack(data)
-    for version in (0, 3, 7, 65535):
-        with pytest.raises(FormatError, match=f"^unknown .jsz version {version} \\(this reader knows versions 1 and 2\\)$"):
+    for version in (0, 4, 7, 65535):
+        with pytest.raises(FormatError, match=f"^unknown .jsz version {version} \\(this reader knows versions 1, 2 and 3\\)$"):
             loads(pack_text(b"{}", [], version=version))
     # the header and the manifest must agree
     import json
@@ -171,8 +197,8 @@ def test_ctx_needs_the_ans_coder_in_the_manifest(tmp_path):
     with pytest.raises(FormatError, match="ctx position coding needs the ans coder"):
         loads(pack(manifest, [bytes(s) for s in sections]))
     manifest["layers"][0]["positions"]["coder"] = "ans"
-    manifest["layers"][0]["positions"]["symbols"] += 1
-    with pytest.raises(FormatError, match="declares"):
+    manifest["layers"][0]["positions"]["symbols"] = 32 * 24 * 9  # version 3: implied, so not stated
+    with pytest.raises(FormatError, match="positions: field 'symbols' is not part of a version-3 record"):
         loads(pack(manifest, [bytes(s) for s in sections]))
 
 
@@ -234,17 +260,15 @@ def test_wrong_counts_and_hostile_streams_raise_format_error_only():
         assert "FormatError" in outcomes
 
 
-def test_version_2_codebooks_are_base64_float32(tmp_path):
+def test_version_2_codebooks_are_base64_float32():
     import base64
     import json
 
-    rng = np.random.default_rng(5)
-    layer = _layer((6, 5, 3, 3), np.array([0, 7, 100, 269]), rng)
-    path = save(tmp_path / "b.jsz", {"conv.weight": layer})
-    manifest, sections = unpack(path.read_bytes())
+    layer = _fixture_layers()["conv.weight"]
+    manifest, sections = unpack(FIXTURE_V2.read_bytes())
     text = manifest["layers"][0]["codebook"]
     assert isinstance(text, str) and np.array_equal(np.frombuffer(base64.b64decode(text), "<f4"), layer.codebook)
-    assert np.array_equal(load(path).layers["conv.weight"].quantized.codebook, layer.codebook)
+    assert np.array_equal(loads(FIXTURE_V2.read_bytes()).layers["conv.weight"].quantized.codebook, layer.codebook)
     sections = [bytes(s) for s in sections]
 
     def refused(codebook, match, version=2):
@@ -258,9 +282,24 @@ def test_version_2_codebooks_are_base64_float32(tmp_path):
     refused(text[:-4] + "!!!!", "not valid base64")
     refused(base64.b64encode(b"\x00" * 6).decode(), "not whole float32 values")
     refused(base64.b64encode(np.array([1.0, np.nan], "<f4").tobytes()).decode(), "finite float32")
-    refused(base64.b64encode(np.zeros(16, "<f4").tobytes()).decode(), "exceeds 2\\^4 - 1")
+    refused(base64.b64encode(np.zeros(8, "<f4").tobytes()).decode(), "exceeds 2\\^3 - 1")
     refused("A" * 10_000, "characters exceeds")
     # the version-1 list form is still read in version 2
     edited = json.loads(json.dumps(manifest))
     edited["layers"][0]["codebook"] = [float(v) for v in layer.codebook]
     assert np.array_equal(loads(pack(edited, sections)).layers["conv.weight"].quantized.codebook, layer.codebook)
+
+
+def test_a_version_2_file_may_not_use_the_adaptive_ans_model():
+    from jointsparse.codecs.entropy import encode_symbols
+
+    manifest, sections = unpack(FIXTURE_V2.read_bytes())
+    sections = [bytes(s) for s in sections]
+    entry = next(e for e in manifest["layers"] if e["name"] == "ctx.weight")
+    nnz = entry["nnz"]
+    skewed = np.minimum(np.random.default_rng(0).geometric(0.3, nnz) - 1, 30)  # other, skewed indices
+    stream = encode_symbols(skewed, 31, "ans")
+    assert stream.data[0] == 2  # the version-3 writer's choice for them: the adaptive model
+    sections[entry["indices"]["section"]] = stream.data
+    with pytest.raises(FormatError, match="layer 'ctx.weight': unknown ANS model kind 2 \\(adaptive models are format version 3\\)"):
+        loads(pack(manifest, sections))  # re-framed as version 2, every checksum right

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from jointsparse.codecs import FormatError
 from jointsparse.codecs.entropy import (
     CODERS,
+    adaptive_blocks,
     GAP_ESCAPE,
     decode_positions,
     decode_symbols,
@@ -106,7 +107,7 @@ def test_gap_symbols_use_escapes_for_long_runs():
 def test_decoder_checks_declared_counts_against_the_stream_before_allocating():
     rng = np.random.default_rng(0)
     symbols = np.minimum(rng.geometric(0.3, 1000) - 1, 30)  # skewed: a count table pays off
-    stream = encode_symbols(symbols, 31, "ans")
+    stream = encode_symbols(symbols, 31, "ans", adaptive=False)
     assert stream.model_bytes > 1  # a count table: its sum must match the declared count
     with pytest.raises(FormatError, match="counts sum"):
         decode_symbols(stream.data, 10**12, 31, "ans")
@@ -163,3 +164,77 @@ def test_encoder_rejects_out_of_range_symbols():
         encode_symbols(np.array([0]), 5, "lzma")
     with pytest.raises(ValueError, match="position coding"):
         positions_to_symbols(np.array([1]), 4, "runs")
+
+
+def test_the_adaptive_model_learns_instead_of_storing_a_table():
+    """Format version 3: a skewed stream of a 5-bit layer's size costs less without its count
+    table, coded block by block with the counts seen so far."""
+    rng = np.random.default_rng(0)
+    symbols = np.minimum(rng.geometric(0.3, 1000) - 1, 30)
+    learned = encode_symbols(symbols, 31, "ans")
+    counted = encode_symbols(symbols, 31, "ans", adaptive=False)
+    assert learned.data[0] == 2 and learned.model_bytes == 1 and counted.data[0] == 1
+    assert learned.nbytes < counted.nbytes
+    decoded, model_bytes = decode_symbols(learned.data, 1000, 31, "ans")
+    np.testing.assert_array_equal(decoded, symbols)
+    assert model_bytes == 1
+    # Blocks: 8 symbols, then half of what came before; every boundary crossed in a round trip.
+    assert adaptive_blocks(30) == [(0, 8), (8, 16), (16, 24), (24, 30)]
+    assert adaptive_blocks(0) == [] and adaptive_blocks(1) == [(0, 1)]
+    for count in (1, 7, 8, 9, 17, 100, 5000):
+        part = symbols[:count] if count <= 1000 else np.resize(symbols, count)
+        stream = encode_symbols(part, 31, "ans")
+        np.testing.assert_array_equal(decode_symbols(stream.data, count, 31, "ans")[0], part)
+
+
+def test_adaptive_streams_are_checked():
+    rng = np.random.default_rng(1)
+    symbols = np.minimum(rng.geometric(0.3, 1000) - 1, 30)
+    data = encode_symbols(symbols, 31, "ans").data
+    assert data[0] == 2
+    with pytest.raises(FormatError, match="^unknown ANS model kind 2 \\(adaptive models are format version 3\\)$"):
+        decode_symbols(data, 1000, 31, "ans", adaptive=False)  # what a version-1 or -2 file gets
+    with pytest.raises(FormatError, match="data left"):  # the coder must be exhausted
+        decode_symbols(data + b"\x01\x00\x00\x00", 1000, 31, "ans")
+    with pytest.raises(FormatError, match="data left"):  # fewer symbols declared than coded
+        decode_symbols(data, 900, 31, "ans")
+    with pytest.raises(FormatError, match="multiple of 4"):
+        decode_symbols(data[:-1], 1000, 31, "ans")
+    with pytest.raises(FormatError):
+        decode_symbols(data[:-4], 1000, 31, "ans")
+    # A one-letter alphabet has nothing to learn: an adaptive stream of it has no payload.
+    np.testing.assert_array_equal(decode_symbols(b"\x02", 5, 1, "ans")[0], np.zeros(5))
+    with pytest.raises(FormatError, match="no payload"):
+        decode_symbols(b"\x02\x01\x00\x00\x00", 5, 1, "ans")
+    # Random payloads decode to symbols inside the alphabet, or fail with FormatError only.
+    for seed in range(40):
+        noise = np.random.default_rng(seed).integers(0, 256, 4 * (1 + seed % 9), dtype=np.uint8).tobytes()
+        try:
+            decoded, _ = decode_symbols(b"\x02" + noise, 50 + seed, 31, "ans")
+        except FormatError:
+            continue
+        assert decoded.size == 50 + seed and int(decoded.max()) < 31
+
+
+def test_the_one_varint_helper():
+    from jointsparse.codecs.varint import MAX_VARINT_BYTES, get_varint, put_varint, varint_bytes
+
+    for value in (0, 1, 127, 128, 300, 2**32, 2**64 - 1):
+        data = b"\xaa" + varint_bytes(value) + b"\xbb"
+        assert get_varint(data, 1) == (value, len(data) - 1)
+    assert varint_bytes(300) == b"\xac\x02" and len(varint_bytes(2**64 - 1)) == MAX_VARINT_BYTES
+    out = bytearray()
+    put_varint(out, 5)
+    put_varint(out, 129)
+    assert bytes(out) == b"\x05\x81\x01"
+    with pytest.raises(ValueError, match="unsigned"):
+        put_varint(bytearray(), -1)
+    with pytest.raises(FormatError, match="^ANS model table is truncated or has an over-long varint$"):
+        get_varint(b"\x81\x81", 0, "ANS model table")
+    with pytest.raises(FormatError, match="over-long"):
+        get_varint(b"\x80" * MAX_VARINT_BYTES + b"\x01", 0)
+    with pytest.raises(FormatError, match="section table"):  # it must end before ``end``
+        get_varint(b"\x81\x01", 0, "section table", end=1)
+    # A truncated count table in a stream: FormatError, never IndexError.
+    with pytest.raises(FormatError, match="ANS model table is truncated"):
+        decode_symbols(b"\x01\x03\x05\x85", 10, 31, "ans")

@@ -2,7 +2,8 @@
 
 The file's three layers each have a module: :mod:`.framing` (header, section table, checksums),
 :mod:`.manifest` (the schema of the JSON manifest) and :mod:`.records` (each stored tensor's
-record and sections). This module puts them together.
+record and sections); :mod:`.codebooks` packs every layer's codebook into section 0 (format
+version 3). This module puts them together.
 
 :func:`load` checks the frame (sizes, CRCs), then the manifest schema and every count against the
 layer shapes and stream lengths, then a memory budget, all before it decodes a stream. Anything
@@ -19,10 +20,11 @@ from typing import Any, Mapping, Optional
 import torch
 
 from ..utils import atomic_write_bytes
+from .codebooks import pack_codebooks
 from .entropy import CODERS, DEFAULT_CODER
 from .errors import FormatError
 from .framing import MAGIC, VERSION, pack, require_little_endian, unpack
-from .manifest import RAW_DTYPES, planned_bytes, validate_manifest
+from .manifest import CODEBOOK_SECTION, RAW_DTYPES, planned_bytes, validate_manifest
 from .quantize import QuantizedLayer
 from .records import JszContents, StoredLayer, StreamStats, decode_layer, decode_raw, layer_record, raw_record
 
@@ -87,7 +89,7 @@ def save(
     unknown = sorted(set(winograd) - set(layers))
     if unknown:
         raise ValueError(f"Winograd entries for unknown layers {unknown}")
-    sections: list[bytes] = []
+    sections: list[bytes] = [b""]  # CODEBOOK_SECTION, filled once every layer is in
     layer_entries = []
     for name, layer in layers.items():
         layer_entries.append(layer_record(name, layer, coder, winograd.get(name), sections, contexts))
@@ -95,6 +97,7 @@ def save(
             layer_entries[-1]["output_size"] = [int(v) for v in maps[name]["output_size"]]
             layer_entries[-1]["groups"] = int(maps[name]["groups"])
     raw_entries = [raw_record(name, tensor, sections) for name, tensor in raw.items()]
+    sections[CODEBOOK_SECTION] = pack_codebooks([layer.codebook for layer in layers.values()])
     if original_parameter_count is None:
         original_parameter_count = sum(layer.numel for layer in layers.values()) + sum(t.numel() for t in raw.values())
     manifest = {
@@ -148,6 +151,6 @@ def loads(data: bytes, *, max_expansion: Optional[float] = DEFAULT_MAX_EXPANSION
             f"decoding needs {planned} bytes, over {max_expansion:g}x the {len(data)}-byte file; "
             "pass max_expansion=None only for a file you trust"
         )
-    layers = {entry["name"]: decode_layer(entry, sections) for entry in manifest["layers"]}
+    layers = {entry["name"]: decode_layer(entry, sections, manifest["version"]) for entry in manifest["layers"]}
     raw = {entry["name"]: decode_raw(entry, sections) for entry in manifest["raw"]}
     return JszContents(manifest, layers, raw, len(data))

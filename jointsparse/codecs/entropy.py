@@ -3,10 +3,12 @@ map of :mod:`.context`) and codebook indices.
 
 Two coders of symbol streams, both order-0 (context-free):
 
-- ``"ans"``: rANS from ``constriction`` (``AnsCoder``, 32-bit words, 64-bit state) with an
-  explicit categorical model stored in front of the payload: the exact integer symbol counts, or
-  no table at all (a uniform model) when that is smaller. Encoder and decoder turn the same
-  integers into the same model, so they agree bit for bit.
+- ``"ans"``: rANS from ``constriction`` (``AnsCoder``, 32-bit words, 64-bit state) with one of
+  three models, whichever gives the smallest stream: an explicit categorical model stored in
+  front of the payload (the exact integer symbol counts), no table at all (a uniform model), or
+  (format version 3, alphabets above 2) no table and an adaptive model that codes each block of
+  symbols with the counts of the symbols before it. Encoder and decoder turn the same integers into the same
+  model, so they agree bit for bit.
 - ``"zstd"``: zstandard (level 19 by default) on the raw symbol array: bits packed 8 per byte for a
   binary alphabet, one byte per symbol up to 256 symbols, little-endian uint16 above.
 
@@ -29,9 +31,11 @@ import numpy as np
 from . import bounded_zstd
 from .context import decode_context_positions, encode_context_positions, supports
 from .errors import FormatError
+from .varint import get_varint, put_varint
 
 __all__ = [
     "CODERS",
+    "adaptive_blocks",
     "DEFAULT_CODER",
     "POSITION_CODINGS",
     "CONTEXT_CODING",
@@ -61,6 +65,14 @@ MAX_ALPHABET = 1 << 16
 
 _MODEL_UNIFORM = 0
 _MODEL_COUNTS = 1
+#: Format version 3: no table; each block of symbols is coded with the counts of the symbols
+#: before it (plus 1/2 each, the Krichevsky-Trofimov estimate). It learns the distribution for
+#: about (A - 1)/2 log2(count) bits, where the exact count table costs one to three bytes a
+#: letter: on the demo's vgg_small it saves 133 of the 249 bytes its index count tables took.
+_MODEL_ADAPTIVE = 2
+#: Adaptive blocks: the first holds 8 symbols, each later one half as many as came before it, so
+#: a stream of n symbols has about log_1.5(n / 8) blocks (one model each, decoded vectorised).
+_ADAPTIVE_FIRST_BLOCK = 8
 _DECODE_CHUNK = 1 << 20
 
 
@@ -104,25 +116,6 @@ def _check_alphabet(alphabet: int) -> None:
         raise FormatError(f"alphabet size {alphabet} outside 1..{MAX_ALPHABET}")
 
 
-# -- varints (LEB128, unsigned) -------------------------------------------------------------
-def _put_varint(out: bytearray, value: int) -> None:
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-
-
-def _get_varint(data: bytes, offset: int) -> tuple[int, int]:
-    value = shift = 0
-    for index in range(offset, min(offset + 10, len(data))):
-        byte = data[index]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, index + 1
-        shift += 7
-    raise FormatError("ANS model table is truncated or has an over-long varint")
-
-
 # -- ANS ------------------------------------------------------------------------------------
 def _categorical(counts: np.ndarray):
     return constriction.stream.model.Categorical(counts.astype(np.float64) / counts.sum(), perfect=False)
@@ -134,50 +127,93 @@ def _ans_payload(symbols: np.ndarray, model) -> bytes:
     return coder.get_compressed().astype("<u4").tobytes()
 
 
-def _encode_ans(symbols: np.ndarray, alphabet: int, counts: np.ndarray) -> tuple[bytes, int]:
+def adaptive_blocks(count: int) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` blocks of an adaptive (kind 2) ANS stream of ``count`` symbols."""
+    blocks, start = [], 0
+    while start < count:
+        stop = min(count, start + max(_ADAPTIVE_FIRST_BLOCK, start >> 1))
+        blocks.append((start, stop))
+        start = stop
+    return blocks
+
+
+def _adaptive_model(seen: np.ndarray):
+    """The model of the next block: ``(seen + 1/2) / (n + A/2)`` in float64. Half-integers sum
+    exactly in any order, so every decoder builds the same floats, as for kind 1."""
+    weights = seen.astype(np.float64) + 0.5
+    return constriction.stream.model.Categorical(weights / weights.sum(), perfect=False)
+
+
+def _encode_adaptive(symbols: np.ndarray, alphabet: int) -> bytes:
+    blocks, seen = [], np.zeros(alphabet, dtype=np.int64)
+    for start, stop in adaptive_blocks(symbols.size):
+        blocks.append((symbols[start:stop], _adaptive_model(seen)))
+        seen += np.bincount(symbols[start:stop], minlength=alphabet)
+    coder = constriction.stream.stack.AnsCoder()
+    for block, model in reversed(blocks):  # a stack: the last block first, so the first decodes first
+        coder.encode_reverse(block.astype(np.int32, copy=False), model)
+    return bytes([_MODEL_ADAPTIVE]) + coder.get_compressed().astype("<u4").tobytes()
+
+
+def _encode_ans(symbols: np.ndarray, alphabet: int, counts: np.ndarray, adaptive: bool = True) -> tuple[bytes, int]:
+    """The smallest of: the exact count table and its static model, the uniform model (no table),
+    and (``adaptive``, format version 3, alphabets above 2) the adaptive model (no table). Returns
+    the stream and the bytes of it that are the stored model."""
     # Count table: how many entries follow (the highest used symbol + 1; the rest are zero), then
     # the counts themselves.
     stored = int(np.flatnonzero(counts)[-1]) + 1
     table = bytearray([_MODEL_COUNTS])
-    _put_varint(table, stored)
+    put_varint(table, stored)
     for count in counts[:stored].tolist():
-        _put_varint(table, count)
+        put_varint(table, count)
     single = np.count_nonzero(counts) == 1
-    with_counts = bytes(table) + (b"" if single else _ans_payload(symbols, _categorical(counts)))
+    best = (bytes(table) + (b"" if single else _ans_payload(symbols, _categorical(counts))), len(table))
     if alphabet > 1:
         uniform = bytes([_MODEL_UNIFORM]) + _ans_payload(symbols, constriction.stream.model.Uniform(alphabet))
-        if len(uniform) < len(with_counts):
-            return uniform, 1
-    return with_counts, len(table)
+        if len(uniform) < len(best[0]):
+            best = (uniform, 1)
+        # Not for bitmaps: a two-letter count table costs a few bytes, about what learning costs,
+        # so the gain is a byte or two, and it tipped layers from the ctx coding (8 bits a coded
+        # symbol) to a binary bitmap that decodes 3x slower per bit (AlexNet fc6: 1.0 -> 2.4 s).
+        if adaptive and not single and alphabet > 2:
+            learned = _encode_adaptive(symbols, alphabet)
+            if len(learned) < len(best[0]):
+                best = (learned, 1)
+    return best
 
 
-def _decode_ans(data: bytes, count: int, alphabet: int, dtype: np.dtype) -> tuple[np.ndarray, int]:
+def _read_counts(data: bytes, count: int, alphabet: int) -> tuple[np.ndarray, int]:
+    """A kind-1 count table (after the kind byte): its counts over the whole alphabet and the
+    offset after it. The counts must sum to ``count``."""
+    stored, offset = get_varint(data, 1, "ANS model table")
+    if not 1 <= stored <= alphabet:
+        raise FormatError(f"ANS count table has {stored} entries for an alphabet of {alphabet}")
+    counts = []
+    for _ in range(stored):
+        value, offset = get_varint(data, offset, "ANS model table")
+        counts.append(value)
+    if sum(counts) != count:
+        raise FormatError(f"ANS model counts sum to {sum(counts)}, stream declares {count} symbols")
+    return np.asarray(counts + [0] * (alphabet - stored), dtype=np.float64), offset
+
+
+def _decode_ans(data: bytes, count: int, alphabet: int, dtype: np.dtype, adaptive: bool = True) -> tuple[np.ndarray, int]:
     kind = data[0]
     offset, single_symbol, model = 1, None, None
-    if kind == _MODEL_UNIFORM:
+    if kind == _MODEL_UNIFORM or (kind == _MODEL_ADAPTIVE and adaptive):
         if alphabet == 1:
             single_symbol = 0
-        else:
+        elif kind == _MODEL_UNIFORM:
             model = constriction.stream.model.Uniform(alphabet)
     elif kind == _MODEL_COUNTS:
-        stored, offset = _get_varint(data, offset)
-        if not 1 <= stored <= alphabet:
-            raise FormatError(f"ANS count table has {stored} entries for an alphabet of {alphabet}")
-        counts = []
-        for _ in range(stored):
-            value, offset = _get_varint(data, offset)
-            counts.append(value)
-        counts += [0] * (alphabet - stored)
-        if sum(counts) != count:
-            raise FormatError(f"ANS model counts sum to {sum(counts)}, stream declares {count} symbols")
-        counts_array = np.asarray(counts, dtype=np.float64)
-        used = np.flatnonzero(counts_array)
+        counts, offset = _read_counts(data, count, alphabet)
+        used = np.flatnonzero(counts)
         if used.size == 1:
             single_symbol = int(used[0])
         else:
-            model = _categorical(counts_array)
+            model = _categorical(counts)
     else:
-        raise FormatError(f"unknown ANS model kind {kind}")
+        raise FormatError(f"unknown ANS model kind {kind}" + (" (adaptive models are format version 3)" if kind == _MODEL_ADAPTIVE else ""))
     payload = data[offset:]
     if single_symbol is not None:
         if payload:
@@ -190,11 +226,18 @@ def _decode_ans(data: bytes, count: int, alphabet: int, dtype: np.dtype) -> tupl
         raise FormatError(f"ANS payload length {len(payload)} is not a multiple of 4")
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     out = np.empty(count, dtype=dtype)
+    blocks = [(0, count)] if model is not None else adaptive_blocks(count)
+    seen = np.zeros(alphabet, dtype=np.int64)
     try:
         decoder = constriction.stream.stack.AnsCoder(words)
-        for start in range(0, count, _DECODE_CHUNK):
-            stop = min(count, start + _DECODE_CHUNK)
-            out[start:stop] = decoder.decode(model, stop - start)
+        for block_start, block_stop in blocks:
+            block_model = model if model is not None else _adaptive_model(seen)
+            # in chunks, so a long block never needs more than one chunk of int32 at a time
+            for start in range(block_start, block_stop, _DECODE_CHUNK):
+                stop = min(block_stop, start + _DECODE_CHUNK)
+                out[start:stop] = decoder.decode(block_model, stop - start)
+            if model is None:
+                seen += np.bincount(out[block_start:block_stop], minlength=alphabet)
         exhausted = decoder.is_empty()
     except FormatError:
         raise
@@ -237,8 +280,11 @@ def _symbol_dtype(alphabet: int) -> np.dtype:
     return np.dtype(np.uint8) if alphabet <= 256 else np.dtype(np.uint16)
 
 
-def encode_symbols(symbols: np.ndarray, alphabet: int, coder: str = DEFAULT_CODER, *, zstd_level: int = ZSTD_LEVEL) -> EncodedStream:
-    """Code integer ``symbols`` in ``[0, alphabet)``; an empty stream is stored as zero bytes."""
+def encode_symbols(
+    symbols: np.ndarray, alphabet: int, coder: str = DEFAULT_CODER, *, zstd_level: int = ZSTD_LEVEL, adaptive: bool = True
+) -> EncodedStream:
+    """Code integer ``symbols`` in ``[0, alphabet)``; an empty stream is stored as zero bytes.
+    ``adaptive=False`` leaves out the adaptive ANS model (a stream a version-2 reader can read)."""
     _check_coder(coder)
     if not 1 <= alphabet <= MAX_ALPHABET:
         raise ValueError(f"alphabet size {alphabet} outside 1..{MAX_ALPHABET}")
@@ -250,19 +296,20 @@ def encode_symbols(symbols: np.ndarray, alphabet: int, coder: str = DEFAULT_CODE
     if symbols.size == 0:
         return EncodedStream(b"", coder, 0, alphabet, 0, 0.0)
     if coder == "ans":
-        data, model_bytes = _encode_ans(symbols, alphabet, counts)
+        data, model_bytes = _encode_ans(symbols, alphabet, counts, adaptive)
     else:
         data, model_bytes = _encode_zstd(symbols, alphabet, zstd_level), 0
     return EncodedStream(data, coder, int(symbols.size), alphabet, model_bytes, entropy_bytes)
 
 
-def decode_symbols(data: bytes, count: int, alphabet: int, coder: str) -> tuple[np.ndarray, int]:
+def decode_symbols(data: bytes, count: int, alphabet: int, coder: str, *, adaptive: bool = True) -> tuple[np.ndarray, int]:
     """Inverse of :func:`encode_symbols`: ``count`` symbols (uint8, or uint16 above 256 letters)
     and the number of bytes of ``data`` that were the stored model.
 
     The caller bounds ``count`` (by the layer size). A zstd frame must declare exactly the raw
     length (decompression is capped at it); an ANS count table must sum to ``count``; an ANS
-    coder must be exactly exhausted after ``count`` symbols.
+    coder must be exactly exhausted after ``count`` symbols. ``adaptive=False`` (files of format
+    versions 1 and 2) refuses the adaptive ANS model.
     """
     if coder not in CODERS:
         raise FormatError(f"unknown coder {coder!r}")
@@ -277,7 +324,7 @@ def decode_symbols(data: bytes, count: int, alphabet: int, coder: str) -> tuple[
     if not data:
         raise FormatError(f"stream of {count} symbols has no data")
     if coder == "ans":
-        symbols, model_bytes = _decode_ans(bytes(data), count, alphabet, dtype)
+        symbols, model_bytes = _decode_ans(bytes(data), count, alphabet, dtype, adaptive)
     else:
         symbols, model_bytes = _decode_zstd(bytes(data), count, alphabet, dtype), 0
     if symbols.size and int(symbols.max()) >= alphabet:
@@ -381,10 +428,10 @@ def encode_positions(
 
 
 def decode_positions(
-    data: bytes, coding: str, count: int, numel: int, nnz: int, coder: str, shape: tuple[int, ...] | None = None
+    data: bytes, coding: str, count: int, numel: int, nnz: int, coder: str, shape: tuple[int, ...] | None = None, *, adaptive: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Decode a position stream; returns ``(positions, symbols, model_bytes)`` (the last two for
-    statistics; ctx streams have no symbol array, ``None``)."""
+    statistics; ctx streams have no symbol array, ``None``). ``adaptive`` as for :func:`decode_symbols`."""
     if not 0 <= nnz <= numel:
         raise FormatError(f"{nnz} non-zeros in a {numel}-weight layer")
     position_symbol_count(coding, numel, nnz, count)
@@ -393,5 +440,5 @@ def decode_positions(
             raise FormatError("ctx position coding needs the ans coder and the layer's shape")
         return decode_context_positions(data, shape, nnz), None, 2
     alphabet = 2 if coding == "bitmap" else GAP_ALPHABET
-    symbols, model_bytes = decode_symbols(data, count, alphabet, coder)
+    symbols, model_bytes = decode_symbols(data, count, alphabet, coder, adaptive=adaptive)
     return symbols_to_positions(symbols, numel, nnz, coding), symbols, model_bytes

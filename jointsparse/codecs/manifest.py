@@ -10,12 +10,13 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from .codebooks import unpack_codebooks
 from .entropy import CODERS, CONTEXT_CODING, POSITION_CODINGS, position_symbol_count
 from .errors import FormatError
 from .framing import KNOWN_VERSIONS
 from .quantize import MAX_BITS, QUANTIZERS
 
-__all__ = ["RAW_DTYPES", "MAX_NDIM", "MAX_WINOGRAD_OUTPUT", "MAX_WINOGRAD_TILE", "validate_manifest", "planned_bytes"]
+__all__ = ["RAW_DTYPES", "MAX_NDIM", "MAX_WINOGRAD_OUTPUT", "MAX_WINOGRAD_TILE", "CODEBOOK_SECTION", "validate_manifest", "planned_bytes"]
 
 MAX_NDIM = 8
 MAX_WINOGRAD_TILE = 16  # t = m + r - 1; bounds the Cook-Toom work a file can ask for
@@ -39,6 +40,14 @@ RAW_DTYPES: dict[str, torch.dtype] = {
 
 #: The largest output map side a layer record may state.
 MAX_MAP_SIDE = 1 << 16
+
+#: Version 3: section 0 holds the codebooks; layer i's position and index streams are sections
+#: 1 + 2i and 2 + 2i; raw tensor j's bytes section 1 + 2L + j (L layers). The records name no
+#: section: the order says it, and the table cannot hold one a tensor does not use.
+CODEBOOK_SECTION = 0
+#: Fields a version-3 record leaves out because they follow from others (docs/format.md section 2):
+#: a reader refuses them there rather than guess which of two disagreeing values is meant.
+_DERIVED_FIELDS = ("module", "parameter_count")
 
 
 def _field(obj: Mapping, key: str, kinds: type | tuple[type, ...], where: str, nullable: bool = False) -> Any:
@@ -151,31 +160,55 @@ def _binary_codebook(text: str, bits: int, version: int, where: str) -> list[flo
     return np.frombuffer(raw, dtype="<f4").astype(np.float64).tolist()
 
 
-def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int], version: int = KNOWN_VERSIONS[-1]) -> dict:
+def _absent(obj: Mapping, keys: tuple[str, ...], where: str) -> None:
+    for key in keys:
+        if key in obj:
+            raise FormatError(f"{where}: field {key!r} is not part of a version-3 record")
+
+
+def validate_layer(
+    entry: Any, index: int, section_count: int, claimed: set[int], version: int = KNOWN_VERSIONS[-1],
+    streams_at: Optional[tuple[int, int]] = None,
+) -> dict:
     """One ``layers`` entry checked, as a new record holding each value in the type the decoder
-    uses (ints, float64 thresholds, float32 codebook values and dither step)."""
+    uses (ints, float64 thresholds, float32 codebook values and dither step) and every field of
+    the version-2 record (version 3 leaves out the derivable ones; they are filled in here).
+
+    Version 3: ``streams_at`` gives the (positions, indices) sections the layer's place implies,
+    and the record's ``codebook`` is its number of entries (the values are in the codebook
+    section; :func:`validate_manifest` fills them in)."""
     where = f"layer {index}"
     if not isinstance(entry, dict):
         raise FormatError(f"{where}: not a JSON object")
     name = _field(entry, "name", str, where)
     where = f"layer {name!r}"
-    module = _field(entry, "module", str, where)
-    if name != module + ".weight":
-        raise FormatError(f"{where}: name must be the module name plus '.weight'")
+    if version >= 3:
+        _absent(entry, _DERIVED_FIELDS, where)
+        if not name.endswith(".weight") or name == ".weight":
+            raise FormatError(f"{where}: name must be a module name plus '.weight'")
+        module = name[: -len(".weight")]
+    else:
+        module = _field(entry, "module", str, where)
+        if name != module + ".weight":
+            raise FormatError(f"{where}: name must be the module name plus '.weight'")
     kind = _field(entry, "kind", str, where)
     if kind not in ("conv", "linear"):
         raise FormatError(f"{where}: kind must be 'conv' or 'linear'")
     shape = _shape(entry, where)
-    numel = _count(entry, "parameter_count", where)
+    numel = _numel(shape) if version >= 3 else _count(entry, "parameter_count", where)
     if numel != _numel(shape):
         raise FormatError(f"{where}: parameter_count {numel} does not match shape {list(shape)}")
     quantizer = _field(entry, "quantizer", str, where)
     if quantizer not in QUANTIZERS:
         raise FormatError(f"{where}: unknown quantizer {quantizer!r}")
     bits = _count(entry, "bits", where, 1, MAX_BITS)
-    codebook = _field(entry, "codebook", (list, str), where)
-    if isinstance(codebook, str):
-        codebook = _binary_codebook(codebook, bits, version, where)
+    if version >= 3:
+        entries = _count(entry, "codebook", where, 0, (1 << bits) - 1)
+        codebook = [0.0] * entries  # placeholders of the right length; validate_manifest fills them
+    else:
+        codebook = _field(entry, "codebook", (list, str), where)
+        if isinstance(codebook, str):
+            codebook = _binary_codebook(codebook, bits, version, where)
     if len(codebook) > (1 << bits) - 1:
         raise FormatError(f"{where}: codebook of {len(codebook)} entries exceeds 2^{bits} - 1")
     codebook = [_float32(v) for v in codebook]
@@ -194,19 +227,29 @@ def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int]
     if nnz and not codebook:
         raise FormatError(f"{where}: {nnz} non-zeros but an empty codebook")
     streams = {}
-    for key in ("positions", "indices"):
+    coding = _field(_field(entry, "positions", dict, where), "coding", str, where)
+    if coding not in POSITION_CODINGS or (coding == CONTEXT_CODING and version < 2):
+        raise FormatError(f"{where}: unknown position coding {coding!r} (in a version-{version} file)")
+    for slot, key in enumerate(("positions", "indices")):
         stream = _field(entry, key, dict, where)
         coder = _field(stream, "coder", str, where)
         if coder not in CODERS:
             raise FormatError(f"{where}: unknown {key} coder {coder!r}")
-        section = _count(stream, "section", where, 0, section_count - 1) if section_count else None
+        if streams_at is not None:  # version 3: implied by the layer's place
+            _absent(stream, ("section",), f"{where} {key}")
+            section = streams_at[slot]
+        else:
+            section = _count(stream, "section", where, 0, section_count - 1) if section_count else None
         if section is None or section in claimed:
             raise FormatError(f"{where}: {key} section missing or shared")
         claimed.add(section)
-        streams[key] = {"coder": coder, "section": section, "symbols": _count(stream, "symbols", where)}
-    coding = _field(entry["positions"], "coding", str, where)
-    if coding not in POSITION_CODINGS or (coding == CONTEXT_CODING and version < 2):
-        raise FormatError(f"{where}: unknown position coding {coding!r} (in a version-{version} file)")
+        if version >= 3 and not (key == "positions" and coding == "gaps"):
+            # bitmap and ctx code one symbol per weight, indices one per non-zero: nothing to state
+            _absent(stream, ("symbols",), f"{where} {key}")
+            symbols = numel if key == "positions" else nnz
+        else:
+            symbols = _count(stream, "symbols", where)
+        streams[key] = {"coder": coder, "section": section, "symbols": symbols}
     if coding == CONTEXT_CODING and streams["positions"]["coder"] != "ans":
         raise FormatError(f"{where}: ctx position coding needs the ans coder")
     streams["positions"]["coding"] = coding
@@ -242,7 +285,10 @@ def validate_layer(entry: Any, index: int, section_count: int, claimed: set[int]
     return record
 
 
-def validate_raw(entry: Any, index: int, section_count: int, claimed: set[int], sections: list[memoryview]) -> dict:
+def validate_raw(
+    entry: Any, index: int, section_count: int, claimed: set[int], sections: list[memoryview], section_at: Optional[int] = None
+) -> dict:
+    """One ``raw`` entry checked; ``section_at``: its section in version 3 (implied by its place)."""
     where = f"raw tensor {index}"
     if not isinstance(entry, dict):
         raise FormatError(f"{where}: not a JSON object")
@@ -251,7 +297,11 @@ def validate_raw(entry: Any, index: int, section_count: int, claimed: set[int], 
     if dtype not in RAW_DTYPES:
         raise FormatError(f"{where}: dtype {dtype!r} not allowed; allowed: {sorted(RAW_DTYPES)}")
     shape = _shape(entry, where)
-    section = _count(entry, "section", where, 0, max(section_count - 1, 0)) if section_count else None
+    if section_at is not None:
+        _absent(entry, ("section",), where)
+        section = section_at
+    else:
+        section = _count(entry, "section", where, 0, max(section_count - 1, 0)) if section_count else None
     if section is None or section in claimed:
         raise FormatError(f"{where}: section missing or shared")
     claimed.add(section)
@@ -280,12 +330,33 @@ def validate_manifest(manifest: dict, sections: list[memoryview]) -> dict:
     _field(manifest, "recipe", dict, "manifest", nullable=True)
     _field(manifest, "provenance", dict, "manifest", nullable=True)
     original = _count(manifest, "original_parameter_count", "manifest")
+    layer_entries = _field(manifest, "layers", list, "manifest")
+    raw_entries = _field(manifest, "raw", list, "manifest")
     claimed: set[int] = set()
-    layers = [validate_layer(e, i, len(sections), claimed, version) for i, e in enumerate(_field(manifest, "layers", list, "manifest"))]
-    raws = [validate_raw(e, i, len(sections), claimed, sections) for i, e in enumerate(_field(manifest, "raw", list, "manifest"))]
+    if version >= 3:  # the sections follow from the places (CODEBOOK_SECTION)
+        expected = 1 + 2 * len(layer_entries) + len(raw_entries)
+        if len(sections) != expected:
+            raise FormatError(f"manifest: {len(sections)} sections for {len(layer_entries)} layers and {len(raw_entries)} raw tensors (needs {expected})")
+        claimed.add(CODEBOOK_SECTION)
+        layers = [validate_layer(e, i, len(sections), claimed, version, (1 + 2 * i, 2 + 2 * i)) for i, e in enumerate(layer_entries)]
+        raw_first = 1 + 2 * len(layers)
+        raws = [validate_raw(e, i, len(sections), claimed, sections, raw_first + i) for i, e in enumerate(raw_entries)]
+        _fill_codebooks(layers, sections[CODEBOOK_SECTION])
+    else:
+        layers = [validate_layer(e, i, len(sections), claimed, version) for i, e in enumerate(layer_entries)]
+        raws = [validate_raw(e, i, len(sections), claimed, sections) for i, e in enumerate(raw_entries)]
     names = [e["name"] for e in layers] + [e["name"] for e in raws]
     if len(set(names)) != len(names):
         raise FormatError("manifest: a tensor name appears twice")
     if len(claimed) != len(sections):
         raise FormatError(f"manifest: {len(sections) - len(claimed)} sections belong to no tensor")
     return {**manifest, "original_parameter_count": original, "layers": layers, "raw": raws}
+
+
+def _fill_codebooks(layers: list[dict], section: memoryview) -> None:
+    """Version 3: the codebook values from their section, into the validated records."""
+    codebooks = unpack_codebooks(section, [len(layer["codebook"]) for layer in layers])
+    for layer, values in zip(layers, codebooks):
+        if not np.isfinite(values).all():
+            raise FormatError(f"layer {layer['name']!r}: codebook holds something other than a finite float32 value")
+        layer["codebook"] = values.astype(np.float64).tolist()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 import math
 from dataclasses import dataclass
 from typing import Mapping, Optional
@@ -22,6 +21,7 @@ from .entropy import (
     order0_entropy_bits,
 )
 from .errors import FormatError
+from .framing import VERSION
 from .manifest import RAW_DTYPES
 from .quantize import MAX_BITS, QUANTIZERS, QuantizedLayer, index_dtype
 
@@ -74,13 +74,6 @@ def _shortest_float32(value: float) -> float:
     return short if np.float32(short) == single else float(single)
 
 
-def _codebook_text(codebook: np.ndarray) -> str:
-    """The codebook as version 2 stores it: base64 of its little-endian float32 values. In the
-    zstd-compressed manifest that costs about 4.6 bytes an entry, against 5.2 for shortest
-    decimals (the version-1 list), and it is exact by construction."""
-    return base64.b64encode(np.asarray(codebook, dtype="<f4").tobytes()).decode("ascii")
-
-
 def _raw_bytes(tensor: torch.Tensor) -> tuple[str, bytes]:
     tensor = tensor.detach().to("cpu").contiguous()
     if tensor.dtype not in _DTYPE_NAMES:
@@ -101,36 +94,42 @@ def _winograd_entry(value: Optional[Mapping]) -> Optional[dict]:
 def layer_record(
     name: str, layer: QuantizedLayer, coder: str, winograd: Optional[Mapping], sections: list[bytes], contexts: bool = True
 ) -> dict:
-    """Code ``layer``'s two streams onto ``sections`` and return its manifest record.
-    ``contexts=False`` leaves out the ctx position coding (order-0 codings only)."""
+    """Code ``layer``'s two streams onto ``sections`` and return its version-3 manifest record.
+    ``contexts=False`` leaves out the ctx position coding (order-0 codings only).
+
+    The record names no section and leaves out what follows from other fields (docs/format.md
+    section 2): ``sections`` must already hold the codebook section (the caller fills it with
+    :func:`.codebooks.pack_codebooks` once every layer is in), and the streams go after it in layer
+    order. Only a gap stream states its symbol count."""
     _check_layer(name, layer)
     shape = tuple(layer.shape) if contexts else None
     coding, position_stream = encode_positions(layer.positions, layer.numel, coder, shape=shape)
     index_stream = encode_symbols(layer.indices, max(1, len(layer.codebook)), coder)
     sections += [position_stream.data, index_stream.data]
-    module = name[: -len(".weight")]
+    positions = {"coding": coding, "coder": coder}
+    if coding == "gaps":  # escapes make its length something the decoder cannot work out
+        positions["symbols"] = position_stream.count
     return {
         "name": name,
-        "module": module,
         "kind": layer.kind,
         "shape": list(layer.shape),
-        "parameter_count": layer.numel,
         "quantizer": layer.quantizer,
         "bits": layer.bits,
-        "codebook": _codebook_text(layer.codebook),
+        "codebook": len(layer.codebook),
         "dither": None if layer.quantizer != "universal" else {"seed": int(layer.dither_seed), "step": _shortest_float32(layer.dither_step)},
         "nnz": layer.nnz,
-        "positions": {"coding": coding, "coder": coder, "section": len(sections) - 2, "symbols": position_stream.count},
-        "indices": {"coder": coder, "section": len(sections) - 1, "symbols": index_stream.count},
+        "positions": positions,
+        "indices": {"coder": coder},
         "winograd": _winograd_entry(winograd),
     }
 
 
 def raw_record(name: str, tensor: torch.Tensor, sections: list[bytes]) -> dict:
-    """Append ``tensor``'s bytes to ``sections`` and return its manifest record."""
+    """Append ``tensor``'s bytes to ``sections`` (after every layer's streams) and return its
+    version-3 manifest record, which names no section."""
     dtype, payload = _raw_bytes(tensor)
     sections.append(payload)
-    return {"name": name, "dtype": dtype, "shape": list(tensor.shape), "section": len(sections) - 1}
+    return {"name": name, "dtype": dtype, "shape": list(tensor.shape)}
 
 
 def _check_layer(name: str, layer: QuantizedLayer) -> None:
@@ -160,15 +159,18 @@ def _check_layer(name: str, layer: QuantizedLayer) -> None:
             raise ValueError(f"{name}: universal quantization needs a dither seed in [0, 2^63) and a positive step")
 
 
-def decode_layer(entry: dict, sections: list[memoryview]) -> StoredLayer:
+def decode_layer(entry: dict, sections: list[memoryview], version: int = VERSION) -> StoredLayer:
+    """A validated layer record's streams decoded (``version``: the file's; the adaptive ANS
+    model exists from version 3 on)."""
     name, numel, nnz = entry["name"], entry["parameter_count"], entry["nnz"]
     pos, idx = entry["positions"], entry["indices"]
+    adaptive = version >= 3
     try:
         positions, position_symbols, position_model = decode_positions(
-            sections[pos["section"]], pos["coding"], pos["symbols"], numel, nnz, pos["coder"], tuple(entry["shape"])
+            sections[pos["section"]], pos["coding"], pos["symbols"], numel, nnz, pos["coder"], tuple(entry["shape"]), adaptive=adaptive
         )
         alphabet = max(1, len(entry["codebook"]))
-        indices, index_model = decode_symbols(sections[idx["section"]], nnz, alphabet, idx["coder"])
+        indices, index_model = decode_symbols(sections[idx["section"]], nnz, alphabet, idx["coder"], adaptive=adaptive)
     except FormatError as error:
         raise FormatError(f"layer {name!r}: {error}") from None
     position_alphabet = GAP_ALPHABET if pos["coding"] == "gaps" else 2
