@@ -379,7 +379,8 @@ def write_report(args: argparse.Namespace) -> Path | None:
         invocations.setdefault((_invocation(record), record["date"], record["code"]), []).append(stage)
     for (command, date, code), stages in invocations.items():
         lines.append(f"{command}    # {', '.join(stages)}: {date}, code {code}")
-    lines += ["```", "", "WORK: a scratch directory (checkpoints and stage records).", "",
+    lines += ["```", ""] + [f"Note on {stage}: {record['note']}." for stage, record in records.items() if record.get("note")]
+    lines += ["", "WORK: a scratch directory (checkpoints and stage records).", "",
               f"Machine: {machine_summary()}, {args.threads} torch thread(s), shared with other jobs (wall times are not benchmarks). "
               f"Recipe: `experiments/recipes/{args.recipe.name}`.", "", "Wall time per stage (seconds):", "",
               "- dense (cascade): " + ", ".join(f"depth {c['depth']} {c['seconds']:.0f}" for c in dense["cascade"])]
