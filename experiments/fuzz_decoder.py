@@ -772,11 +772,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.replay is not None:
         replay(args.replay, args.seed)
         return 0
+    from jointsparse.utils import atomic_write_text
+
     if args.combine:
         summary = combine([json.loads(path.read_text()) for path in args.combine])
     else:
-        from jointsparse.utils import atomic_write_text
-
         def save(partial: dict[str, Any]) -> None:
             if args.summary_json:
                 atomic_write_text(args.summary_json, json.dumps(partial) + "\n")
@@ -787,8 +787,6 @@ def main(argv: list[str] | None = None) -> int:
     command = "python experiments/fuzz_decoder.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = markdown(summary, command.strip())
     if args.out:
-        from jointsparse.utils import atomic_write_text
-
         atomic_write_text(args.out, text)
     print(text)
     return 0 if not summary["failures"] else 1

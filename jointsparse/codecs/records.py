@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from .entropy import (
-    CONTEXT_CODING,
     GAP_ALPHABET,
     bitmap_entropy_bytes,
     decode_positions,
