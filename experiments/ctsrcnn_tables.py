@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from paper_tables import _density, _layer_rows, _met, _shown, _times, _weights_digest  # a sibling script: its directory is on sys.path
+from paper_tables import _density, _layer_rows, _met, _shown, _times, _weights_digest, train_resuming  # a sibling script: its directory is on sys.path
 
 from jointsparse import superres
 from jointsparse.info import info_payload
@@ -55,7 +55,7 @@ from jointsparse.compress import compress
 from jointsparse.provenance import ROOT, code_version, command_line, machine_summary
 from jointsparse.recipe import Recipe, load_recipe
 from jointsparse.tasks import SUPER_RESOLUTION
-from jointsparse.train import CheckpointError, TrainConfig, evaluate, seed_everything, train
+from jointsparse.train import TrainConfig, evaluate, seed_everything, train
 from jointsparse.utils import atomic_torch_save, atomic_write_text
 
 STAGES = ("dense", "control", "joint", "ablation")
@@ -237,15 +237,10 @@ class Run:
         seconds, steps = 0.0, 0
         for index, (stage, config) in enumerate(plan):
             self.log(f"control: {stage}'s settings, {config.epochs} epoch(s) x {config.max_steps_per_epoch or len(self.train_loader)} steps")
-            kwargs = dict(task=TASK, checkpoint_path=self.work / f"control-{stage}.ckpt", log_path=self.work / f"control-{stage}.jsonl", stage=f"control-{stage}")
-            try:
-                result = train(model, self.train_loader, self.val_loader, config, resume="auto" if self.args.resume else False, **kwargs)
-            except CheckpointError as error:  # written under other settings: this stage and the later ones start again
-                self.log(f"control: {error}; training {stage} and later stages again")
-                for later, _ in plan[index:]:
-                    for suffix in (".ckpt", ".jsonl"):
-                        (self.work / f"control-{later}{suffix}").unlink(missing_ok=True)
-                result = train(model, self.train_loader, self.val_loader, config, resume=False, **kwargs)
+            stale = [self.work / f"control-{later}{suffix}" for later, _ in plan[index:] for suffix in (".ckpt", ".jsonl")]
+            result = train_resuming(model, self.train_loader, self.val_loader, config, resume=self.args.resume, stale=stale,
+                                    log=lambda text: self.log(f"control: {text}"), task=TASK, checkpoint_path=self.work / f"control-{stage}.ckpt",
+                                    log_path=self.work / f"control-{stage}.jsonl", stage=f"control-{stage}")
             seconds += sum(r.get("seconds", 0.0) for r in result.history)
             steps += result.steps
         atomic_torch_save(model.state_dict(), self.work / "control.pt")

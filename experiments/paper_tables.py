@@ -56,7 +56,7 @@ from jointsparse.info import info_payload
 from jointsparse.models import get_model
 from jointsparse.provenance import ROOT, code_version, command_line, machine_summary
 from jointsparse.recipe import Recipe, load_recipe
-from jointsparse.train import TrainConfig, evaluate, get_rank, init_distributed, is_rank0, seed_everything, train
+from jointsparse.train import CheckpointError, TrainConfig, evaluate, get_rank, init_distributed, is_rank0, seed_everything, train
 from jointsparse.utils import atomic_torch_save, atomic_write_text
 
 STAGES = ("dense", "control", "joint", "ablation", "highres")
@@ -224,13 +224,18 @@ class Run:
             atomic_write_text(self.args.work_dir / f"{stage}.json", json.dumps(record, indent=2, default=float) + "\n")
         _barrier()  # other ranks read rank 0's records and dense weights next
 
-    def _done(self, stage: str) -> bool:
-        """A stage with a record is finished; say so and skip it. An unfinished one notes the
-        invocation that starts it (``<stage>.started.json``), for the report of an unfinished run."""
-        done = self.record(stage) is not None
+    def _done(self, stage: str, settings: dict[str, Any] | None = None) -> bool:
+        """A stage with a record made with these ``settings`` is finished; say so and skip it (a
+        record of other settings is run again: the pipeline keeps the stages the change does not
+        touch; a record older than this check, without settings, stands). An unfinished one notes
+        the invocation that starts it (``<stage>.started.json``), for the report of an unfinished run."""
+        record = self.record(stage)
+        done = record is not None and (settings is None or record.get("settings", settings) == settings)
         if done:
             self.log(f"{stage}: already done")
-        elif is_rank0():
+        elif record is not None:
+            self.log(f"{stage}: the recipe changed since its record; running it again")
+        if not done and is_rank0():
             started = self.args.work_dir / f"{stage}.started.json"
             history = json.loads(started.read_text()) if started.is_file() else []
             history.append({"command": command_line(), "date": datetime.date.today().isoformat(), "code": self.code})
@@ -297,22 +302,28 @@ class Run:
         self.log(f"dense: kept epoch {best['epoch']} (validation {best['val_top1']:.2f}%), test top-1 {top1:.2f}%")
 
     # -- control: the dense model given the compressed model's extra training ------------------
+    def control_settings(self) -> dict[str, Any]:
+        """What the control's training follows: the recipe's retrain, fine-tune and codebook sections."""
+        recipe = self.recipe.to_dict()
+        return {stage: recipe[stage] for stage in ("retrain", "finetune", "codebook")}
+
     def run_control(self) -> None:
-        if self._done("control"):
+        if self._done("control", self.control_settings()):
             return
         args = self.args
         seed_everything(args.seed)
         model, dense = self.dense_model()
         train_loader, val_loader, test_loader, _ = self.main_loaders()
         curve, steps = [], 0
-        for stage in ("retrain", "finetune", "codebook"):
-            config = getattr(self.recipe, stage).train_config(seed=args.seed, device=args.device, progress=self.progress)
-            if config.epochs == 0:
-                continue
+        plan = [(stage, getattr(self.recipe, stage).train_config(seed=args.seed, device=args.device, progress=self.progress))
+                for stage in ("retrain", "finetune", "codebook")]
+        plan = [(stage, config) for stage, config in plan if config.epochs > 0]
+        for index, (stage, config) in enumerate(plan):
             per_epoch = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
             self.log(f"control: {stage}'s settings, {config.epochs} epoch(s) x {per_epoch} steps, lr {config.lr:g} {config.schedule}")
-            result = train(model, train_loader, val_loader, config, checkpoint_path=self.work / f"control-{stage}.ckpt",
-                           resume="auto" if args.resume else False, log_path=self.work / f"control-{stage}.jsonl", stage=f"control-{stage}")
+            stale = [self.work / f"control-{later}{suffix}" for later, _ in plan[index:] for suffix in (".ckpt", ".jsonl")]
+            result = train_resuming(model, train_loader, val_loader, config, resume=args.resume, stale=stale, log=self.log,
+                                    checkpoint_path=self.work / f"control-{stage}.ckpt", log_path=self.work / f"control-{stage}.jsonl", stage=f"control-{stage}")
             curve += [_curve_point(r, config.lr, stage) for r in result.history]
             steps += result.steps
         if is_rank0():
@@ -322,6 +333,7 @@ class Run:
         self.save_record("control", {
             "top1": top1, "val_top1": curve[-1]["val_top1"] if curve else None, "curve": curve, "steps": steps,
             "epochs": steps / len(train_loader), "seconds": sum(point["seconds"] for point in curve) + time.perf_counter() - begin,
+            "settings": self.control_settings(),
         })
         self.log(f"control: test top-1 {top1:.2f}% after {steps} more steps ({steps / len(train_loader):.2f} epochs)")
 
@@ -363,12 +375,13 @@ class Run:
 
     # -- joint (Tables A and B) -------------------------------------------------------------------
     def run_joint(self) -> None:
-        if self._done("joint"):
+        if self._done("joint", self.recipe.to_dict()):
             return
         seed_everything(self.args.seed)  # the model's initialization and every draw after it
         model, dense = self.dense_model()
         record = self.compress_and_deploy("joint", self.recipe, model, self.main_loaders(), self.count_size())
         record["top1_dense"] = dense["top1"]
+        record["settings"] = self.recipe.to_dict()
         self.save_record("joint", record)
         self.log(f"joint: {record['compression_ratio']:.1f}x, top-1 spatial {record['top1_spatial']:.2f}% winograd {record['top1_winograd']:.2f}%")
 
@@ -377,8 +390,10 @@ class Run:
         previous = self.record("ablation") or {"modes": {}}
         loaders = self.main_loaders()
         steps = self.args.ablation_steps or (2 if self.args.smoke else max(1, len(loaders[0]) // 2))
+        if previous.get("steps") != steps or previous.get("settings", self.recipe.to_dict()) != self.recipe.to_dict():
+            previous = {"modes": {}}  # rows of other settings are all run again
         for mode in ABLATION_MODES:
-            if mode in previous["modes"] and previous.get("steps") == steps:
+            if mode in previous["modes"]:
                 self.log(f"ablation {mode}: already done")
                 continue
             seed_everything(self.args.seed)
@@ -392,7 +407,7 @@ class Run:
             row = self.compress_and_deploy(f"ablation-{mode}", recipe, model, loaders, self.count_size())
             row.pop("layers")
             previous["modes"][mode] = row
-            previous.update(steps=steps, batch_size=self.recipe.data.batch_size, top1_dense=self._dense_top1(dense, loaders[2]), finetune="as the full run")
+            previous.update(steps=steps, settings=self.recipe.to_dict(), batch_size=self.recipe.data.batch_size, top1_dense=self._dense_top1(dense, loaders[2]), finetune="as the full run")
             self.save_record("ablation", previous)
 
     def _dense_top1(self, dense: dict[str, Any], test_loader: Any) -> float:
@@ -452,6 +467,20 @@ def carve_validation(dataset: Any, validation: int, seed: int) -> tuple[_Carved,
         raise TablesError(f"--validation must be between 1 and the training images - 1 ({len(dataset) - 1}), got {validation}")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     return _Carved(dataset, order[validation:].sort().values), _Carved(dataset, order[:validation].sort().values)
+
+
+def train_resuming(model: torch.nn.Module, train_loader: Any, val_loader: Any, config: TrainConfig, *, resume: bool,
+                   stale: list[Path], log: Callable[[str], None], **kwargs: Any) -> Any:
+    """``train`` resuming from its checkpoint; a checkpoint written under other settings (a recipe
+    changed since) is removed with the ``stale`` files of the stages after it, and the stage trains
+    afresh from the model as it stands."""
+    try:
+        return train(model, train_loader, val_loader, config, resume="auto" if resume else False, **kwargs)
+    except CheckpointError as error:
+        log(f"{error}; training this stage and the later ones again")
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return train(model, train_loader, val_loader, config, resume=False, **kwargs)
 
 
 def _curve_point(record: dict[str, Any], peak_lr: float, phase: str) -> dict[str, Any]:

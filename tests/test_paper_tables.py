@@ -217,3 +217,35 @@ def test_smoke_run_writes_every_table(tmp_path, name):
         _, again = _smoke(name, tmp_path, "b")
         assert again["file_bytes"] == payload["file_bytes"]
         assert again["ablation"] == payload["ablation"]
+
+
+def test_a_record_of_other_settings_is_run_again(tmp_path):
+    from types import SimpleNamespace
+
+    lines: list[str] = []
+    run = SimpleNamespace(args=SimpleNamespace(work_dir=tmp_path), code="test", log=lines.append)
+    run.record = lambda stage: paper_tables.Run.record(run, stage)
+    (tmp_path / "joint.json").write_text(json.dumps({"settings": {"quantize": {"conv_bits": 5}}}))
+    (tmp_path / "control.json").write_text(json.dumps({"steps": 3}))  # written before records carried settings
+    assert paper_tables.Run._done(run, "joint", {"quantize": {"conv_bits": 5}})
+    assert not paper_tables.Run._done(run, "joint", {"quantize": {"conv_bits": 6}})
+    assert "joint: the recipe changed since its record; running it again" in lines
+    assert json.loads((tmp_path / "joint.started.json").read_text())[-1]["code"] == "test"
+    assert paper_tables.Run._done(run, "control", {"finetune": {}}) and not paper_tables.Run._done(run, "highres")
+
+
+def test_train_resuming_restarts_a_stage_whose_checkpoint_has_other_settings(tmp_path):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from jointsparse.train import TrainConfig
+
+    data = DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,))), batch_size=4)
+    model = torch.nn.Linear(4, 2)
+    lines: list[str] = []
+    common = dict(resume=True, log=lines.append, checkpoint_path=tmp_path / "s.ckpt", stage="s")
+    paper_tables.train_resuming(model, data, data, TrainConfig(epochs=1, lr=0.1, progress=False, log_every=0), stale=[], **common)
+    later = tmp_path / "later.ckpt"
+    later.write_bytes(b"x")
+    result = paper_tables.train_resuming(model, data, data, TrainConfig(epochs=1, lr=0.05, progress=False, log_every=0), stale=[later], **common)
+    assert result.steps == 2 and not later.exists() and any("lr" in line for line in lines)
