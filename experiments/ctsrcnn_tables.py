@@ -375,7 +375,8 @@ def write_report(args: argparse.Namespace) -> Path | None:
     for (command, date, code), stages in invocations.items():
         lines.append(f"{command}    # {', '.join(stages)}: {date}, code {code}")
     lines += ["```", ""] + [f"Note on {stage}: {record['note']}." for stage, record in records.items() if record.get("note")]
-    lines += ["", "WORK: a scratch directory (checkpoints and stage records).", "",
+    lines += ["", "WORK: a scratch directory (checkpoints and stage records). OUT: a scratch directory the report and file were written to, "
+              "then placed here.", "",
               f"Machine: {machine_summary()}, {args.threads} torch thread(s), shared with other jobs (wall times are not benchmarks). "
               f"Recipe: `experiments/recipes/{args.recipe.name}`.", "", "Wall time per stage (seconds):", "",
               "- dense (cascade): " + ", ".join(f"depth {c['depth']} {c['seconds']:.0f}" for c in dense["cascade"])]

@@ -556,8 +556,10 @@ def _met(ok: bool) -> str:
 
 def _shown(command: str) -> str:
     """The command as results show it: the work directory (any scratch path of the machine that
-    ran it, and irrelevant to the figures) as WORK."""
-    return re.sub(r"(--work-dir[ =])\S+", r"\1WORK", command)
+    ran it, and irrelevant to the figures) as WORK, and an output directory given as an absolute
+    path (a scratch directory the tables were then copied from) as OUT."""
+    command = re.sub(r"(--work-dir[ =])\S+", r"\1WORK", command)
+    return re.sub(r"(--out-dir[ =])/\S+", r"\1OUT", command)
 
 
 def summary(record: dict[str, Any]) -> dict[str, Any]:

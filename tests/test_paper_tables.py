@@ -145,6 +145,8 @@ def test_report_measures_drops_against_the_better_of_dense_and_control(tmp_path)
     assert "| 90.00 | 90.40 | 89.90 | 89.50 | 0.50 | 0.90 |" in md
     assert "Training images 10 and validation images 6 (drawn from the 16 training images" in md
     assert "--work-dir WORK" in md and "/somewhere" not in md
+    assert paper_tables._shown("python x.py --out-dir /tmp/o --work-dir /w") == "python x.py --out-dir OUT --work-dir WORK"
+    assert paper_tables._shown("python x.py --out-dir experiments/results") == "python x.py --out-dir experiments/results"
     payload = json.loads((out / "resnet18_tables.json").read_text())
     assert {"dense_control_top1", "validation_images", "train_images", "file", "file_bytes", "macs_reduction_winograd_with_transforms"} <= set(payload)
     assert payload["dense_control_top1"] == 90.4 and payload["top1_baseline"] == 90.4 and payload["validation_images"] == 6
