@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from paper_tables import _density, _layer_rows, _met, _shown, _times, _weights_digest, train_resuming  # a sibling script: its directory is on sys.path
+from paper_tables import _density, _layer_rows, _met, _shown, _times, _weights_digest, control_settings, train_control  # a sibling script: its directory is on sys.path
 
 from jointsparse import superres
 from jointsparse.info import info_payload
@@ -217,15 +217,8 @@ class Run:
         self.log(f"dense: test PSNR {scores['psnr']:.2f} dB, bicubic {bicubic:.2f} dB")
 
     # -- control: the dense net, trained as long as compression trains -----------------------------
-    def control_plan(self) -> list[tuple[str, TrainConfig]]:
-        """The control's training: the recipe's retrain, fine-tune and codebook settings in turn."""
-        plan = [(stage, getattr(self.recipe, stage).train_config(seed=self.args.seed, device="cpu", progress=self.progress))
-                for stage in ("retrain", "finetune", "codebook")]
-        return [(stage, config) for stage, config in plan if config.epochs > 0]
-
     def run_control(self) -> None:
-        plan = self.control_plan()
-        settings = {stage: self.recipe.to_dict()[stage] for stage, _ in plan}
+        settings = control_settings(self.recipe)
         record = self.record("control")
         if record is not None and record.get("settings") == settings:
             self.log("control: already done")
@@ -235,12 +228,8 @@ class Run:
         seed_everything(self.args.seed)
         model = self.dense_model()
         seconds, steps = 0.0, 0
-        for index, (stage, config) in enumerate(plan):
-            self.log(f"control: {stage}'s settings, {config.epochs} epoch(s) x {config.max_steps_per_epoch or len(self.train_loader)} steps")
-            stale = [self.work / f"control-{later}{suffix}" for later, _ in plan[index:] for suffix in (".ckpt", ".jsonl")]
-            result = train_resuming(model, self.train_loader, self.val_loader, config, resume=self.args.resume, stale=stale,
-                                    log=lambda text: self.log(f"control: {text}"), task=TASK, checkpoint_path=self.work / f"control-{stage}.ckpt",
-                                    log_path=self.work / f"control-{stage}.jsonl", stage=f"control-{stage}")
+        for _, _, result in train_control(model, self.train_loader, self.val_loader, self.recipe, self.work, seed=self.args.seed, device="cpu",
+                                          progress=self.progress, resume=self.args.resume, log=self.log, task=TASK):
             seconds += sum(r.get("seconds", 0.0) for r in result.history)
             steps += result.steps
         atomic_torch_save(model.state_dict(), self.work / "control.pt")

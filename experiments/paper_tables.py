@@ -44,7 +44,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -302,28 +302,16 @@ class Run:
         self.log(f"dense: kept epoch {best['epoch']} (validation {best['val_top1']:.2f}%), test top-1 {top1:.2f}%")
 
     # -- control: the dense model given the compressed model's extra training ------------------
-    def control_settings(self) -> dict[str, Any]:
-        """What the control's training follows: the recipe's retrain, fine-tune and codebook sections."""
-        recipe = self.recipe.to_dict()
-        return {stage: recipe[stage] for stage in ("retrain", "finetune", "codebook")}
-
     def run_control(self) -> None:
-        if self._done("control", self.control_settings()):
+        if self._done("control", control_settings(self.recipe)):
             return
         args = self.args
         seed_everything(args.seed)
         model, dense = self.dense_model()
         train_loader, val_loader, test_loader, _ = self.main_loaders()
         curve, steps = [], 0
-        plan = [(stage, getattr(self.recipe, stage).train_config(seed=args.seed, device=args.device, progress=self.progress))
-                for stage in ("retrain", "finetune", "codebook")]
-        plan = [(stage, config) for stage, config in plan if config.epochs > 0]
-        for index, (stage, config) in enumerate(plan):
-            per_epoch = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
-            self.log(f"control: {stage}'s settings, {config.epochs} epoch(s) x {per_epoch} steps, lr {config.lr:g} {config.schedule}")
-            stale = [self.work / f"control-{later}{suffix}" for later, _ in plan[index:] for suffix in (".ckpt", ".jsonl")]
-            result = train_resuming(model, train_loader, val_loader, config, resume=args.resume, stale=stale, log=self.log,
-                                    checkpoint_path=self.work / f"control-{stage}.ckpt", log_path=self.work / f"control-{stage}.jsonl", stage=f"control-{stage}")
+        for stage, config, result in train_control(model, train_loader, val_loader, self.recipe, self.work, seed=args.seed, device=args.device,
+                                                   progress=self.progress, resume=args.resume, log=self.log):
             curve += [_curve_point(r, config.lr, stage) for r in result.history]
             steps += result.steps
         if is_rank0():
@@ -333,7 +321,7 @@ class Run:
         self.save_record("control", {
             "top1": top1, "val_top1": curve[-1]["val_top1"] if curve else None, "curve": curve, "steps": steps,
             "epochs": steps / len(train_loader), "seconds": sum(point["seconds"] for point in curve) + time.perf_counter() - begin,
-            "settings": self.control_settings(),
+            "settings": control_settings(self.recipe),
         })
         self.log(f"control: test top-1 {top1:.2f}% after {steps} more steps ({steps / len(train_loader):.2f} epochs)")
 
@@ -469,18 +457,37 @@ def carve_validation(dataset: Any, validation: int, seed: int) -> tuple[_Carved,
     return _Carved(dataset, order[validation:].sort().values), _Carved(dataset, order[:validation].sort().values)
 
 
-def train_resuming(model: torch.nn.Module, train_loader: Any, val_loader: Any, config: TrainConfig, *, resume: bool,
-                   stale: list[Path], log: Callable[[str], None], **kwargs: Any) -> Any:
-    """``train`` resuming from its checkpoint; a checkpoint written under other settings (a recipe
-    changed since) is removed with the ``stale`` files of the stages after it, and the stage trains
-    afresh from the model as it stands."""
-    try:
-        return train(model, train_loader, val_loader, config, resume="auto" if resume else False, **kwargs)
-    except CheckpointError as error:
-        log(f"{error}; training this stage and the later ones again")
-        for path in stale:
-            path.unlink(missing_ok=True)
-        return train(model, train_loader, val_loader, config, resume=False, **kwargs)
+CONTROL_STAGES = ("retrain", "finetune", "codebook")
+
+
+def control_settings(recipe: Recipe) -> dict[str, Any]:
+    """What the dense control's training follows: the recipe's retrain, fine-tune and codebook sections."""
+    sections = recipe.to_dict()
+    return {stage: sections[stage] for stage in CONTROL_STAGES}
+
+
+def train_control(model: torch.nn.Module, train_loader: Any, val_loader: Any, recipe: Recipe, work: Path, *, seed: int, device: str,
+                  progress: bool, resume: bool, log: Callable[[str], None], **kwargs: Any) -> Iterator[tuple[str, TrainConfig, Any]]:
+    """Train the dense control with the recipe's retrain, fine-tune and codebook settings in turn
+    (stages of 0 epochs left out), each resuming from its checkpoint in ``work``; yields
+    ``(stage, config, TrainResult)``. A checkpoint written under other settings (the recipe
+    changed since) is removed with the later stages' files, and that stage trains afresh from the
+    model as it stands."""
+    plan = [(stage, getattr(recipe, stage).train_config(seed=seed, device=device, progress=progress)) for stage in CONTROL_STAGES]
+    plan = [(stage, config) for stage, config in plan if config.epochs > 0]
+    for index, (stage, config) in enumerate(plan):
+        per_epoch = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
+        log(f"control: {stage}'s settings, {config.epochs} epoch(s) x {per_epoch} steps, lr {config.lr:g} {config.schedule}")
+        paths = dict(checkpoint_path=work / f"control-{stage}.ckpt", log_path=work / f"control-{stage}.jsonl", stage=f"control-{stage}")
+        try:
+            result = train(model, train_loader, val_loader, config, resume="auto" if resume else False, **paths, **kwargs)
+        except CheckpointError as error:
+            log(f"control: {error}; training {stage} and the later stages again")
+            for later, _ in plan[index:]:
+                for suffix in (".ckpt", ".jsonl"):
+                    (work / f"control-{later}{suffix}").unlink(missing_ok=True)
+            result = train(model, train_loader, val_loader, config, resume=False, **paths, **kwargs)
+        yield stage, config, result
 
 
 def _curve_point(record: dict[str, Any], peak_lr: float, phase: str) -> dict[str, Any]:

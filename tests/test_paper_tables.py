@@ -236,18 +236,25 @@ def test_a_record_of_other_settings_is_run_again(tmp_path):
     assert paper_tables.Run._done(run, "control", {"finetune": {}}) and not paper_tables.Run._done(run, "highres")
 
 
-def test_train_resuming_restarts_a_stage_whose_checkpoint_has_other_settings(tmp_path):
+def test_train_control_restarts_a_stage_whose_checkpoint_has_other_settings(tmp_path):
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from jointsparse.train import TrainConfig
+    from jointsparse.recipe import parse_recipe
 
     data = DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,))), batch_size=4)
     model = torch.nn.Linear(4, 2)
     lines: list[str] = []
-    common = dict(resume=True, log=lines.append, checkpoint_path=tmp_path / "s.ckpt", stage="s")
-    paper_tables.train_resuming(model, data, data, TrainConfig(epochs=1, lr=0.1, progress=False, log_every=0), stale=[], **common)
-    later = tmp_path / "later.ckpt"
-    later.write_bytes(b"x")
-    result = paper_tables.train_resuming(model, data, data, TrainConfig(epochs=1, lr=0.05, progress=False, log_every=0), stale=[later], **common)
-    assert result.steps == 2 and not later.exists() and any("lr" in line for line in lines)
+
+    def control(finetune_lr: float) -> list[tuple[str, int]]:
+        recipe = parse_recipe({"retrain": {"epochs": 1, "lr": 0.1}, "finetune": {"epochs": 1, "lr": finetune_lr}, "codebook": {"epochs": 0}})
+        return [(stage, result.steps) for stage, _, result in paper_tables.train_control(
+            model, data, data, recipe, tmp_path, seed=0, device="cpu", progress=False, resume=True, log=lines.append)]
+
+    assert control(0.1) == [("retrain", 2), ("finetune", 2)]  # the codebook stage has 0 epochs
+    settings = paper_tables.control_settings
+    assert settings(parse_recipe({"quantize": {"conv_bits": 4}})) == settings(parse_recipe({}))  # the control does not quantize
+    assert settings(parse_recipe({"finetune": {"lr": 0.5}})) != settings(parse_recipe({}))
+    assert control(0.05) == [("retrain", 2), ("finetune", 2)]
+    assert any("training finetune and the later stages again" in line for line in lines)
+    assert not any("training retrain" in line for line in lines)  # the retraining checkpoint still fits
