@@ -29,10 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from jointsparse.baselines import DEEP_COMPRESSION_BITS, INDEX_BITS, METHODS, relative_index_layer_encode
+from jointsparse.baselines import DEEP_COMPRESSION_BITS, METHODS, deep_compression_bytes
 from jointsparse.checkpoint import load_model, save_model
 from jointsparse.codecs import decode, load
 from jointsparse.compress import compress
@@ -110,22 +109,6 @@ def build_recipe(method: str, model_name: str, args: argparse.Namespace) -> dict
     return recipe
 
 
-def huffman_relative_index_bytes(path: Path) -> int:
-    """Deep Compression's coding of the file's quantized weights (Han et al.): per layer, the
-    Huffman-coded relative indices (8-bit conv, 5-bit FC gaps) and Huffman-coded codebook
-    indices, plus 4 bytes per codebook entry and the raw float32 tensors (biases, BatchNorm).
-    Not a file format of ours: a byte count beside the real ``.jsz``."""
-    contents = load(path)
-    total = sum(t.numel() * t.element_size() for t in contents.raw.values())
-    for stored in contents.layers.values():
-        q = stored.quantized
-        codes = np.zeros(q.numel, dtype=np.int64)
-        codes[q.positions] = q.indices.astype(np.int64) + 1  # 0 marks a pruned weight
-        width = INDEX_BITS["conv" if len(q.shape) == 4 else "linear"]
-        total += len(relative_index_layer_encode(codes, width)) + 4 * len(q.codebook)
-    return total
-
-
 def train_dense(model_name: str, loaders: tuple, info: Any, args: argparse.Namespace, out: Path, log) -> Path:
     """The dense baseline, trained once per model and settings and cached."""
     path = out / "dense.pt"
@@ -184,7 +167,7 @@ def run_method(method: str, model_name: str, dense: Path, loaders: tuple, info: 
         "file_bytes": total["file_bytes"],
         "compression_ratio": total["compression_ratio"],
         "weights_only_ratio": total["weights_only_ratio"],
-        "huffman_relative_index_bytes": huffman_relative_index_bytes(jsz),
+        "huffman_relative_index_bytes": deep_compression_bytes(load(jsz)),
         "macs": {k: macs[k] for k in ("dense", "spatial", "winograd", "reduction_spatial", "reduction_winograd")},
         "layers": [{k: row[k] for k in ("name", "params", "density", "winograd_density")} for row in payload["report"]["layers"]],
         "seconds": compress_seconds,

@@ -3,6 +3,7 @@
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -442,6 +443,28 @@ def test_thin_model_refuses_what_it_cannot_thin_exactly():
 
 
 # -- deep_compression -----------------------------------------------------------------------------
+
+
+def test_deep_compression_bytes_counts_han_coding_of_a_decoded_file(tmp_path):
+    from jointsparse.baselines import deep_compression_bytes, relative_index_layer_encode
+    from jointsparse.codecs import encode, load
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    with torch.no_grad():
+        for module in (model[0], model[3]):
+            module.weight[torch.rand_like(module.weight) < 0.7] = 0
+    path = tmp_path / "m.jsz"
+    encode(model, path, allow_no_arch=True)
+    contents = load(path)
+    expected = sum(t.numel() * t.element_size() for t in contents.raw.values())  # the biases, raw
+    for stored in contents.layers.values():
+        q = stored.quantized
+        codes = np.zeros(q.numel, dtype=np.int64)
+        codes[q.positions] = q.indices.astype(np.int64) + 1
+        expected += len(relative_index_layer_encode(codes, 8 if len(q.shape) == 4 else 5)) + 4 * len(q.codebook)
+    assert deep_compression_bytes(contents) == expected
+    assert expected < path.stat().st_size * 3  # a real byte count, not a dense one
 
 
 def test_deep_compression_prunes_in_rounds_and_masks_only_grow():

@@ -27,7 +27,8 @@ def run_script(name: str, *args: str, timeout: float = 900) -> subprocess.Comple
     (["--stages", "dense,bogus"], "--stages must name some of"),
     (["--subset", "0"], "--subset must be >= 1"),
     (["--recipe", "no/such/recipe.toml"], "recipe no/such/recipe.toml not found"),
-    (["--stages", "highres", "--highres-resolution", "0"], "the highres stage needs --highres-resolution"),
+    (["--stages", "highres", "--highres-resolution", "0"], "the highres stages need --highres-resolution"),
+    (["--highres-subset", "500", "--highres-validation", "500"], "--highres-validation (500) must leave training images out of --highres-subset (500)"),
 ])
 def test_bad_settings_exit_2_with_one_line(tmp_path, args, message):
     result = run_script("alexnet", *args, "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o"), timeout=600)
@@ -41,6 +42,8 @@ def test_later_stage_without_dense_is_a_clear_error(tmp_path):
     result = run_script("resnet18", "--stages", "joint", "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o"), timeout=600)
     assert result.returncode == 2
     assert "run the dense stage first" in result.stderr
+    result = run_script("resnet18", "--stages", "deepcomp", "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o"), timeout=600)
+    assert result.returncode == 2 and "the deepcomp stage is AlexNet's" in result.stderr
 
 
 def _record(ratio: float, top1: tuple[float, float], macs: tuple[float, float]) -> dict:
@@ -61,8 +64,16 @@ def test_report_flags_each_missed_target(tmp_path):
     (work / "dense.json").write_text(json.dumps({"command": "python x.py", "date": "2026-12-01", "code": "abc", "seconds": 5.0, "epochs": 1, "lr": 0.01, "top1": 90.0}))
     (work / "joint.json").write_text(json.dumps(_record(50.0, (89.5, 88.5), (4.0, 5.0))))
     high = _record(60.0, (80.0, 80.5), (4.5, 7.0))
-    high.update(resolution=[211, 211], adaptation_epochs=3, adaptation_lr=0.01, top1_dense_before_adaptation=40.0, top1_dense=81.0, dense_seconds=9.0)
+    high.update(resolution=[211, 211], top1_dense=81.0, dense_control_top1=80.9)
     (work / "highres.json").write_text(json.dumps(high))
+    curve = [_point("first schedule", 78.0), _point("cycle 1", 80.0), _point("cycle 1", 80.05)]
+    (work / "highres-dense.json").write_text(json.dumps({
+        "command": "python x.py", "date": "2026-12-01", "code": "abc", "seconds": 9.0, "top1": 81.0, "val_top1": 80.05, "kept_epoch": 3, "curve": curve,
+        "epochs": 1, "epochs_total": 3, "converged": True, "max_epochs": 10, "min_gain": 0.1, "lr": 0.01, "polish_lr": 0.005, "resolution": [211, 211],
+        "train_images": 19500, "validation_images": 500, "test_images": 10000, "val_top1_before": 40.0}))
+    dc = _record(35.0, (89.8, 80.0), (4.0, 4.0))
+    dc.update(han_bytes=2000, han_ratio=20.0, densities={"conv1": 0.84, "fc6": 0.09})
+    (work / "deepcomp.json").write_text(json.dumps(dc))
     args = paper_tables.parse_args(SPEC, ["--work-dir", str(work), "--out-dir", str(tmp_path / "out")])
     md = paper_tables.write_report(SPEC, args).read_text()
     assert "compression 50.0x vs >= 47.7x: met" in md
@@ -74,13 +85,21 @@ def test_report_flags_each_missed_target(tmp_path):
     assert f"Winograd-sparse MACs: {WINOGRAD_PRODUCTS_CONVENTION}" in md
     assert f"Counting {WINOGRAD_TRANSFORMS_CONVENTION}, the Winograd deployment needs 0.2M (6.25x fewer than dense)" in md
     assert "| 5.00x | 6.25x |" in md
-    assert "adapted to 211 px for 3 epoch(s)" in md and "top-1 40.00% before, 81.00% after" in md
+    assert "validation top-1 40.00% at 211 px before training" in md and "19,500 training images" in md
+    assert "3 epoch(s) in all, converged: epoch 3 gained +0.05 pt" in md and "compressed with the full recipe" in md
+    assert "| 211 px, no copying (10 training images) | 81.00 | 80.90 | 80.00 | 80.50 | 1.00 | 0.50 |" in md
+    assert "| Deep Compression | 0.200 | 89.80 | 0.20 | 2,000 | 20.0x | 1,234 | 35.0x |" in md and "conv1 0.84, fc6 0.09" in md
+    assert "Our ratio over Deep Compression's: **2.50x** (against its own coding; 1.43x against our coding of its weights)" in md
+    assert "Deep Compression's top-1 (89.80%) is above ours (88.50%, the worse domain)" in md
+    assert "equal accuracy" in paper_tables._accuracy_remark(80.0, 80.01) and "below ours" in paper_tables._accuracy_remark(79.0, 80.0)
     assert "211 px, no copying" in md and "compression 60.0x vs >= 47.7x: met" in md
     assert "47.7x" in md and "Deep Compression" in md and "not measured here" in md
     payload = json.loads((tmp_path / "out" / "alexnet_tables.json").read_text())
     assert TABLE_B_KEYS <= set(payload)
     assert payload["targets_met"] == {"compression": True, "computation": False, "accuracy": False}
     assert payload["highres"]["resolution"] == 211 and payload["highres"]["targets_met"]["computation"] is True
+    assert payload["highres"]["dense_converged"] is True and payload["highres"]["dense_control_top1"] == 80.9
+    assert payload["deep_compression"]["ours_over_deep_compression"] == pytest.approx(2.5)
     # one invocation that ran two stages is listed once
     assert md.count("python x.py    #") == 1
 
@@ -160,6 +179,7 @@ def test_report_measures_drops_against_the_better_of_dense_and_control(tmp_path)
     md = paper_tables.write_report(SPEC, args).read_text()
     assert "**From the earlier run, not re-run in this one:** the run of some day." in md
     assert "| joint | 91.00 | 90.00 | 1.00 | 2.00 | 0.100 | 0.200 | 30.0x |" in md and "Not at equal density." in md
+    assert "equal Winograd density" not in md  # one row: no verdict
     assert json.loads((out / "resnet18_tables.json").read_text())["ablation"]["source"] == "earlier run (not re-run)"
 
 
@@ -213,7 +233,8 @@ def test_smoke_run_writes_every_table(tmp_path, name):
     assert payload["compression_ratio"] > 1 and payload["macs_reduction_winograd"] > 1
     assert set(payload["ablation"]) == {"spatial", "winograd", "joint"}
     if name == "alexnet":
-        assert "highres" in payload and payload["highres"]["resolution"] == 211
+        assert "highres" in payload and payload["highres"]["resolution"] == 211 and payload["highres"]["dense_control_top1"] is not None
+        assert payload["deep_compression"]["han_bytes"] > 0 and "## Deep Compression on the same proxy" in md
         assert "copies each pool5 value 36 time(s)" in md
     else:  # the same seed gives the same file: densities and bytes
         _, again = _smoke(name, tmp_path, "b")
@@ -258,3 +279,14 @@ def test_train_control_restarts_a_stage_whose_checkpoint_has_other_settings(tmp_
     assert control(0.05) == [("retrain", 2), ("finetune", 2)]
     assert any("training finetune and the later stages again" in line for line in lines)
     assert not any("training retrain" in line for line in lines)  # the retraining checkpoint still fits
+
+
+def test_table_c_says_whether_rows_are_at_equal_density_and_who_wins():
+    row = lambda top1_winograd, winograd_density: {"top1_spatial": 90.0, "top1_winograd": top1_winograd, "density": 0.104,
+                                                   "winograd_density": winograd_density, "compression_ratio": 30.0}
+    text = " ".join(paper_tables._ablation_verdict({"spatial": row(89.99, 0.197), "winograd": row(87.0, 0.151), "joint": row(88.37, 0.192)}))
+    assert "equal spatial density (within 0.000)" in text
+    assert "**not** at equal Winograd density: the winograd row lands at 0.151, 0.046 below" in text
+    assert "**Joint regularization does not beat spatial-only in the Winograd domain here** (88.37% vs 89.99%)" in text
+    text = " ".join(paper_tables._ablation_verdict({"spatial": row(88.0, 0.2), "joint": row(89.0, 0.195)}))
+    assert "at equal Winograd density (within 0.005)" in text and "the paper's point." in text

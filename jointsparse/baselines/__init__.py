@@ -20,7 +20,7 @@ from torch import nn
 from ._common import BaselineConfigError, BaselineHook, BaselineStateError
 from .bridgeout import Bridgeout
 from .channel_sparse import ChannelSparse, depth_multiplier, scale_channels
-from .deep_compression import DEEP_COMPRESSION_BITS, INDEX_BITS, DeepCompression, layer_kind
+from .deep_compression import DEEP_COMPRESSION_BITS, INDEX_BITS, DeepCompression, deep_compression_bytes, layer_kind
 from .group_prox import GroupProx, ThinningError, thin_model
 from .huffman import HuffmanError, huffman_decode, huffman_encode
 from .memory_bounded import L0Budget, L1Prox
@@ -75,6 +75,7 @@ __all__ = [
     "ChannelSparse",
     "DEEP_COMPRESSION_BITS",
     "DeepCompression",
+    "deep_compression_bytes",
     "GroupProx",
     "HuffmanError",
     "INDEX_BITS",

@@ -11,11 +11,13 @@ from __future__ import annotations
 import numbers
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..layers import resolve_per_layer
 from ._common import BaselineConfigError, BaselineHook, LayerSpec, check_fraction, check_positive_int, keep_largest
+from .relative_index import relative_index_layer_encode
 
 #: k-means bits per weight (codebook of 2^b entries, zero included) for conv and FC layers.
 DEEP_COMPRESSION_BITS = {"conv": 8, "linear": 5}
@@ -118,3 +120,19 @@ class DeepCompression(BaselineHook):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.rounds_done = int(state["rounds_done"])
+
+
+def deep_compression_bytes(contents: Any) -> int:
+    """The bytes Deep Compression's own coding (Han et al.) gives a decoded file's quantized
+    weights: per layer, Huffman-coded relative indices (:data:`INDEX_BITS`: 8-bit conv, 5-bit FC
+    gaps) and Huffman-coded codebook indices, plus 4 bytes per codebook entry, and the raw
+    float32 tensors (biases, BatchNorm). ``contents`` is what ``jointsparse.codecs.load``
+    returns. Not a file format of ours: a byte count to set beside the real ``.jsz``."""
+    total = sum(t.numel() * t.element_size() for t in contents.raw.values())
+    for stored in contents.layers.values():
+        q = stored.quantized
+        codes = np.zeros(q.numel, dtype=np.int64)
+        codes[q.positions] = q.indices.astype(np.int64) + 1  # 0 marks a pruned weight
+        width = INDEX_BITS["conv" if len(q.shape) == 4 else "linear"]
+        total += len(relative_index_layer_encode(codes, width)) + 4 * len(q.codebook)
+    return total
