@@ -128,10 +128,11 @@ def parse_args(spec: NetworkSpec, argv: list[str] | None = None) -> argparse.Nam
     parser.add_argument("--dense-polish-lr", type=float, default=None,
                         help="peak LR of the first one-epoch cosine cycle after the first schedule (default --dense-lr / 2; each next cycle halves it)")
     parser.add_argument("--validation", type=int, default=6000, help="training images held out as the validation split (fixed seed: --seed)")
-    parser.add_argument("--highres-validation", type=int, default=500, help="validation images of the highres stage, held out of --highres-subset")
+    parser.add_argument("--highres-validation", type=int, default=1000, help="validation images of the highres stages, held out of --highres-subset")
     parser.add_argument("--ablation-steps", type=int, default=None, help="retraining steps per Table C mode (default: half an epoch)")
     parser.add_argument("--highres-resolution", type=int, default=spec.highres_resolution)
-    parser.add_argument("--highres-subset", type=int, default=20000, help="training images of the highres stages (validation included)")
+    parser.add_argument("--highres-subset", type=int, default=21000,
+                        help="images drawn from the training split for the highres stages: --highres-validation of them validate, the rest (20,000 by default) train")
     parser.add_argument("--highres-test-subset", type=int, default=None, help="test images of the highres stages (default all)")
     parser.add_argument("--highres-dense-epochs", type=int, default=3,
                         help="first cosine schedule (at --dense-lr) of the high-resolution dense model, which starts from the low-resolution one; "
