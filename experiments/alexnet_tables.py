@@ -1,15 +1,18 @@
 """The paper's AlexNet compression tables (SPEC section 7): Table A per layer, Table B summary,
-Table C regularization ablation, beside the paper's and Deep Compression's quoted figures.
+Table C regularization ablation, Deep Compression run on the same proxy, beside the paper's and
+Deep Compression's quoted ImageNet figures.
 
 CPU proxy (the default): Caffe AlexNet with a 10-class head on Fashion-MNIST at 67 px with
-3 replicated channels, plus a ``highres`` stage at 211 px, the smallest input at which the last
-pool's output is a real 6x6 (SPEC section 10's trap). ImageNet, on GPUs::
+3 replicated channels, plus a row at 211 px (stages ``highres-dense``, ``highres-control``,
+``highres``), the smallest input at which the last pool's output is a real 6x6 (SPEC section
+10's trap). ImageNet, on GPUs::
 
     torchrun --nproc-per-node 8 experiments/alexnet_tables.py --data imagefolder:/data/imagenet \\
         --device cuda --resolution 227 --dense-epochs 90 --dense-lr 0.01 --stages dense,joint,ablation
 
-CPU proxy (the results file lists the exact invocations; every stage after dense can run in its
-own sitting, and beside another one on a second core)::
+CPU proxy (the results file lists the exact invocations; each line can run in its own sitting,
+and the second and third beside each other on two cores once dense is done; the report reads
+each row's control when it is written, whichever finished first)::
 
     python experiments/alexnet_tables.py --stages dense,control,joint
     python experiments/alexnet_tables.py --stages ablation,deepcomp

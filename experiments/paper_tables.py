@@ -71,6 +71,10 @@ HIGHRES_STAGES = ("highres-dense", "highres-control", "highres")
 ABLATION_MODES = ("spatial", "winograd", "joint")
 #: Table B's accuracy bound: top-1 drop from our own dense baseline, in points, in both domains.
 MAX_DROP_POINTS = 1.0
+#: Table C: rows within this fraction of the densest row's density count as at equal density,
+#: and top-1 differences under this many points as no difference (seeds and test noise).
+DENSITY_TOLERANCE = 0.05
+VERDICT_MARGIN_POINTS = 0.2
 
 
 class TablesError(ValueError):
@@ -249,13 +253,15 @@ class Run:
             atomic_write_text(self.args.work_dir / f"{stage}.json", json.dumps(record, indent=2, default=float) + "\n")
         _barrier()  # other ranks read rank 0's records and dense weights next
 
-    def _done(self, stage: str, settings: dict[str, Any] | None = None) -> bool:
+    def _done(self, stage: str, settings: dict[str, Any] | None = None, strict: bool = False) -> bool:
         """A stage with a record made with these ``settings`` is finished; say so and skip it (a
         record of other settings is run again: the pipeline keeps the stages the change does not
-        touch; a record older than this check, without settings, stands). An unfinished one notes
-        the invocation that starts it (``<stage>.started.json``), for the report of an unfinished run."""
+        touch; a record older than this check, without settings, stands unless ``strict``). An
+        unfinished one notes the invocation that starts it (``<stage>.started.json``), for the
+        report of an unfinished run."""
         record = self.record(stage)
-        done = record is not None and (settings is None or record.get("settings", settings) == settings)
+        recorded = record.get("settings", None if strict else settings) if record is not None else None
+        done = record is not None and (settings is None or recorded == settings)
         if done:
             self.log(f"{stage}: already done")
         elif record is not None:
@@ -297,27 +303,24 @@ class Run:
         config = TrainConfig(epochs=epochs, lr=args.dense_lr, weight_decay=5e-4, schedule="cosine", seed=args.seed,
                              device=args.device, progress=self.progress, log_every=0, max_steps_per_epoch=2 if args.smoke else None)
         self.log(f"{stage}: {config.epochs} epoch(s) at {info.input_size} px on {info.train_size:,} images, validation {len(val_loader.dataset):,}")
-        resume = "auto" if args.resume else False
-        result = train(model, train_loader, val_loader, config, checkpoint_path=self.work / f"{stage}.ckpt",
-                       resume=resume, log_path=self.work / f"{stage}.jsonl", stage=stage)
+        result = self._train_restartable(model, train_loader, val_loader, config, f"{stage}")
         curve = [_curve_point(r, config.lr, "first schedule") for r in result.history]
         best = {"val_top1": curve[-1]["val_top1"], "epoch": len(curve)}
         if is_rank0():
-            atomic_torch_save(model.state_dict(), self.work / f"{stage}-best.pt")
+            atomic_torch_save(model.state_dict(), args.work_dir / f"{stage}-best.pt")
         cycle, lr = 0, args.dense_polish_lr
         while len(curve) < max_epochs and not converged(curve, args.dense_min_gain):
             cycle += 1
             self.log(f"{stage}: validation top-1 {curve[-1]['val_top1']:.2f}% (+{_gain(curve):.2f} pt in the last epoch); cycle {cycle}: 1 epoch, cosine from lr {lr:g}")
             config = dataclasses.replace(config, epochs=1, lr=lr)
-            result = train(model, train_loader, val_loader, config, checkpoint_path=self.work / f"{stage}-cycle{cycle}.ckpt",
-                           resume=resume, log_path=self.work / f"{stage}-cycle{cycle}.jsonl", stage=f"{stage}-cycle{cycle}")
+            result = self._train_restartable(model, train_loader, val_loader, config, f"{stage}-cycle{cycle}")
             curve += [_curve_point(r, lr, f"cycle {cycle}") for r in result.history]
             if curve[-1]["val_top1"] > best["val_top1"] and is_rank0():
                 best = {"val_top1": curve[-1]["val_top1"], "epoch": len(curve)}
-                atomic_torch_save(model.state_dict(), self.work / f"{stage}-best.pt")
+                atomic_torch_save(model.state_dict(), args.work_dir / f"{stage}-best.pt")
             lr /= 2
         _barrier()
-        model.load_state_dict(torch.load(self.work / f"{stage}-best.pt", map_location="cpu", weights_only=True))
+        model.load_state_dict(torch.load(args.work_dir / f"{stage}-best.pt", map_location="cpu", weights_only=True))
         if is_rank0():
             atomic_torch_save(model.state_dict(), args.work_dir / f"{stage}.pt")
         begin = time.perf_counter()
@@ -331,6 +334,18 @@ class Run:
             "test_images": info.test_size, "seconds": sum(point["seconds"] for point in curve) + time.perf_counter() - begin,
         }
 
+    def _train_restartable(self, model: torch.nn.Module, train_loader: Any, val_loader: Any, config: TrainConfig, name: str) -> Any:
+        """``train`` resuming from ``<name>.ckpt``; a checkpoint of other data or settings (say,
+        another --highres-subset) is set aside and that schedule trains afresh."""
+        paths = dict(checkpoint_path=self.work / f"{name}.ckpt", log_path=self.work / f"{name}.jsonl", stage=name)
+        try:
+            return train(model, train_loader, val_loader, config, resume="auto" if self.args.resume else False, **paths)
+        except CheckpointError as error:
+            self.log(f"{name}: {error}; training it afresh")
+            for suffix in (".ckpt", ".jsonl"):
+                (self.work / f"{name}{suffix}").unlink(missing_ok=True)
+            return train(model, train_loader, val_loader, config, resume=False, **paths)
+
     def run_dense(self) -> None:
         if self._done("dense"):
             return
@@ -340,15 +355,27 @@ class Run:
         self.save_record("dense", record)
 
     # -- control: the dense model given the compressed model's extra training ------------------
-    def train_control_stage(self, stage: str, dense_stage: str, loaders: tuple) -> None:
+    def train_control_stage(self, stage: str, dense_stage: str, loaders: Callable[[], tuple]) -> None:
         """``dense_stage``'s kept model trained on, dense, with the recipe's retrain, fine-tune and
-        codebook settings: the extra training its compressed model gets."""
-        if self._done(stage, control_settings(self.recipe)):
+        codebook settings: the extra training its compressed model gets. Tied to the dense
+        weights it starts from: after a new dense model, its record and checkpoints are stale."""
+        model, _ = self.dense_model(dense_stage)
+        settings = {**control_settings(self.recipe), "dense_weights": _weights_digest(model)}
+        record = self.record(stage)
+        if record is not None and record.get("settings") == control_settings(self.recipe):
+            settings = record["settings"]  # a record from before the weights were tied stands, as other records without them do
+        if self._done(stage, settings):
             return
         args = self.args
+        marker = self.work / f"{stage}.dense-weights"
+        if marker.is_file() and marker.read_text() != settings["dense_weights"]:
+            self.log(f"{stage}: its checkpoints started from other dense weights; training afresh")
+            for path in self.work.glob(f"{stage}-*.ckpt"):
+                path.unlink()
+        if is_rank0():
+            atomic_write_text(marker, settings["dense_weights"])
         seed_everything(args.seed)
-        model, _ = self.dense_model(dense_stage)
-        train_loader, val_loader, test_loader, _ = loaders
+        train_loader, val_loader, test_loader, _ = loaders()
         curve, steps = [], 0
         for part, config, result in train_control(model, train_loader, val_loader, self.recipe, self.work, seed=args.seed, device=args.device,
                                                   progress=self.progress, resume=args.resume, log=self.log, prefix=stage):
@@ -361,19 +388,19 @@ class Run:
         self.save_record(stage, {
             "top1": top1, "val_top1": curve[-1]["val_top1"] if curve else None, "curve": curve, "steps": steps,
             "epochs": steps / len(train_loader), "seconds": sum(point["seconds"] for point in curve) + time.perf_counter() - begin,
-            "settings": control_settings(self.recipe),
+            "settings": settings,
         })
         self.log(f"{stage}: test top-1 {top1:.2f}% after {steps} more steps ({steps / len(train_loader):.2f} epochs)")
 
     def run_control(self) -> None:
-        self.train_control_stage("control", "dense", self.main_loaders())
+        self.train_control_stage("control", "dense", self.main_loaders)
 
     # -- compress one recipe and deploy its file both ways --------------------------------------
     def compress_and_deploy(self, tag: str, recipe: Recipe, model: torch.nn.Module, loaders: tuple, count_size: tuple[int, int, int]) -> dict[str, Any]:
         """Compress on the training split (every stage scored on validation), then decode the
         file in both domains and score each on the test set once."""
         train_loader, val_loader, test_loader, info = loaders
-        out = self.work / f"{tag}.jsz"
+        out = (self.work / f"{tag}.jsz").resolve()  # the record's path works from any directory
         start = time.perf_counter()
         result = compress(model, train_loader, val_loader, recipe, out, workdir=self.work / f"{tag}.work", resume=self.args.resume,
                           device=self.args.device, seed=self.args.seed, progress=self.progress, log=self.log,
@@ -405,46 +432,50 @@ class Run:
         return (3, self.spec.count_resolution, self.spec.count_resolution)
 
     # -- joint (Tables A and B) -------------------------------------------------------------------
-    def compress_stage(self, stage: str, recipe: Recipe, dense_stage: str, control_stage: str, loaders: tuple) -> dict[str, Any] | None:
+    def compress_stage(self, stage: str, recipe: Callable[[], Recipe], dense_stage: str, control_stage: str, loaders: Callable[[], tuple],
+                       extra: Callable[[dict[str, Any]], None] = lambda record: None) -> dict[str, Any] | None:
         """``recipe`` from ``dense_stage``'s kept model into ``<stage>.jsz``, deployed both ways;
-        the record carries the dense and (if run) the control's test top-1. None if done."""
-        if self._done(stage, recipe.to_dict()):
+        the record carries the dense and (if run) the control's test top-1, and what ``extra``
+        adds. None if done (a record without settings, from before this rule, is run again)."""
+        settings = recipe().to_dict()
+        if self._done(stage, settings, strict=True):
             return None
         seed_everything(self.args.seed)  # every draw after the dense model
         model, dense = self.dense_model(dense_stage)
-        record = self.compress_and_deploy(stage, recipe, model, loaders, self.count_size())
+        record = self.compress_and_deploy(stage, recipe(), model, loaders(), self.count_size())
         control = self.record(control_stage)
-        record.update(top1_dense=dense["top1"], dense_control_top1=control["top1"] if control else None, settings=recipe.to_dict())
+        record.update(top1_dense=dense["top1"], dense_control_top1=control["top1"] if control else None, settings=settings)
+        extra(record)
         self.save_record(stage, record)
         self.log(f"{stage}: {record['compression_ratio']:.1f}x, top-1 spatial {record['top1_spatial']:.2f}% winograd {record['top1_winograd']:.2f}%")
         return record
 
     def run_joint(self) -> None:
-        self.compress_stage("joint", self.recipe, "dense", "control", self.main_loaders())
+        self.compress_stage("joint", lambda: self.recipe, "dense", "control", self.main_loaders)
 
     # -- Deep Compression on the same proxy ------------------------------------------------------
     def deep_compression_recipe(self) -> Recipe:
         """Han et al.'s method in our pipeline: iterative magnitude pruning (3 rounds over the
         recipe's retraining) to their published densities, their 8/5 bits, the same fine-tuning."""
-        loaders = self.main_loaders()
+        per_epoch = -(-_train_images(self.args) // self.recipe.data.batch_size)
         retrain = self.recipe.retrain
-        steps = retrain.epochs * min(len(loaders[0]), retrain.max_steps_per_epoch or len(loaders[0]))
+        steps = retrain.epochs * min(per_epoch, retrain.max_steps_per_epoch or per_epoch)
         sparsity = {name: round(1.0 - kept, 6) for name, kept in self.spec.deep_compression_density.items()}
+        rounds = 3  # the last one a quarter of the retraining before its end, so that it is retrained too
         return dataclasses.replace(
             self.recipe,
-            regularizer=RegularizerConfig(method="deep_compression", options={"sparsity": sparsity, "rounds": 3, "every": max(1, steps // 3)}),
+            regularizer=RegularizerConfig(method="deep_compression", options={"sparsity": sparsity, "rounds": rounds, "every": max(1, steps // (rounds + 1))}),
             sparsity=SparsityConfig(spatial=sparsity, winograd={}),  # no Winograd pruning: the method has no Winograd domain
             quantize=dataclasses.replace(self.recipe.quantize, conv_bits=DEEP_COMPRESSION_BITS["conv"], linear_bits=DEEP_COMPRESSION_BITS["linear"]),
         )
 
     def run_deepcomp(self) -> None:
-        self.compress_stage("deepcomp", self.deep_compression_recipe(), "dense", "control", self.main_loaders())
-        record = self.record("deepcomp")
-        if "han_bytes" not in record:  # Han et al.'s own coding of the same quantized weights, beside our file
+        def han(record: dict[str, Any]) -> None:  # Han et al.'s own coding of the same quantized weights, beside our file
             record["han_bytes"] = deep_compression_bytes(load(record["file"]))
+            # compression_ratio = dense bytes / file bytes (unrounded), so this is dense bytes / Han et al.'s bytes
             record["han_ratio"] = record["file_bytes"] * record["compression_ratio"] / record["han_bytes"]
             record["densities"] = self.spec.deep_compression_density
-            self.save_record("deepcomp", record)
+        self.compress_stage("deepcomp", self.deep_compression_recipe, "dense", "control", self.main_loaders, extra=han)
 
     # -- ablation (Table C) ---------------------------------------------------------------------
     def run_ablation(self) -> None:
@@ -492,10 +523,10 @@ class Run:
         self.save_record("highres-dense", record)
 
     def run_highres_control(self) -> None:
-        self.train_control_stage("highres-control", "highres-dense", self.highres_loaders())
+        self.train_control_stage("highres-control", "highres-dense", self.highres_loaders)
 
     def run_highres(self) -> None:
-        self.compress_stage("highres", self.recipe, "highres-dense", "highres-control", self.highres_loaders())
+        self.compress_stage("highres", lambda: self.recipe, "highres-dense", "highres-control", self.highres_loaders)
 
 
 class _Carved(torch.utils.data.Dataset):
@@ -783,8 +814,8 @@ def _accuracy_remark(deep_compression: float, ours: float) -> str:
     if abs(deep_compression - ours) < 0.05:
         return f"The two are at equal accuracy (top-1 {deep_compression:.2f}% vs {ours:.2f}%, ours in the worse domain)."
     if deep_compression > ours:
-        return (f"Deep Compression's top-1 ({deep_compression:.2f}%) is above ours ({ours:.2f}%, the worse domain), so the comparison is not at "
-                "equal accuracy and favours it.")
+        return (f"Deep Compression's top-1 ({deep_compression:.2f}%) is above ours ({ours:.2f}%, the worse domain): at equal accuracy it could "
+                "prune more, so the ratio above flatters us.")
     return (f"Deep Compression's top-1 ({deep_compression:.2f}%) is below ours ({ours:.2f}%, the worse domain): at equal accuracy it would need "
             "more weights, so the ratio above does not flatter us.")
 
@@ -823,17 +854,24 @@ def _ablation_verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
     if not {"spatial", "joint"} <= set(rows):
         return []
     text = []
-    spread = lambda key: max(r[key] for r in rows.values() if r.get(key) is not None) - min(r[key] for r in rows.values() if r.get(key) is not None)
     for key, domain in (("density", "spatial"), ("winograd_density", "Winograd")):
-        if spread(key) > 0.01:
-            low = min(rows, key=lambda mode: rows[mode][key])
-            text.append(f"The rows are **not** at equal {domain} density: the {low} row lands at {rows[low][key]:.3f}, "
-                        f"{spread(key):.3f} below the densest (pruning keeps at most the target; where the spatially pruned weights have fewer "
-                        "non-zero Winograd coefficients than the target keeps, the row lands lower).")
+        values = {mode: row[key] for mode, row in rows.items() if row.get(key) is not None}
+        if len(values) < 2:
+            continue
+        low, high = min(values, key=values.get), max(values, key=values.get)
+        spread = values[high] - values[low]
+        if spread > DENSITY_TOLERANCE * values[high]:
+            why = (" (Winograd pruning keeps at most its target; where the spatially pruned weights have fewer non-zero Winograd coefficients "
+                   "than the target keeps, a row lands lower)" if key == "winograd_density" else "")
+            text.append(f"The rows are **not** at equal {domain} density: the {low} row lands at {values[low]:.3f}, {spread:.3f} below the "
+                        f"{high} row{why}.")
         else:
-            text.append(f"The rows are at equal {domain} density (within {spread(key):.3f}).")
+            text.append(f"The rows are at equal {domain} density (within {spread:.3f}).")
     joint, spatial = rows["joint"]["top1_winograd"], rows["spatial"]["top1_winograd"]
-    if joint > spatial:
+    if abs(joint - spatial) < VERDICT_MARGIN_POINTS:
+        text.append(f"Joint and spatial-only regularization keep the same Winograd top-1 within {VERDICT_MARGIN_POINTS} pt ({joint:.2f}% vs "
+                    f"{spatial:.2f}%): no difference at this budget.")
+    elif joint > spatial:
         text.append(f"Joint regularization keeps a higher Winograd top-1 than spatial-only ({joint:.2f}% vs {spatial:.2f}%), the paper's point.")
     else:
         text.append(f"**Joint regularization does not beat spatial-only in the Winograd domain here** ({joint:.2f}% vs {spatial:.2f}%): "
@@ -958,7 +996,11 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     if "joint" not in records:
         return _pending_report(spec, args, records)
     joint, dense, control = records["joint"], records["dense"], records.get("control")
-    joint["dense_control_top1"] = control["top1"] if control else None
+    for stage, control_stage in (("joint", "control"), ("deepcomp", "control"), ("highres", "highres-control")):
+        if stage in records:  # a control finished after the row was compressed counts too
+            records[stage]["dense_control_top1"] = records[control_stage]["top1"] if control_stage in records else None
+    if "highres" in records and "settings" not in records["highres"]:
+        del records["highres"]  # the capped, adapted row of the earlier code: the highres stage runs it again
     joint["committed_file"] = commit_file(joint, args.out_dir / f"{spec.name}_tables.jsz")
     if "highres" in records:
         records["highres"]["committed_file"] = commit_file(records["highres"], args.out_dir / f"{spec.name}_tables_highres.jsz")

@@ -446,7 +446,7 @@ def test_thin_model_refuses_what_it_cannot_thin_exactly():
 
 
 def test_deep_compression_bytes_counts_han_coding_of_a_decoded_file(tmp_path):
-    from jointsparse.baselines import deep_compression_bytes, relative_index_layer_encode
+    from jointsparse.baselines import deep_compression_bytes, relative_index_layer_decode, relative_index_layer_encode
     from jointsparse.codecs import encode, load
 
     torch.manual_seed(0)
@@ -457,14 +457,18 @@ def test_deep_compression_bytes_counts_han_coding_of_a_decoded_file(tmp_path):
     path = tmp_path / "m.jsz"
     encode(model, path, allow_no_arch=True)
     contents = load(path)
-    expected = sum(t.numel() * t.element_size() for t in contents.raw.values())  # the biases, raw
-    for stored in contents.layers.values():
-        q = stored.quantized
+    raw = sum(t.numel() * t.element_size() for t in contents.raw.values())
+    assert raw == 4 * (4 + 3)  # the two biases, float32
+    streams = 0
+    for name, module in (("0.weight", model[0]), ("3.weight", model[3])):
+        q = contents.layers[name].quantized
         codes = np.zeros(q.numel, dtype=np.int64)
         codes[q.positions] = q.indices.astype(np.int64) + 1
-        expected += len(relative_index_layer_encode(codes, 8 if len(q.shape) == 4 else 5)) + 4 * len(q.codebook)
-    assert deep_compression_bytes(contents) == expected
-    assert expected < path.stat().st_size * 3  # a real byte count, not a dense one
+        stream = relative_index_layer_encode(codes, 8 if name == "0.weight" else 5)
+        # the stream holds the layer's pruning pattern: exactly the model's non-zeros
+        np.testing.assert_array_equal(relative_index_layer_decode(stream) != 0, module.weight.detach().flatten().numpy() != 0)
+        streams += len(stream) + 4 * len(q.codebook)
+    assert deep_compression_bytes(contents) == raw + streams
 
 
 def test_deep_compression_prunes_in_rounds_and_masks_only_grow():

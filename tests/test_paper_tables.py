@@ -64,13 +64,15 @@ def test_report_flags_each_missed_target(tmp_path):
     (work / "dense.json").write_text(json.dumps({"command": "python x.py", "date": "2026-12-01", "code": "abc", "seconds": 5.0, "epochs": 1, "lr": 0.01, "top1": 90.0}))
     (work / "joint.json").write_text(json.dumps(_record(50.0, (89.5, 88.5), (4.0, 5.0))))
     high = _record(60.0, (80.0, 80.5), (4.5, 7.0))
-    high.update(resolution=[211, 211], top1_dense=81.0, dense_control_top1=80.9)
+    high.update(resolution=[211, 211], top1_dense=81.0, settings={"retrain": {}})
     (work / "highres.json").write_text(json.dumps(high))
     curve = [_point("first schedule", 78.0), _point("cycle 1", 80.0), _point("cycle 1", 80.05)]
     (work / "highres-dense.json").write_text(json.dumps({
         "command": "python x.py", "date": "2026-12-01", "code": "abc", "seconds": 9.0, "top1": 81.0, "val_top1": 80.05, "kept_epoch": 3, "curve": curve,
         "epochs": 1, "epochs_total": 3, "converged": True, "max_epochs": 10, "min_gain": 0.1, "lr": 0.01, "polish_lr": 0.005, "resolution": [211, 211],
         "train_images": 19500, "validation_images": 500, "test_images": 10000, "val_top1_before": 40.0}))
+    (work / "highres-control.json").write_text(json.dumps({"command": "python x.py", "date": "2026-12-01", "code": "abc", "seconds": 5.0, "top1": 80.9,
+                                                            "steps": 10, "epochs": 4.2}))
     dc = _record(35.0, (89.8, 80.0), (4.0, 4.0))
     dc.update(han_bytes=2000, han_ratio=20.0, densities={"conv1": 0.84, "fc6": 0.09})
     (work / "deepcomp.json").write_text(json.dumps(dc))
@@ -90,8 +92,9 @@ def test_report_flags_each_missed_target(tmp_path):
     assert "| 211 px, no copying (10 training images) | 81.00 | 80.90 | 80.00 | 80.50 | 1.00 | 0.50 |" in md
     assert "| Deep Compression | 0.200 | 89.80 | 0.20 | 2,000 | 20.0x | 1,234 | 35.0x |" in md and "conv1 0.84, fc6 0.09" in md
     assert "Our ratio over Deep Compression's: **2.50x** (against its own coding; 1.43x against our coding of its weights)" in md
-    assert "Deep Compression's top-1 (89.80%) is above ours (88.50%, the worse domain)" in md
-    assert "equal accuracy" in paper_tables._accuracy_remark(80.0, 80.01) and "below ours" in paper_tables._accuracy_remark(79.0, 80.0)
+    assert "Deep Compression's top-1 (89.80%) is above ours (88.50%, the worse domain): at equal accuracy it could prune more, so the ratio above flatters us." in md
+    assert paper_tables._accuracy_remark(80.0, 80.01).startswith("The two are at equal accuracy")
+    assert "so the ratio above does not flatter us" in paper_tables._accuracy_remark(79.0, 80.0)
     assert "211 px, no copying" in md and "compression 60.0x vs >= 47.7x: met" in md
     assert "47.7x" in md and "Deep Compression" in md and "not measured here" in md
     payload = json.loads((tmp_path / "out" / "alexnet_tables.json").read_text())
@@ -100,6 +103,11 @@ def test_report_flags_each_missed_target(tmp_path):
     assert payload["highres"]["resolution"] == 211 and payload["highres"]["targets_met"]["computation"] is True
     assert payload["highres"]["dense_converged"] is True and payload["highres"]["dense_control_top1"] == 80.9
     assert payload["deep_compression"]["ours_over_deep_compression"] == pytest.approx(2.5)
+    # the earlier code's highres record (capped recipe, no settings) is not shown as the new row
+    high.pop("settings")
+    (work / "highres.json").write_text(json.dumps(high))
+    md = paper_tables.write_report(SPEC, args).read_text()
+    assert "211 px, no copying" not in md and "Its compression is pending." in md
     # one invocation that ran two stages is listed once
     assert md.count("python x.py    #") == 1
 
@@ -286,7 +294,12 @@ def test_table_c_says_whether_rows_are_at_equal_density_and_who_wins():
                                                    "winograd_density": winograd_density, "compression_ratio": 30.0}
     text = " ".join(paper_tables._ablation_verdict({"spatial": row(89.99, 0.197), "winograd": row(87.0, 0.151), "joint": row(88.37, 0.192)}))
     assert "equal spatial density (within 0.000)" in text
-    assert "**not** at equal Winograd density: the winograd row lands at 0.151, 0.046 below" in text
+    assert "**not** at equal Winograd density: the winograd row lands at 0.151, 0.046 below the spatial row (Winograd pruning" in text
     assert "**Joint regularization does not beat spatial-only in the Winograd domain here** (88.37% vs 89.99%)" in text
     text = " ".join(paper_tables._ablation_verdict({"spatial": row(88.0, 0.2), "joint": row(89.0, 0.195)}))
     assert "at equal Winograd density (within 0.005)" in text and "the paper's point." in text
+    assert "no difference at this budget" in " ".join(paper_tables._ablation_verdict({"spatial": row(88.0, 0.2), "joint": row(88.1, 0.2)}))
+    sparse = lambda density: {**row(88.0, 0.2), "density": density}
+    text = " ".join(paper_tables._ablation_verdict({"spatial": sparse(0.060), "joint": sparse(0.051)}))
+    assert "**not** at equal spatial density: the joint row lands at 0.051, 0.009 below the spatial row." in text  # relative: 15% of 0.06
+    assert paper_tables._ablation_verdict({"spatial": {**row(88.0, None)}, "joint": row(88.0, 0.2)})  # a layerless density: no crash
