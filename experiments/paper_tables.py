@@ -108,6 +108,11 @@ class NetworkSpec:
 # ------------------------------------------------------------------------------- settings
 
 
+def default_stages(spec: NetworkSpec) -> list[str]:
+    """Every stage the network has (the highres ones need a resolution, deepcomp known densities)."""
+    return [s for s in STAGES if (s not in HIGHRES_STAGES or spec.highres_resolution) and (s != "deepcomp" or spec.deep_compression_density)]
+
+
 def parse_args(spec: NetworkSpec, argv: list[str] | None = None) -> argparse.Namespace:
     results = Path(__file__).resolve().parent / "results"
     parser = argparse.ArgumentParser(
@@ -117,8 +122,7 @@ def parse_args(spec: NetworkSpec, argv: list[str] | None = None) -> argparse.Nam
     )
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist (the CPU proxy) or imagefolder:PATH (ImageNet)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda; run under torchrun for several GPUs")
-    parser.add_argument("--stages", default=",".join(s for s in STAGES if (s not in HIGHRES_STAGES or spec.highres_resolution)
-                                                     and (s != "deepcomp" or spec.deep_compression_density)),
+    parser.add_argument("--stages", default=",".join(default_stages(spec)),
                         help=f"comma-separated subset of {', '.join(STAGES)} (finished stages are reused)")
     parser.add_argument("--resolution", type=int, default=None, help=f"proxy input side in px (default {spec.proxy_resolution}; ImageNet: 227 for AlexNet, 224 for ResNet-18)")
     parser.add_argument("--recipe", type=Path, default=spec.recipe)
@@ -930,9 +934,12 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, records: dict[s
     pending = [stage for stage in ("dense", "control", "joint") if stage not in records]
     resume = (f"python experiments/{spec.name}_tables.py --stages {','.join(pending)} --threads {args.threads}"
               + (f" --dense-max-epochs {args.dense_max_epochs}" if args.dense_max_epochs != 12 else "") + " --work-dir WORK")
+    later = [stage for stage in default_stages(spec) if stage not in records and stage not in pending]
     lines = [f"# {spec.title}: the paper's compression tables, reproduced on {'ImageNet' if args.data.startswith('imagefolder:') else 'a CPU proxy'}", "",
              f"**Status: unfinished.** Pending: {', '.join(pending)}. Tables A and B need the joint stage; until it has run there are no new "
              "compression, MAC or accuracy figures here. Resume (each stage continues from its checkpoints in WORK):", "", "```", resume, "```", ""]
+    if later:
+        lines += [f"Later stages, also pending: {', '.join(later)}.", ""]
     earlier = args.out_dir / f"{spec.name}_tables_earlier.md"
     if earlier.is_file():
         lines += [f"The earlier run's tables (before the validation split, the convergence rule and the control) stay in `{earlier.name}` until this run "

@@ -204,7 +204,7 @@ def test_unfinished_run_reports_its_logged_dense_epochs_and_how_to_resume(tmp_pa
     (work / "dense-cycle1.jsonl").write_text(epoch(1, 0.874) + "\n" + '{"kind": "epo')  # a line cut short by a kill
     (work / "dense.started.json").write_text(json.dumps([{"command": "python r.py --work-dir /x", "date": "2026-12-02", "code": "abc"}]))
     md = paper_tables.write_report(SPEC, args).read_text()
-    assert "**Status: unfinished.** Pending: dense, control, joint." in md
+    assert "**Status: unfinished.** Pending: dense, control, joint." in md and "Later stages, also pending: ablation." in md
     assert "python r.py --work-dir WORK    # dense: 2026-12-02, code abc" in md
     assert "--stages dense,control,joint --threads 1 --dense-max-epochs 6 --work-dir WORK" in md
     assert "4 epoch(s) done in 400 s" in md and "So far the last epoch gained +0.40 pt: not converged yet." in md
