@@ -125,3 +125,32 @@ def test_trust_gate_names_the_factory_and_the_flag():
     check_trusted("pkg.mod:f", True, "x.jsz")
     with pytest.raises(UntrustedModelError, match=r"'pkg.mod:f'.*--trust"):
         check_trusted("pkg.mod:f", False, "x.jsz")
+
+
+@pytest.mark.parametrize("size, beta, shape", [(5, 0.75, (2, 7, 5, 3)), (4, 0.6, (1, 3, 4, 4)), (1, 0.75, (1, 1, 3, 3)), (6, 0.75, (2, 2, 3, 2))])
+def test_local_response_norm_matches_pytorch_in_value_and_gradient(size, beta, shape):
+    from jointsparse.models import LocalResponseNorm
+
+    torch.manual_seed(0)
+    reference = torch.nn.LocalResponseNorm(size, alpha=0.3, beta=beta, k=1.5)
+    fast = LocalResponseNorm(size, alpha=0.3, beta=beta, k=1.5)
+    x = torch.randn(*shape, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(fast, (x,))
+    torch.testing.assert_close(fast(x), reference(x))
+    grad = torch.randn(*shape, dtype=torch.double)
+    (mine,) = torch.autograd.grad(fast(x), x, grad)
+    (theirs,) = torch.autograd.grad(reference(x), x, grad)
+    torch.testing.assert_close(mine, theirs)
+    # float32 at AlexNet's settings, and the inputs it hands to PyTorch's own path (3-D)
+    alexnet = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+    x = torch.randn(2, 96, 9, 9) * 30
+    torch.testing.assert_close(alexnet(x), torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alexnet(x[0]), torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)(x[0]))
+
+
+def test_alexnet_trains_with_the_fast_lrn_and_swaps_to_the_compiled_one():
+    from jointsparse.models import LocalResponseNorm
+    from jointsparse.nn.fast import can_swap
+
+    model = get_model("alexnet", num_classes=10)
+    assert isinstance(model.norm, LocalResponseNorm) and can_swap(model.norm)
