@@ -340,7 +340,7 @@ class Run:
 
     def _train_restartable(self, model: torch.nn.Module, train_loader: Any, val_loader: Any, config: TrainConfig, name: str) -> Any:
         """``train`` resuming from ``<name>.ckpt``; a checkpoint of other data or settings (say,
-        another --highres-subset) is set aside and that schedule trains afresh."""
+        another --highres-subset) is removed and that schedule trains afresh."""
         paths = dict(checkpoint_path=self.work / f"{name}.ckpt", log_path=self.work / f"{name}.jsonl", stage=name)
         try:
             return train(model, train_loader, val_loader, config, resume="auto" if self.args.resume else False, **paths)
