@@ -303,3 +303,37 @@ def test_table_c_says_whether_rows_are_at_equal_density_and_who_wins():
     text = " ".join(paper_tables._ablation_verdict({"spatial": sparse(0.060), "joint": sparse(0.051)}))
     assert "**not** at equal spatial density: the joint row lands at 0.051, 0.009 below the spatial row." in text  # relative: 15% of 0.06
     assert paper_tables._ablation_verdict({"spatial": {**row(88.0, None)}, "joint": row(88.0, 0.2)})  # a layerless density: no crash
+
+
+def test_control_is_tied_to_the_dense_weights_it_starts_from(tmp_path, capsys):
+    import torch
+
+    from resnet18_tables import SPEC
+
+    args = paper_tables.parse_args(SPEC, ["--smoke", "--data", "digits", "--resolution", "32", "--no-progress",
+                                          "--work-dir", str(tmp_path), "--out-dir", str(tmp_path / "out")])
+    torch.set_num_threads(1)
+    run = paper_tables.Run(SPEC, args)
+
+    def new_dense(seed: int) -> None:
+        torch.manual_seed(seed)
+        torch.save(run.new_model(10).state_dict(), tmp_path / "dense.pt")
+        (tmp_path / "dense.json").write_text(json.dumps({"num_classes": 10, "top1": 10.0}))
+
+    new_dense(0)
+    run.run_control()
+    first = json.loads((tmp_path / "control.json").read_text())
+    assert first["steps"] > 0 and (tmp_path / "control-retrain.ckpt").is_file()
+    run.run_control()
+    assert "control: already done" in capsys.readouterr().out
+    new_dense(1)  # a new dense model: the control's record and checkpoints are stale
+    run.run_control()
+    out = capsys.readouterr().out
+    assert "its checkpoints started from other dense weights; training afresh" in out
+    second = json.loads((tmp_path / "control.json").read_text())
+    assert second["settings"]["dense_weights"] != first["settings"]["dense_weights"]
+    # a record from before the weights were tied (settings without them) still counts as done
+    second["settings"] = paper_tables.control_settings(run.recipe)
+    (tmp_path / "control.json").write_text(json.dumps(second))
+    run.run_control()
+    assert "control: already done" in capsys.readouterr().out
