@@ -423,6 +423,7 @@ class Run:
         return {
             "file": str(out), "file_bytes": total["file_bytes"], "compression_ratio": total["compression_ratio"],
             "weights_only_ratio": total["weights_only_ratio"], "density": total["density"], "winograd_density": total["winograd_density"],
+            **_position_figures(total),
             "macs_reduction_spatial": payload["macs"]["reduction_spatial"], "macs_reduction_winograd": payload["macs"]["reduction_winograd"],
             "macs_reduction_winograd_with_transforms": payload["macs"]["reduction_winograd_with_transforms"],
             "macs": {k: payload["macs"][k] for k in ("dense", "spatial", "winograd", "winograd_with_transforms", "input_size")},
@@ -685,7 +686,25 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "drop_spatial": baseline_top1(record) - record["top1_spatial"], "drop_winograd": baseline_top1(record) - record["top1_winograd"],
         "validation_images": record.get("validation_images"), "train_images": record.get("train_images"), "test_images": record.get("test_images"),
         "file": record.get("committed_file"), "file_bytes": record["file_bytes"],
+        "position_bytes": record.get("position_bytes"), "position_vs_order0": record.get("position_vs_order0"),
     }
+
+
+def _position_figures(total: dict[str, Any]) -> dict[str, Any]:
+    """The file's position streams against their order-0 bound (each layer's size times the
+    binary entropy of its density: issue 15's yardstick), from a report's totals."""
+    return {"position_bytes": total["position_bytes"], "position_order0_bytes": total["position_entropy_bytes"],
+            "position_vs_order0": total["position_vs_entropy"]}
+
+
+def _fill_position_figures(record: dict[str, Any], count_size: tuple[int, int, int]) -> None:
+    """A record written before the position figures were kept: read them from its file, if it is there."""
+    path = Path(record.get("file") or "")
+    if "position_vs_order0" not in record and path.is_file():
+        try:
+            record.update(_position_figures(info_payload(str(path), count_size)["report"]["total"]))
+        except ValueError as error:  # FormatError is one: the report says nothing rather than fail
+            print(f"note: no position figures from {path}: {error}", file=sys.stderr)
 
 
 def baseline_top1(record: dict[str, Any]) -> float:
@@ -1009,6 +1028,9 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     if "highres" in records and "settings" not in records["highres"]:
         del records["highres"]  # the capped, adapted row of the earlier code: the highres stage runs it again
     joint["committed_file"] = commit_file(joint, args.out_dir / f"{spec.name}_tables.jsz")
+    for stage in ("joint", "highres", "deepcomp"):
+        if stage in records:
+            _fill_position_figures(records[stage], (3, spec.count_resolution, spec.count_resolution))
     if "highres" in records:
         records["highres"]["committed_file"] = commit_file(records["highres"], args.out_dir / f"{spec.name}_tables_highres.jsz")
     resolution = joint["resolution"][0]
@@ -1074,6 +1096,10 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
               f"{sum(r['coded_bytes'] for r in joint['layers']):,} | {macs['dense'] / 1e6:.1f}M | {macs['spatial'] / 1e6:.1f}M | {macs['winograd'] / 1e6:.1f}M |", "",
               f"Winograd-sparse MACs: {WINOGRAD_PRODUCTS_CONVENTION}; layers without a Winograd form run spatially in that deployment and count their spatial-sparse MACs in the total. "
               + _with_transforms_note(macs), ""]
+    if joint.get("position_vs_order0") is not None:
+        lines += [f"Positions: {joint['position_bytes']:,} bytes, **{joint['position_vs_order0']:.4f}x** their order-0 bound "
+                  f"({joint['position_order0_bytes']:,.0f} bytes: each layer's size times the binary entropy of its density; issue 15's target "
+                  "for the context coder is <= 0.90x).", ""]
 
     lines += ["## Table B: summary (measured)", "",
               "Drops are measured from the better of the dense model and its equal-epoch control (test top-1), in each domain.", "",

@@ -240,6 +240,7 @@ def test_smoke_run_writes_every_table(tmp_path, name):
     assert TABLE_B_KEYS <= set(payload)
     assert payload["compression_ratio"] > 1 and payload["macs_reduction_winograd"] > 1
     assert set(payload["ablation"]) == {"spatial", "winograd", "joint"}
+    assert 0 < payload["position_vs_order0"] < 1.5 and "their order-0 bound" in md
     if name == "alexnet":
         assert "highres" in payload and payload["highres"]["resolution"] == 211 and payload["highres"]["dense_control_top1"] is not None
         assert payload["deep_compression"]["han_bytes"] > 0 and "## Deep Compression on the same proxy" in md
