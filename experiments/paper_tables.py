@@ -605,9 +605,14 @@ def _gain(curve: list[dict[str, Any]]) -> float:
     return curve[-1]["val_top1"] - curve[-2]["val_top1"] if len(curve) > 1 else float("inf")
 
 
+#: Accuracies are image counts over a split: a gain equal to the rule's bound (say 6 of 6,000
+#: images for 0.1 pt) must not pass as under it by float rounding.
+_GAIN_TOLERANCE = 1e-9
+
+
 def converged(curve: list[dict[str, Any]], min_gain: float) -> bool:
     """The last epoch gained less than ``min_gain`` points of validation top-1."""
-    return _gain(curve) < min_gain
+    return _gain(curve) < min_gain - _GAIN_TOLERANCE
 
 
 def _weights_digest(model: torch.nn.Module) -> str:
@@ -759,8 +764,13 @@ def _dense_lines(dense: dict[str, Any]) -> list[str]:
                 "(a record from before the validation split and the convergence rule).", ""]
     total, cap = dense["epochs_total"], dense["max_epochs"]
     if dense["converged"]:
-        verdict = (f"converged: epoch {total} gained {dense['curve'][-1]['val_top1'] - dense['curve'][-2]['val_top1']:+.2f} pt on validation, "
-                   f"under the {dense['min_gain']:g} pt rule")
+        gain = dense["curve"][-1]["val_top1"] - dense["curve"][-2]["val_top1"]
+        verdict = f"converged: epoch {total} gained {gain:+.2f} pt on validation, under the {dense['min_gain']:g} pt rule"
+        if gain >= dense["min_gain"] - _GAIN_TOLERANCE:  # judged before the rule's tolerance existed
+            images = round(gain / 100 * dense["validation_images"]) if dense.get("validation_images") else None
+            verdict = (f"stopped at epoch {total}, whose gain of {gain:+.2f} pt" + (f" ({images} of {dense['validation_images']:,} validation images)" if images else "")
+                       + f" equals the {dense['min_gain']:g} pt bound: the code of that run judged it under the bound by float rounding (fixed since); "
+                       "by the rule it is at the edge of convergence, not under it")
     else:
         verdict = (f"**not converged**: the cap of {cap} epochs was hit while the last epoch still gained "
                    f"{dense['curve'][-1]['val_top1'] - dense['curve'][-2]['val_top1']:+.2f} pt on validation (rule: < {dense['min_gain']:g} pt)")

@@ -338,3 +338,14 @@ def test_control_is_tied_to_the_dense_weights_it_starts_from(tmp_path, capsys):
     (tmp_path / "control.json").write_text(json.dumps(second))
     run.run_control()
     assert "control: already done" in capsys.readouterr().out
+
+
+def test_a_gain_equal_to_the_bound_is_not_convergence():
+    point = lambda images: {"val_top1": 100 * images / 6000}
+    assert not paper_tables.converged([point(5567), point(5573)], 0.1)  # +0.1 pt exactly: 6 of 6,000 images
+    assert paper_tables.converged([point(5567), point(5572)], 0.1)
+    dense = {"curve": [_point("first schedule", 100 * 5567 / 6000), _point("cycle 1", 100 * 5573 / 6000)], "converged": True, "min_gain": 0.1,
+             "validation_images": 6000, "epochs_total": 2, "max_epochs": 8, "epochs": 1, "lr": 0.05, "polish_lr": 0.025, "kept_epoch": 2,
+             "val_top1": 92.88, "top1": 92.66}
+    text = " ".join(paper_tables._dense_lines(dense))
+    assert "(6 of 6,000 validation images) equals the 0.1 pt bound" in text and "at the edge of convergence" in text
