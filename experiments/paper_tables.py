@@ -1051,7 +1051,15 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
         invocations.setdefault((_shown(record["command"]), record["date"], record["code"]), []).append(stage)
     for (command, date, code), stages in invocations.items():
         lines.append(f"{command}    # {', '.join(stages)}: {date}, code {code}")
-    lines += ["```", "", "WORK: any scratch directory (checkpoints and stage records; the same one for every stage).", "",
+    lines += ["```", ""]
+    for stage in records:  # a stage that ran over several sittings: each resumed from the last one's checkpoints
+        started = args.work_dir / f"{stage}.started.json"
+        history = json.loads(started.read_text()) if started.is_file() else []
+        if len(history) > 1:
+            codes = ", ".join(dict.fromkeys(entry["code"] for entry in history))
+            lines.append(f"The {stage} stage ran over {len(history)} invocations ({history[0]['date']} to {history[-1]['date']}; code {codes}), each resuming "
+                         f"from the last one's per-epoch checkpoints; the line above is the one that finished it (`WORK/{stage}.started.json` lists them all).")
+    lines += ["", "WORK: any scratch directory (checkpoints and stage records; the same one for every stage).", "",
               f"Machine: {_machine()}, {args.threads} torch thread(s) per run. Recipe: `{os.path.relpath(args.recipe)}`.", ""]
     lines += ["Wall time per stage (seconds):", ""]
     if "curve" in dense:

@@ -349,3 +349,16 @@ def test_a_gain_equal_to_the_bound_is_not_convergence():
              "val_top1": 92.88, "top1": 92.66}
     text = " ".join(paper_tables._dense_lines(dense))
     assert "(6 of 6,000 validation images) equals the 0.1 pt bound" in text and "at the edge of convergence" in text
+
+
+def test_report_names_a_stage_that_ran_over_several_invocations(tmp_path):
+    from resnet18_tables import SPEC
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    (work / "dense.json").write_text(json.dumps({"command": "python x.py", "date": "2026-12-02", "code": "ccc", "seconds": 5.0, "epochs": 1, "lr": 0.01, "top1": 90.0}))
+    (work / "joint.json").write_text(json.dumps(_record(30.0, (89.9, 89.5), (8.0, 8.5))))
+    (work / "dense.started.json").write_text(json.dumps([{"command": "python x.py", "date": "2026-12-01", "code": c} for c in ("aaa", "bbb", "ccc")]))
+    md = paper_tables.write_report(SPEC, paper_tables.parse_args(SPEC, ["--work-dir", str(work), "--out-dir", str(out)])).read_text()
+    assert "The dense stage ran over 3 invocations (2026-12-01 to 2026-12-01; code aaa, bbb, ccc)" in md
+    assert "The joint stage ran over" not in md
