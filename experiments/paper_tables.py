@@ -307,7 +307,8 @@ class Run:
         config = TrainConfig(epochs=epochs, lr=args.dense_lr, weight_decay=5e-4, schedule="cosine", seed=args.seed,
                              device=args.device, progress=self.progress, log_every=0, max_steps_per_epoch=2 if args.smoke else None)
         self.log(f"{stage}: {config.epochs} epoch(s) at {info.input_size} px on {info.train_size:,} images, validation {len(val_loader.dataset):,}")
-        result = self._train_restartable(model, train_loader, val_loader, config, f"{stage}")
+        restarting = dict(resume=args.resume, log=self.log, what="it afresh")  # a checkpoint of other data (another --highres-subset) restarts
+        result = train_restarting(model, train_loader, val_loader, config, self.work, stage, **restarting)
         curve = [_curve_point(r, config.lr, "first schedule") for r in result.history]
         best = {"val_top1": curve[-1]["val_top1"], "epoch": len(curve)}
         if is_rank0():
@@ -317,7 +318,7 @@ class Run:
             cycle += 1
             self.log(f"{stage}: validation top-1 {curve[-1]['val_top1']:.2f}% (+{_gain(curve):.2f} pt in the last epoch); cycle {cycle}: 1 epoch, cosine from lr {lr:g}")
             config = dataclasses.replace(config, epochs=1, lr=lr)
-            result = self._train_restartable(model, train_loader, val_loader, config, f"{stage}-cycle{cycle}")
+            result = train_restarting(model, train_loader, val_loader, config, self.work, f"{stage}-cycle{cycle}", **restarting)
             curve += [_curve_point(r, lr, f"cycle {cycle}") for r in result.history]
             if curve[-1]["val_top1"] > best["val_top1"] and is_rank0():
                 best = {"val_top1": curve[-1]["val_top1"], "epoch": len(curve)}
@@ -337,18 +338,6 @@ class Run:
             "resolution": info.input_size, "train_images": info.train_size, "validation_images": len(val_loader.dataset),
             "test_images": info.test_size, "seconds": sum(point["seconds"] for point in curve) + time.perf_counter() - begin,
         }
-
-    def _train_restartable(self, model: torch.nn.Module, train_loader: Any, val_loader: Any, config: TrainConfig, name: str) -> Any:
-        """``train`` resuming from ``<name>.ckpt``; a checkpoint of other data or settings (say,
-        another --highres-subset) is removed and that schedule trains afresh."""
-        paths = dict(checkpoint_path=self.work / f"{name}.ckpt", log_path=self.work / f"{name}.jsonl", stage=name)
-        try:
-            return train(model, train_loader, val_loader, config, resume="auto" if self.args.resume else False, **paths)
-        except CheckpointError as error:
-            self.log(f"{name}: {error}; training it afresh")
-            for suffix in (".ckpt", ".jsonl"):
-                (self.work / f"{name}{suffix}").unlink(missing_ok=True)
-            return train(model, train_loader, val_loader, config, resume=False, **paths)
 
     def run_dense(self) -> None:
         if self._done("dense"):
@@ -583,16 +572,25 @@ def train_control(model: torch.nn.Module, train_loader: Any, val_loader: Any, re
     for index, (stage, config) in enumerate(plan):
         per_epoch = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
         log(f"{prefix}: {stage}'s settings, {config.epochs} epoch(s) x {per_epoch} steps, lr {config.lr:g} {config.schedule}")
-        paths = dict(checkpoint_path=work / f"{prefix}-{stage}.ckpt", log_path=work / f"{prefix}-{stage}.jsonl", stage=f"{prefix}-{stage}")
-        try:
-            result = train(model, train_loader, val_loader, config, resume="auto" if resume else False, **paths, **kwargs)
-        except CheckpointError as error:
-            log(f"{prefix}: {error}; training {stage} and the later stages again")
-            for later, _ in plan[index:]:
-                for suffix in (".ckpt", ".jsonl"):
-                    (work / f"{prefix}-{later}{suffix}").unlink(missing_ok=True)
-            result = train(model, train_loader, val_loader, config, resume=False, **paths, **kwargs)
+        result = train_restarting(model, train_loader, val_loader, config, work, f"{prefix}-{stage}", resume=resume, log=log, who=prefix,
+                                  what=f"{stage} and the later stages again", stale=tuple(f"{prefix}-{later}" for later, _ in plan[index + 1:]), **kwargs)
         yield stage, config, result
+
+
+def train_restarting(model: torch.nn.Module, train_loader: Any, val_loader: Any, config: TrainConfig, work: Path, name: str, *, resume: bool,
+                     log: Callable[[str], None], what: str, who: str | None = None, stale: tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """``train`` resuming from ``work/<name>.ckpt`` (logging to ``<name>.jsonl``). A checkpoint of
+    other data or settings is removed, with the files of the ``stale`` schedules that followed
+    from it, and the schedule trains afresh from the model as it stands."""
+    paths = dict(checkpoint_path=work / f"{name}.ckpt", log_path=work / f"{name}.jsonl", stage=name)
+    try:
+        return train(model, train_loader, val_loader, config, resume="auto" if resume else False, **paths, **kwargs)
+    except CheckpointError as error:
+        log(f"{who or name}: {error}; training {what}")
+        for removed in (name, *stale):
+            for suffix in (".ckpt", ".jsonl"):
+                (work / f"{removed}{suffix}").unlink(missing_ok=True)
+        return train(model, train_loader, val_loader, config, resume=False, **paths, **kwargs)
 
 
 def _curve_point(record: dict[str, Any], peak_lr: float, phase: str) -> dict[str, Any]:
