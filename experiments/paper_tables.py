@@ -616,11 +616,22 @@ def converged(curve: list[dict[str, Any]], min_gain: float) -> bool:
 def _weights_digest(model: torch.nn.Module) -> str:
     """Which starting weights a compress work directory belongs to (a new dense model must not
     resume an old run's retraining)."""
+    return _state_digest(model.state_dict())
+
+
+def _state_digest(state: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def _dense_digest(work: Path, stage: str = "dense") -> str | None:
+    """The kept dense weights' digest, which the results record: the work directory is not kept,
+    so a later sitting that trains the dense model again can tell whether it got the same one."""
+    path = work / f"{stage}.pt"
+    return _state_digest(torch.load(path, map_location="cpu", weights_only=True)) if path.is_file() else None
 
 
 def _barrier() -> None:
@@ -1094,6 +1105,11 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
               "The compression ratio is 32-bit dense bytes of every parameter (the 10-class head and BatchNorm included) over the file's size on disk; "
               "weights only is the compressed layers' dense bytes over their coded streams and codebooks.", ""]
     lines += ["## Baselines", ""] + _dense_lines(dense)
+    digest = _dense_digest(args.work_dir)
+    if digest:
+        lines += [f"The kept dense weights' digest is `{digest}` (sha256 over the state dict's names and bytes, first 16 hex digits; "
+                  "`dense_weights_digest` in the JSON). WORK is not kept, so a later sitting that trains the dense model again with the "
+                  "same command can check that it got the same weights.", ""]
     if control:
         lines += _control_lines(control)
     else:
@@ -1153,7 +1169,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     payload = {**summary(joint), "targets_met": targets_met(spec, joint), "resolution": resolution,
                "dense_epochs": dense.get("epochs_total"), "dense_converged": dense.get("converged"), "dense_val_top1": dense.get("val_top1"),
                "dense_curve_val_top1": [point["val_top1"] for point in dense.get("curve", [])],
-               "dense_control_epochs": control["epochs"] if control else None,
+               "dense_control_epochs": control["epochs"] if control else None, "dense_weights_digest": _dense_digest(args.work_dir),
                "command": "; ".join(dict.fromkeys(_shown(record["command"]) for record in records.values())), "date": joint["date"], "machine": machine_summary()}
     if "highres" in records:
         high_dense = records.get("highres-dense", {})

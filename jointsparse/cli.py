@@ -381,6 +381,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     out = _check_output(args.output, ".jsz")
     _not_input(out, args.checkpoint)
     recipe = load_recipe(args.recipe)
+    if recipe.quantize.codebook_selection == "best":  # it would choose on the test split, which is all compress scores on
+        raise UsageError('quantize.codebook_selection = "best" chooses on the evaluation data, and `jointsparse compress` evaluates on the '
+                         'test split; use "last" here (the experiment scripts, which hold out a validation split, can use "best")')
     model, payload = load_model(args.checkpoint, args.model, _model_kwargs(args.model_arg), trust=args.trust)
     _note_layout(args.checkpoint, payload)
     saved_data = {k: v for k, v in ((payload.get("meta") or {}).get("data") or {}).items() if k != "input_size"}

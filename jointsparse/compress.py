@@ -9,6 +9,7 @@ weights and the small objects each stage's API returns.
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import time
@@ -230,7 +231,18 @@ def compress(
     scores["quantized"] = test_score()
     log(f"[quantize] {recipe.quantize.method}, test {task.metric} {task.format(scores['quantized'])}")
     finetuner = codecs.CodebookFinetuner(model, quantized, lr=recipe.quantize.centroid_lr)
+    before_codebook = {"model": copy.deepcopy(model.state_dict()), "codebooks": finetuner.state_dict()}
     run_stage("codebook", regularizer.finetune_hooks() + [finetuner], recipe.codebook, "codebook fine-tuning")
+    if recipe.quantize.codebook_selection == "best":
+        # a pure function of the two scores, so a resumed run that reloads the stage decides the same
+        worse = task.drop(scores["quantized"], scores["codebook"]) > 0
+        if worse:
+            model.load_state_dict(before_codebook["model"])
+            finetuner.load_state_dict(before_codebook["codebooks"])
+            log(f"[codebook] {task.metric} {task.format(scores['codebook'])} is below the k-means codebooks' "
+                f"{task.format(scores['quantized'])}: the file keeps those (quantize.codebook_selection = \"best\")")
+        scores["kept"] = scores["quantized"] if worse else scores["codebook"]
+    del before_codebook
     regularizer.squash_mask()  # plain weights, zeros baked in, for the encoder
 
     start = time.perf_counter()

@@ -124,9 +124,14 @@ class QuantizeConfig:
     bits: dict[str, int] = field(default_factory=dict)
     seed: int = 0
     centroid_lr: float = 0.05  # codebook fine-tuning: c_k -= centroid_lr * mean gradient of its members
+    # "last": the file keeps what codebook fine-tuning ends with. "best": it keeps the fine-tuned
+    # codebooks only if they score at least as well as the k-means ones on the evaluation data, which
+    # must then be a validation split (compress's test_loader is what it compares on).
+    codebook_selection: str = "last"
 
     _checks = {
         "centroid_lr": (lambda v: v > 0 and math.isfinite(v), "must be a finite number > 0"),
+        "codebook_selection": (lambda v: v in ("last", "best"), "must be 'last' or 'best'"),
         "method": (lambda v: v in ("kmeans", "universal"), "must be 'kmeans' or 'universal'"),
         "conv_bits": (lambda v: 1 <= v <= 16, "must be in 1..16"),
         "linear_bits": (lambda v: 1 <= v <= 16, "must be in 1..16"),

@@ -238,6 +238,10 @@ def test_rejected_compress_leaves_no_work_directory(pipeline, tmp_path, capsys):
     assert main(["compress", str(dense), "--recipe", str(recipe), "--quiet", "-o", str(packed)]) == 2
     assert "baseline methods" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["baseline.toml"]
+    recipe.write_text('[quantize]\ncodebook_selection = "best"\n')  # it would pick codebooks on the test split
+    assert main(["compress", str(dense), "--recipe", str(recipe), "--quiet", "-o", str(packed)]) == 2
+    assert "evaluates on the test split" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["baseline.toml"]
 
 
 # ---------------------------------------------------- in-process: locks, debris, file-system errors

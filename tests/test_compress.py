@@ -82,3 +82,33 @@ def test_without_resume_the_work_directory_starts_over(tmp_path):
     _run(tmp_path, {}, resume=False)
     lines, _ = _run(tmp_path, {"retrain": {"lr": 5e-4}}, resume=False)
     assert _started(lines) == {"retrain", "finetune", "codebook"}
+
+
+@pytest.mark.parametrize("selection", ["last", "best"])
+def test_codebook_selection_decides_which_codebooks_the_file_keeps(tmp_path, selection):
+    from jointsparse.codecs import decode
+    from jointsparse.train import evaluate
+
+    settings = copy.deepcopy(BASE)
+    settings["quantize"].update(codebook_selection=selection, centroid_lr=1e4)  # a step that wrecks the codebooks
+    torch.manual_seed(0)
+    lines: list[str] = []
+    result = compress(get_model("lenet5"), _loader(), _loader(), parse_recipe(settings), tmp_path / "m.jsz",
+                      workdir=tmp_path / "work", progress=False, log=lines.append)
+    scores = result.scores
+    assert scores["codebook"] < scores["quantized"]  # the premise: fine-tuning made it worse
+    decoded_score = evaluate(decode(tmp_path / "m.jsz", domain="spatial"), _loader())["accuracy"]
+    reverted = any("the file keeps those" in line for line in lines)
+    if selection == "best":
+        assert reverted and scores["kept"] == scores["quantized"]
+        assert decoded_score == pytest.approx(scores["quantized"])
+        first = (tmp_path / "m.jsz").read_bytes()
+        torch.manual_seed(0)
+        again: list[str] = []  # resumed: every stage reloaded, the same choice made
+        compress(get_model("lenet5"), _loader(), _loader(), parse_recipe(settings), tmp_path / "m.jsz",
+                 workdir=tmp_path / "work", resume=True, progress=False, log=again.append)
+        assert not _started(again) and any("the file keeps those" in line for line in again)
+        assert (tmp_path / "m.jsz").read_bytes() == first
+    else:
+        assert not reverted and "kept" not in scores
+        assert decoded_score == pytest.approx(scores["codebook"])

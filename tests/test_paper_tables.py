@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
@@ -180,6 +181,12 @@ def test_report_measures_drops_against_the_better_of_dense_and_control(tmp_path)
     assert (out / "resnet18_tables.jsz").read_bytes() == b"JSZ" * 10 and payload["file"].endswith("resnet18_tables.jsz")
     assert payload["dense_converged"] is False and payload["dense_curve_val_top1"] == [88.0, 90.0, 90.6]
     assert "## Table C" not in md  # no ablation record and no earlier table in this out dir
+    assert payload["dense_weights_digest"] is None and "digest" not in md  # no dense.pt in WORK
+    torch.save({"w": torch.arange(4.0)}, work / "dense.pt")
+    md = paper_tables.write_report(SPEC, args).read_text()
+    digest = json.loads((out / "resnet18_tables.json").read_text())["dense_weights_digest"]
+    assert digest == paper_tables._state_digest({"w": torch.arange(4.0)}) and f"digest is `{digest}`" in md
+    assert digest != paper_tables._state_digest({"w": torch.arange(4.0) + 1})
     # an earlier run's Table C is shown, and said to be one
     (out / "resnet18_ablation_earlier.json").write_text(json.dumps({
         "note": "the run of some day.", "remark": "Not at equal density.", "top1_dense": 92.0, "date": "2026-12-01",
