@@ -10,13 +10,16 @@ CPU proxy (the default): Caffe AlexNet with a 10-class head on Fashion-MNIST at 
     torchrun --nproc-per-node 8 experiments/alexnet_tables.py --data imagefolder:/data/imagenet \\
         --device cuda --resolution 227 --dense-epochs 90 --dense-lr 0.01 --stages dense,joint,ablation
 
-CPU proxy (the results file lists the exact invocations; each line can run in its own sitting,
-and the second and third beside each other on two cores once dense is done; the report reads
-each row's control when it is written, whichever finished first)::
+CPU proxy (the results file lists the exact invocations; the report reads each row's control
+when it is written, whichever finished first). Every later stage starts from the dense stage's
+kept weights in WORK, so a sitting whose WORK is gone (a fresh machine) trains dense again with
+the same command and thread count; the report's `dense_weights_digest` tells whether it got the
+same weights. On two cores: dense on both, then two stages side by side on one core each::
 
-    python experiments/alexnet_tables.py --stages dense,control,joint
-    python experiments/alexnet_tables.py --stages ablation,deepcomp
-    python experiments/alexnet_tables.py --stages highres-dense,highres-control,highres
+    python experiments/alexnet_tables.py --stages dense --threads 2
+    taskset -c 0 python experiments/alexnet_tables.py --stages joint --threads 1 &
+    taskset -c 1 python experiments/alexnet_tables.py --stages control --threads 1
+    # later: deepcomp and ablation side by side; highres-dense, then highres-control and highres
 
 Smoke run (a few hundred images, one short epoch per stage)::
 
