@@ -811,6 +811,24 @@ def _control_lines(control: dict[str, Any]) -> list[str]:
     return lines + _curve_table(control["curve"]) + [""] if control.get("curve") else lines
 
 
+_STAGE_NAMES = {"dense": "dense", "retrain": "retrained", "pruned": "pruned", "finetune": "fine-tuned", "quantized": "quantized",
+                "codebook": "codebook fine-tuned", "kept": "in the file"}
+
+
+def _stage_lines(records: dict[str, Any], stages: list[str]) -> list[str]:
+    """Where the accuracy goes: each compressed row's validation top-1 after every pipeline stage
+    (the figures its choices were made on; the test set is scored only on the decoded file)."""
+    rows = [(stage, records[stage]["val_top1_stages"]) for stage in stages if records[stage].get("val_top1_stages")]
+    if not rows:
+        return []
+    columns = [key for key in _STAGE_NAMES if any(key in values for _, values in rows)]
+    lines = ["", "Where the accuracy goes (validation top-1 after each stage; \"in the file\" is what `codebook_selection` kept):", "",
+             "| run | " + " | ".join(_STAGE_NAMES[key] for key in columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for stage, values in rows:
+        lines.append(f"| {stage} | " + " | ".join(_pct(values.get(key)) for key in columns) + " |")
+    return lines
+
+
 def _ablation_lines(args: argparse.Namespace, spec: NetworkSpec, records: dict[str, Any]) -> tuple[list[str], dict[str, Any] | None]:
     """Table C from this run's ablation record, else the earlier run's (``<net>_ablation_earlier.json``
     in the results), said plainly."""
@@ -1172,6 +1190,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
         lines.append(f"- {label}: compression {r['compression_ratio']:.1f}x vs >= {spec.target_ratio}x: {_met(met['compression'])}; "
                      f"computation {max(r['macs_reduction_spatial'], r['macs_reduction_winograd']):.2f}x (better domain) vs >= {spec.target_macs}x: {_met(met['computation'])}; "
                      f"top-1 drop {top1_drop(r):.2f} pt (worse domain) vs <= {MAX_DROP_POINTS} pt: {_met(met['accuracy'])}")
+    lines += _stage_lines(records, [stage for stage, _ in runs])
     deepcomp_lines, deepcomp_payload = _deepcomp_lines(spec, records)
     lines += deepcomp_lines
     ablation_lines, ablation_payload = _ablation_lines(args, spec, records)

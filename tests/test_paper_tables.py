@@ -164,7 +164,8 @@ def test_report_measures_drops_against_the_better_of_dense_and_control(tmp_path)
         "command": "python y.py", "date": "2026-12-02", "code": "abc", "seconds": 20.0, "top1": 90.4, "val_top1": 90.7, "steps": 30, "epochs": 3.28,
         "curve": [_point("retrain", 90.7)]}))
     joint = _record(30.0, (89.9, 89.5), (8.0, 8.5))
-    joint.update(validation_images=6, file=str(work / "joint.jsz"))
+    joint.update(validation_images=6, file=str(work / "joint.jsz"),
+                 val_top1_stages={"dense": 90.6, "retrain": 89.0, "pruned": 88.5, "finetune": 90.1, "quantized": 89.9, "codebook": 89.7, "kept": 89.9})
     (work / "joint.json").write_text(json.dumps(joint))
     (work / "joint.jsz").write_bytes(b"JSZ" * 10)
     args = paper_tables.parse_args(SPEC, ["--work-dir", str(work), "--out-dir", str(out)])
@@ -174,6 +175,8 @@ def test_report_measures_drops_against_the_better_of_dense_and_control(tmp_path)
     assert "test top-1 **90.40%**" in md and "3.28 epochs" in md
     assert "top-1 drop 0.90 pt (worse domain) vs <= 1.0 pt: met" in md  # 90.4 (control) - 89.5
     assert "| 90.00 | 90.40 | 89.90 | 89.50 | 0.50 | 0.90 |" in md
+    assert "| dense | retrained | pruned | fine-tuned | quantized | codebook fine-tuned | in the file |" in md
+    assert "| joint | 90.60 | 89.00 | 88.50 | 90.10 | 89.90 | 89.70 | 89.90 |" in md
     assert "Training images 10 and validation images 6 (drawn from the 16 training images" in md
     assert "--work-dir WORK" in md and "/somewhere" not in md
     assert paper_tables._shown("python x.py --out-dir /tmp/o --work-dir /w") == "python x.py --out-dir OUT --work-dir WORK"
