@@ -265,17 +265,27 @@ class Run:
         record = self.record("joint")
         if record is not None and record.get("recipe") == self.recipe.to_dict():
             self.log("joint: already done")
+            if self.place_file(record):  # a later invocation with another --out-dir: the file goes there too
+                atomic_write_text(self.work / "joint.json", json.dumps(record, indent=2, default=float) + "\n")
             return
         if record is not None:
             self.log("joint: the recipe changed; compressing again (the pipeline keeps the stages the change does not touch)")
         record = self.compress_and_deploy("joint", self.recipe)
-        self.args.out_dir.mkdir(parents=True, exist_ok=True)
-        final = self.args.out_dir / "ctsrcnn.jsz"
-        shutil.copyfile(self.work / "joint.jsz", final)
-        record["file"] = str(final.resolve().relative_to(ROOT)) if final.resolve().is_relative_to(ROOT) else str(final)
+        self.place_file(record)
         record["recipe"] = self.recipe.to_dict()
         self.save_record("joint", record)
         self.log(f"joint: {record['compression_ratio']:.1f}x, PSNR spatial {record['psnr_spatial']:.2f} dB, winograd {record['psnr_winograd']:.2f} dB")
+
+    def place_file(self, record: dict[str, Any]) -> bool:
+        """Copy the joint file into --out-dir (``ctsrcnn.jsz``) and point the record at it; False if it already was."""
+        self.args.out_dir.mkdir(parents=True, exist_ok=True)
+        final = self.args.out_dir / "ctsrcnn.jsz"
+        path = str(final.resolve().relative_to(ROOT)) if final.resolve().is_relative_to(ROOT) else str(final)
+        if record.get("file") == path and final.is_file() and final.read_bytes() == (self.work / "joint.jsz").read_bytes():
+            return False
+        shutil.copyfile(self.work / "joint.jsz", final)
+        record["file"] = path
+        return True
 
     def run_ablation(self) -> None:
         previous = self.record("ablation") or {"modes": {}}

@@ -63,6 +63,11 @@ def test_smoke_run_writes_the_tables_and_resumes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert all(f"{stage}: already done" in out for stage in ("dense", "control", "joint"))
     assert json.loads((tmp_path / "o" / "ctsrcnn_tables.json").read_text())["file_bytes"] == payload["file_bytes"]
+    other = tmp_path / "o2"  # a finished run reported into another directory takes its file along
+    assert ctsrcnn_tables.main(["--smoke", "--work-dir", str(tmp_path / "w"), "--out-dir", str(other)]) == 0
+    assert (other / "ctsrcnn.jsz").read_bytes() == jsz.read_bytes()
+    assert json.loads((other / "ctsrcnn_tables.json").read_text())["file"] == str(other / "ctsrcnn.jsz")
+    capsys.readouterr()
     # a recipe with other bits and a longer fine-tune: the retraining is kept, the rest follows the recipe
     recipe = tmp_path / "r.toml"
     text = ctsrcnn_tables.parse_args([]).recipe.read_text()
