@@ -231,9 +231,10 @@ def compress(
     scores["quantized"] = test_score()
     log(f"[quantize] {recipe.quantize.method}, test {task.metric} {task.format(scores['quantized'])}")
     finetuner = codecs.CodebookFinetuner(model, quantized, lr=recipe.quantize.centroid_lr)
-    before_codebook = {"model": copy.deepcopy(model.state_dict()), "codebooks": finetuner.state_dict()}
+    choose = recipe.quantize.codebook_selection == "best"
+    before_codebook = {"model": copy.deepcopy(model.state_dict()), "codebooks": finetuner.state_dict()} if choose else {}
     run_stage("codebook", regularizer.finetune_hooks() + [finetuner], recipe.codebook, "codebook fine-tuning")
-    if recipe.quantize.codebook_selection == "best":
+    if choose:
         # a pure function of the two scores, so a resumed run that reloads the stage decides the same
         worse = task.drop(scores["quantized"], scores["codebook"]) > 0
         if worse:
