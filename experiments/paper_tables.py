@@ -694,10 +694,10 @@ def _met(ok: bool) -> str:
 
 def _shown(command: str) -> str:
     """The command as results show it: the work directory (any scratch path of the machine that
-    ran it, and irrelevant to the figures) as WORK, and an output directory given as an absolute
-    path (a scratch directory the tables were then copied from) as OUT."""
+    ran it, and irrelevant to the figures) as WORK, and an output directory other than
+    ``experiments/results`` (a scratch directory the tables were then copied from) as OUT."""
     command = re.sub(r"(--work-dir[ =])\S+", r"\1WORK", command)
-    return re.sub(r"(--out-dir[ =])/\S+", r"\1OUT", command)
+    return re.sub(r"(--out-dir[ =])(?!experiments/results/?(?:\s|$))\S+", r"\1OUT", command)
 
 
 def summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -1202,7 +1202,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     payload = {**summary(joint), "targets_met": targets_met(spec, joint), "resolution": resolution,
                "dense_epochs": dense.get("epochs_total"), "dense_converged": dense.get("converged"), "dense_val_top1": dense.get("val_top1"),
                "dense_curve_val_top1": [point["val_top1"] for point in dense.get("curve", [])],
-               "dense_control_epochs": control["epochs"] if control else None, "dense_weights_digest": _dense_digest(args.work_dir),
+               "dense_control_epochs": control["epochs"] if control else None, "dense_weights_digest": digest,
                "command": "; ".join(dict.fromkeys(_shown(record["command"]) for record in records.values())), "date": joint["date"], "machine": machine_summary()}
     if "highres" in records:
         high_dense = records.get("highres-dense", {})

@@ -181,6 +181,8 @@ def test_report_measures_drops_against_the_better_of_dense_and_control(tmp_path)
     assert "--work-dir WORK" in md and "/somewhere" not in md
     assert paper_tables._shown("python x.py --out-dir /tmp/o --work-dir /w") == "python x.py --out-dir OUT --work-dir WORK"
     assert paper_tables._shown("python x.py --out-dir experiments/results") == "python x.py --out-dir experiments/results"
+    assert paper_tables._shown("python x.py --out-dir experiments/work/c/out --threads 1") == "python x.py --out-dir OUT --threads 1"  # a scratch dir in the checkout
+    assert paper_tables._shown("python x.py --out-dir=experiments/results-old") == "python x.py --out-dir=OUT"
     payload = json.loads((out / "resnet18_tables.json").read_text())
     assert {"dense_control_top1", "validation_images", "train_images", "file", "file_bytes", "macs_reduction_winograd_with_transforms"} <= set(payload)
     assert payload["dense_control_top1"] == 90.4 and payload["top1_baseline"] == 90.4 and payload["validation_images"] == 6
