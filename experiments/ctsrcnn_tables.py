@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from paper_tables import _density, _layer_rows, _met, _shown, _times, _weights_digest, control_settings, train_control  # a sibling script: its directory is on sys.path
+from paper_tables import _density, _layer_rows, _met, _shown, _times, _weights_digest, control_settings, stage_table, train_control  # a sibling script: its directory is on sys.path
 
 from jointsparse import superres
 from jointsparse.info import info_payload
@@ -420,11 +420,9 @@ def write_report(args: argparse.Namespace) -> Path | None:
                   "Winograd-sparse MACs: element-wise products only (the paper's convention). Transform MACs: the input transform (once per input "
                   "channel and tile) and the output transform (once per output channel and tile), one operation per non-zero entry of B^T and A^T "
                   f"applied separably (`jointsparse.cost.transform_macs`). The 'with transforms' reduction below counts {WINOGRAD_TRANSFORMS_CONVENTION}.", ""]
-        stages = joint["val_psnr_stages"]
         lines += ["## Where the PSNR goes (validation patches, dB)", "",
-                  "The joint run's validation PSNR after each stage (the figures the recipe was chosen on; the test images are scored once, below):", "",
-                  "| " + " | ".join(stages) + " |", "| " + " | ".join("---:" for _ in stages) + " |",
-                  "| " + " | ".join(f"{value:.2f}" for value in stages.values()) + " |", ""]
+                  "The joint run's validation PSNR after each stage (the figures the recipe was chosen on; the test images are scored once, below; "
+                  "\"in the file\" is what `codebook_selection` kept):", ""] + stage_table([("joint", joint["val_psnr_stages"])]) + [""]
         met = targets(records)
         reference = max(dense["psnr"], control["psnr"]) if control else dense["psnr"]
         lines += ["## Summary (measured)", "",

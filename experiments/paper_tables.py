@@ -815,18 +815,20 @@ _STAGE_NAMES = {"dense": "dense", "retrain": "retrained", "pruned": "pruned", "f
                 "codebook": "codebook fine-tuned", "kept": "in the file"}
 
 
+def stage_table(rows: list[tuple[str, dict[str, float]]]) -> list[str]:
+    """A table of each run's score after every pipeline stage (``compress``'s scores by stage)."""
+    columns = [key for key in _STAGE_NAMES if any(key in values for _, values in rows)]
+    lines = ["| run | " + " | ".join(_STAGE_NAMES[key] for key in columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    return lines + [f"| {run} | " + " | ".join(_pct(values.get(key)) for key in columns) + " |" for run, values in rows]
+
+
 def _stage_lines(records: dict[str, Any], stages: list[str]) -> list[str]:
     """Where the accuracy goes: each compressed row's validation top-1 after every pipeline stage
     (the figures its choices were made on; the test set is scored only on the decoded file)."""
     rows = [(stage, records[stage]["val_top1_stages"]) for stage in stages if records[stage].get("val_top1_stages")]
     if not rows:
         return []
-    columns = [key for key in _STAGE_NAMES if any(key in values for _, values in rows)]
-    lines = ["", "Where the accuracy goes (validation top-1 after each stage; \"in the file\" is what `codebook_selection` kept):", "",
-             "| run | " + " | ".join(_STAGE_NAMES[key] for key in columns) + " |", "| --- |" + " ---: |" * len(columns)]
-    for stage, values in rows:
-        lines.append(f"| {stage} | " + " | ".join(_pct(values.get(key)) for key in columns) + " |")
-    return lines
+    return ["", "Where the accuracy goes (validation top-1 after each stage; \"in the file\" is what `codebook_selection` kept):", ""] + stage_table(rows)
 
 
 def _ablation_lines(args: argparse.Namespace, spec: NetworkSpec, records: dict[str, Any]) -> tuple[list[str], dict[str, Any] | None]:
