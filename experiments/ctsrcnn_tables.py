@@ -14,7 +14,11 @@ every finished stage's record:
   and scored on the held-out test images; the file is copied to ``--out-dir``;
 - ``ablation``: the recipe in ``spatial``, ``winograd`` and ``joint`` regularizer mode with a
   shortened budget (retraining capped at ``--ablation-steps``, no fine-tuning), each coded and
-  deployed in both domains.
+  deployed in both domains;
+- ``tune`` (only when named): a candidate ``--recipe`` through ``compress``, scored on the
+  validation patches only. Its record goes to ``<out-dir>/ctsrcnn_tuning/`` (committed with the
+  results, since work directories do not outlive a sitting), and the report lists every recipe
+  tried, so the choice of the committed recipe can be checked without touching the test images.
 
 Nothing is tuned on the test images: training and every stage's per-epoch score use the
 training images' patches (train / val); the test images are scored once per finished model.
@@ -22,6 +26,10 @@ training images' patches (train / val); the test images are scored once per fini
 Run as committed (the results file lists the exact invocation)::
 
     nice -n 19 python experiments/ctsrcnn_tables.py --work-dir experiments/work/ctsrcnn
+
+Trying a candidate recipe (validation only), one per core beside another::
+
+    python experiments/ctsrcnn_tables.py --stages tune --recipe CANDIDATE.toml --work-dir experiments/work/ctsrcnn
 
 Smoke run (a few patches, two steps per stage; checks the path and the report)::
 
@@ -33,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -43,7 +52,7 @@ from typing import Any
 
 import torch
 
-from paper_tables import _density, _layer_rows, _met, _shown, _times, _weights_digest, control_settings, stage_table, train_control  # a sibling script: its directory is on sys.path
+from paper_tables import _density, _layer_rows, _met, _shown, _state_digest, _times, _weights_digest, control_settings, stage_table, train_control  # a sibling script: its directory is on sys.path
 
 from jointsparse import superres
 from jointsparse.info import info_payload
@@ -59,6 +68,8 @@ from jointsparse.train import TrainConfig, evaluate, seed_everything, train
 from jointsparse.utils import atomic_torch_save, atomic_write_text
 
 STAGES = ("dense", "control", "joint", "ablation")
+TUNE = "tune"  # never a default stage: it runs only when --stages names it
+TUNING_DIR = "ctsrcnn_tuning"  # under --out-dir: one record per (recipe, dense model) tried
 ABLATION_MODES = ("spatial", "winograd", "joint")
 TASK = SUPER_RESOLUTION
 # Issue 14's targets.
@@ -80,7 +91,8 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="CT-SRCNN x3 super-resolution under joint sparsity: the paper's third result, offline.",
                                      epilog="example: nice -n 19 python experiments/ctsrcnn_tables.py --work-dir experiments/work/ctsrcnn")
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {', '.join(STAGES)} (finished stages are reused)")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated subset of {', '.join(STAGES)} (finished stages are reused), or {TUNE}: --recipe scored on validation only")
     parser.add_argument("--recipe", type=Path, default=Path(__file__).resolve().parent / "recipes" / "ctsrcnn.toml")
     parser.add_argument("--cascade", default="3,5,7,9", help="depths of the cascade steps (3 = SRCNN 9-5-5; each step inserts layers)")
     parser.add_argument("--cascade-steps", default="1500,900,900,3000", help="training steps of each cascade step")
@@ -95,8 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="64 patches, 2 test images, two steps per stage")
     args = parser.parse_args(argv)
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    if not args.stages or any(s not in STAGES for s in args.stages):
-        raise TablesError(f"--stages must name some of {', '.join(STAGES)}, got {args.stages}")
+    if not args.stages or any(s not in (*STAGES, TUNE) for s in args.stages):
+        raise TablesError(f"--stages must name some of {', '.join((*STAGES, TUNE))}, got {args.stages}")
     args.cascade, args.cascade_steps = _ints(args.cascade), _ints(args.cascade_steps)
     if args.smoke:  # two steps per depth, whatever the depths
         args.cascade_steps = [2] * len(args.cascade)
@@ -239,7 +251,9 @@ class Run:
         self.log(f"control: test PSNR {scores['psnr']:.2f} dB after {steps} more steps")
 
     # -- compress one recipe, deploy the file both ways ------------------------------------------
-    def compress_and_deploy(self, tag: str, recipe: Recipe) -> dict[str, Any]:
+    def compress_only(self, tag: str, recipe: Recipe) -> tuple[Path, dict[str, Any]]:
+        """The dense net through ``compress`` into ``WORK/<tag>.jsz``: the file and its figures,
+        with the validation PSNR after every stage; no test image is touched."""
         seed_everything(self.args.seed)
         model = self.dense_model()
         out = self.work / f"{tag}.jsz"
@@ -248,18 +262,19 @@ class Run:
                           seed=self.args.seed, progress=self.progress, log=self.log, task=TASK,
                           fingerprint={"tag": tag, "start": _weights_digest(model), "subset": self.args.subset},
                           provenance={"data": {"name": "sr-natural", "input_size": [1, self.args.count_size, self.args.count_size]}})
-        seconds = {"compress": time.perf_counter() - start, **result.seconds}
+        return out, {**file_figures(out, self.args.count_size), "val_psnr_stages": result.scores,
+                     "seconds": {"compress": time.perf_counter() - start, **result.seconds}}
+
+    def compress_and_deploy(self, tag: str, recipe: Recipe) -> dict[str, Any]:
+        out, record = self.compress_only(tag, recipe)
+        seconds = record["seconds"]
         scores = {}
         for domain in ("spatial", "winograd"):
             begin = time.perf_counter()
             scores[domain] = self.test_scores(decode(out, domain=domain))
             seconds[f"test_{domain}"] = time.perf_counter() - begin
-        return {
-            **file_figures(out, self.args.count_size),
-            "psnr_spatial": scores["spatial"]["psnr"], "psnr_winograd": scores["winograd"]["psnr"],
-            "per_image": {domain: scores[domain]["per_image"] for domain in scores},
-            "val_psnr_stages": result.scores, "seconds": seconds,
-        }
+        return {**record, "psnr_spatial": scores["spatial"]["psnr"], "psnr_winograd": scores["winograd"]["psnr"],
+                "per_image": {domain: scores[domain]["per_image"] for domain in scores}}
 
     def run_joint(self) -> None:
         record = self.record("joint")
@@ -307,6 +322,36 @@ class Run:
             previous["steps"] = steps
             previous["recipe"] = self.recipe.to_dict()  # a changed recipe (e.g. other bits) runs the modes again
             self.save_record("ablation", previous)
+
+    # -- tune: a candidate recipe, validation only -------------------------------------------
+    def run_tune(self) -> None:
+        dense = _state_digest(self.dense_model().state_dict())
+        digest = _recipe_digest(self.recipe.to_dict())
+        path = self.args.out_dir / TUNING_DIR / f"{self.args.recipe.stem}-{digest}.json"
+        if path.is_file() and json.loads(path.read_text()).get("dense_weights_digest") == dense and self.args.resume:
+            self.log(f"tune {self.args.recipe.name}: already done ({path.name})")
+            return
+        self.log(f"tune {self.args.recipe.name}: compressing, scored on the {len(self.val_loader.dataset)} validation patches only")
+        _, record = self.compress_only(f"tune-{digest}", self.recipe)
+        record.pop("layers")
+        record.update(recipe_file=self.args.recipe.name, recipe_digest=digest, recipe=self.recipe.to_dict(), dense_weights_digest=dense,
+                      command=_shown(command_line()), date=datetime.date.today().isoformat(), code=self.code, machine=machine_summary())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(record, indent=2, default=float) + "\n")
+        self.log(f"tune {self.args.recipe.name}: validation {_psnr(record['val_psnr_stages'].get('kept'))} dB in the file, {record['compression_ratio']:.1f}x, "
+                 f"MACs {record['macs_reduction_winograd']:.2f}x (Winograd); wrote {path}")
+
+
+def _recipe_digest(recipe: dict[str, Any]) -> str:
+    """Names a recipe (``Recipe.to_dict()``, or that as a record stored it) by its settings, not
+    by its file name, which candidates may share."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def tuning_records(out_dir: Path) -> list[dict[str, Any]]:
+    """Every candidate recipe's record in ``<out-dir>/ctsrcnn_tuning``, oldest first."""
+    paths = sorted((out_dir / TUNING_DIR).glob("*.json")) if (out_dir / TUNING_DIR).is_dir() else []
+    return sorted((json.loads(p.read_text()) for p in paths), key=lambda r: (r["date"], r["recipe_file"]))
 
 
 def file_figures(path: Path, count_size: int) -> dict[str, Any]:
@@ -448,6 +493,9 @@ def write_report(args: argparse.Namespace) -> Path | None:
                 r = ablation["modes"][mode]
                 lines.append(f"| {mode} | {r['psnr_spatial']:.2f} | {r['psnr_winograd']:.2f} | {_density(r['density'])} | {_density(r['winograd_density'])} | "
                              f"{r['compression_ratio']:.1f}x | {r['macs_reduction_winograd']:.2f}x |")
+    tried = tuning_records(args.out_dir)
+    if tried:
+        lines += [""] + tuning_lines(tried, joint, _state_digest(torch.load(args.work_dir / "dense.pt", map_location="cpu", weights_only=True)))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     md = args.out_dir / "ctsrcnn_tables.md"
     atomic_write_text(md, "\n".join(lines) + "\n")
@@ -461,6 +509,9 @@ def write_report(args: argparse.Namespace) -> Path | None:
     if ablation:
         payload["ablation"] = {mode: {k: row[k] for k in ("psnr_spatial", "psnr_winograd", "density", "winograd_density", "compression_ratio", "macs_reduction_winograd")}
                                for mode, row in ablation["modes"].items()}
+    if tried:
+        payload["tuning"] = [{"recipe_file": r["recipe_file"], "recipe_digest": r["recipe_digest"], "val_psnr_kept": r["val_psnr_stages"].get("kept"),
+                              **{k: r[k] for k in ("compression_ratio", "macs_reduction_winograd", "dense_weights_digest", "date")}} for r in tried]
     payload.update(command="; ".join(dict.fromkeys(_invocation(r) for r in records.values())),
                    date=(joint or dense)["date"], machine=machine_summary(),
                    stage_seconds={stage: (r["seconds"] if stage != "ablation" else {m: row["seconds"] for m, row in r["modes"].items()}) for stage, r in records.items()})
@@ -468,12 +519,30 @@ def write_report(args: argparse.Namespace) -> Path | None:
     return md
 
 
+def tuning_lines(tried: list[dict[str, Any]], joint: dict[str, Any] | None, dense_digest: str) -> list[str]:
+    """The candidate recipes tried (``--stages tune``): what the committed recipe was chosen from,
+    on validation only."""
+    chosen = _recipe_digest(joint["recipe"]) if joint and joint.get("recipe") else None
+    names = {r["recipe_digest"]: f"{r['recipe_file']} ({r['recipe_digest']})" + (" **= joint**" if r["recipe_digest"] == chosen else "") for r in tried}
+    lines = ["## Recipes tried on validation", "",
+             f"Each candidate recipe through `compress` from a dense net (`--stages tune`), scored on the validation patches only; records in "
+             f"`{TUNING_DIR}/` beside this report, each with its full recipe and command. A candidate trained from another dense net than this "
+             f"report's (dense weights digest {dense_digest}) is marked with its digest: validation figures from different dense nets compare only roughly.", "",
+             "| recipe | date | file bytes | compression | MAC reduction Winograd | spatial density | Winograd density | dense net |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in tried:
+        same = "this one" if r["dense_weights_digest"] == dense_digest else r["dense_weights_digest"]
+        lines.append(f"| {names[r['recipe_digest']]} | {r['date']} | {r['file_bytes']:,} | {r['compression_ratio']:.1f}x | {r['macs_reduction_winograd']:.2f}x | "
+                     f"{_density(r['density'])} | {_density(r['winograd_density'])} | {same} |")
+    return lines + ["", "Validation PSNR (dB) after each stage:", ""] + stage_table([(names[r["recipe_digest"]], r["val_psnr_stages"]) for r in tried])
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         torch.set_num_threads(args.threads)
         run = Run(args)
-        for stage in STAGES:
+        for stage in (*STAGES, TUNE):
             if stage in args.stages:
                 getattr(run, f"run_{stage}")()
         path = write_report(args)

@@ -83,3 +83,15 @@ def test_smoke_run_writes_the_tables_and_resumes(tmp_path, capsys):
     rerun = json.loads((tmp_path / "o" / "ctsrcnn_tables.json").read_text())
     assert rerun["file_bytes"] != payload["file_bytes"] and rerun["psnr_dense"] == payload["psnr_dense"]
     assert "## Where the PSNR goes" in (tmp_path / "o" / "ctsrcnn_tables.md").read_text()
+    # a candidate recipe tried on validation only: recorded beside the report, listed in it, never scored on the test images
+    capsys.readouterr()
+    assert ctsrcnn_tables.main(argv + ["--stages", "tune", "--recipe", str(recipe)]) == 0
+    assert "validation patches only" in capsys.readouterr().out
+    (tried,) = ctsrcnn_tables.tuning_records(tmp_path / "o")
+    assert tried["recipe_file"] == "r.toml" and "psnr_spatial" not in tried and "per_image" not in tried
+    assert set(tried["val_psnr_stages"]) >= {"dense", "retrain", "kept"} and tried["file_bytes"] == rerun["file_bytes"]
+    report = (tmp_path / "o" / "ctsrcnn_tables.md").read_text()
+    assert "## Recipes tried on validation" in report and f"r.toml ({tried['recipe_digest']}) **= joint**" in report and "| this one |" in report
+    assert json.loads((tmp_path / "o" / "ctsrcnn_tables.json").read_text())["tuning"][0]["recipe_digest"] == tried["recipe_digest"]
+    assert ctsrcnn_tables.main(argv + ["--stages", "tune", "--recipe", str(recipe)]) == 0
+    assert "tune r.toml: already done" in capsys.readouterr().out

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from jointsparse.recipe import Recipe, RecipeError, dump_recipe, load_recipe, parse_recipe
@@ -56,3 +58,12 @@ def test_a_defaults_to_auto_and_takes_numbers(tmp_path):
     recipe = load_recipe(write(tmp_path, "[regularizer]\na_spatial = 300\na_winograd = 'auto'\n"))
     assert recipe.regularizer.a_spatial == 300 and recipe.regularizer.a_winograd == "auto"
     assert load_recipe(write(tmp_path, dump_recipe(recipe))) == recipe
+
+
+def test_every_shipped_recipe_loads():
+    """The committed recipes and the candidates the experiment scripts try (a typo there would only
+    surface an hour into a run)."""
+    recipes = sorted((Path(__file__).resolve().parents[1] / "experiments" / "recipes").rglob("*.toml"))
+    assert len(recipes) >= 6
+    for path in recipes:
+        assert isinstance(load_recipe(path), Recipe), path
