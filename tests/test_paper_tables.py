@@ -230,8 +230,9 @@ def test_unfinished_run_reports_its_logged_dense_epochs_and_how_to_resume(tmp_pa
     assert payload["dense_curve_val_top1"] == [80.0, 85.0, 87.0, 87.4] and payload["train_images"] == 1340
 
 
-def test_committed_resnet18_results_carry_the_issue_keys():
-    payload = json.loads((EXPERIMENTS / "results" / "resnet18_tables.json").read_text())
+@pytest.mark.parametrize("name", ["alexnet", "resnet18"])
+def test_committed_results_carry_the_issue_keys(name):
+    payload = json.loads((EXPERIMENTS / "results" / f"{name}_tables.json").read_text())
     for key in ("macs_reduction_winograd_with_transforms", "dense_control_top1", "validation_images", "train_images", "file", "file_bytes"):
         assert key in payload, key
     if payload["file"]:
