@@ -1052,9 +1052,9 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, records: dict[s
     first_left = max(0, args.dense_epochs - len(curve))
     dense_left = (0, 0) if dense else (first_left or int(not converged(curve, args.dense_min_gain)), args.dense_max_epochs - len(curve))
     todo = dense_left[0] + (0 if control else extra) + ("joint" not in records) * extra
-    lines += [f"Remaining, at this run's pace of {pace:.0f} s per dense epoch: dense {dense_left[0]}-{dense_left[1]} more epoch(s), "
-              f"the control {0 if control else extra:.2f} and the joint stage {extra:.2f} epochs of training (regularized retraining runs slower than dense) "
-              f"plus evaluations: at least {todo * pace / 3600:.1f} h of one core.", ""]
+    pending = ([] if dense else [f"dense {dense_left[0]}-{dense_left[1]} more epoch(s)"]) + ([] if control else [f"the control {extra:.2f}"]) \
+        + [f"the joint stage {extra:.2f} epochs of training (regularized retraining runs slower than dense) plus evaluations"]
+    lines += [f"Remaining, at this run's pace of {pace:.0f} s per dense epoch: {', '.join(pending)}: at least {todo * pace / 3600:.1f} h of one core.", ""]
     ablation_lines, _ = _ablation_lines(args, spec, records)
     lines += ablation_lines
     args.out_dir.mkdir(parents=True, exist_ok=True)

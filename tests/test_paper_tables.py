@@ -4,6 +4,7 @@ layout, and (slow) both scripts end to end in smoke mode."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -225,6 +226,7 @@ def test_unfinished_run_reports_its_logged_dense_epochs_and_how_to_resume(tmp_pa
     assert "4 epoch(s) done in 400 s" in md and "So far the last 2 epochs raised the best by +2.40 pt: not converged yet." in md
     assert "| 4 | cycle 1 | 0.025 | 0.5000 | 87.40 | +0.40 | 100 |" in md
     assert "1,340 training images and 97 validation images" in md  # digits: 1,437 training images
+    assert re.search(r"pace of 100 s per dense epoch: dense 1-2 more epoch\(s\), the control [0-9.]+, the joint stage [0-9.]+ epochs", md)
     payload = json.loads((out / "resnet18_tables.json").read_text())
     assert payload["status"] == "unfinished" and payload["file"] is None and payload["dense_control_top1"] is None
     assert payload["dense_curve_val_top1"] == [80.0, 85.0, 87.0, 87.4] and payload["train_images"] == 1340
