@@ -692,6 +692,13 @@ def _met(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def _torch_threads(commands: list[str], default: int) -> str:
+    """The torch threads the stages ran with, read from their commands (the report's own
+    ``--threads`` says nothing about them; ``default`` stands for a command without one)."""
+    counts = sorted({int(found.group(1)) if (found := re.search(r"--threads[ =](\d+)", command)) else default for command in commands} or {default})
+    return f"{counts[0]} torch thread(s) per run" if len(counts) == 1 else f"{' or '.join(map(str, counts))} torch threads per run (each command's --threads)"
+
+
 def _shown(command: str) -> str:
     """The command as results show it: the work directory (any scratch path of the machine that
     ran it, and irrelevant to the figures) as WORK, and an output directory other than
@@ -1026,7 +1033,8 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, records: dict[s
         lines += ["Unfinished stages, started by (each invocation in turn):", "", "```"]
         lines += [f"{_shown(entry['command'])}    # {stage}: {entry['date']}, code {entry['code']}" for stage, entry in started]
         lines += ["```", ""]
-    lines += [f"Machine: {_machine()}, {args.threads} torch thread(s) per run. Recipe: `{os.path.relpath(args.recipe)}`. WORK: the run's work directory. "
+    commands = [record["command"] for _, record in finished] + [entry["command"] for _, entry in started]
+    lines += [f"Machine: {_machine()}, {_torch_threads(commands, args.threads)}. Recipe: `{os.path.relpath(args.recipe)}`. WORK: the run's work directory. "
               f"Report written {datetime.date.today().isoformat()} from WORK's state (`--report-only`).", "",
               f"Data: {_train_images(args):,} training images and {args.validation:,} validation images, drawn from the training split at random with the "
               f"fixed seed {args.seed} and held out of all training; the test split is scored once per reported figure. What is tuned on what: the dense "
@@ -1103,7 +1111,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
             lines.append(f"The {stage} stage ran over {len(history)} invocations ({history[0]['date']} to {history[-1]['date']}; code {codes}), each resuming "
                          f"from the last one's per-epoch checkpoints; the line above is the one that finished it (`WORK/{stage}.started.json` lists them all).")
     lines += ["", "WORK: any scratch directory (checkpoints and stage records; the same one for every stage).", "",
-              f"Machine: {_machine()}, {args.threads} torch thread(s) per run. Recipe: `{os.path.relpath(args.recipe)}`.", ""]
+              f"Machine: {_machine()}, {_torch_threads([r['command'] for r in records.values()], args.threads)}. Recipe: `{os.path.relpath(args.recipe)}`.", ""]
     lines += ["Wall time per stage (seconds):", ""]
     if "curve" in dense:
         lines.append(f"- dense: {dense['seconds']:.0f} ({dense['epochs_total']} epoch(s), validation after each, one test evaluation)")

@@ -226,6 +226,7 @@ def test_unfinished_run_reports_its_logged_dense_epochs_and_how_to_resume(tmp_pa
     assert "4 epoch(s) done in 400 s" in md and "So far the last 2 epochs raised the best by +2.40 pt: not converged yet." in md
     assert "| 4 | cycle 1 | 0.025 | 0.5000 | 87.40 | +0.40 | 100 |" in md
     assert "1,340 training images and 97 validation images" in md  # digits: 1,437 training images
+    assert "1 torch thread(s) per run" in md  # the started command names no --threads: the default
     assert re.search(r"pace of 100 s per dense epoch: dense 1-2 more epoch\(s\), the control [0-9.]+, the joint stage [0-9.]+ epochs", md)
     payload = json.loads((out / "resnet18_tables.json").read_text())
     assert payload["status"] == "unfinished" and payload["file"] is None and payload["dense_control_top1"] is None
@@ -382,3 +383,9 @@ def test_report_names_a_stage_that_ran_over_several_invocations(tmp_path):
     md = paper_tables.write_report(SPEC, paper_tables.parse_args(SPEC, ["--work-dir", str(work), "--out-dir", str(out)])).read_text()
     assert "The dense stage ran over 3 invocations (2026-12-01 to 2026-12-01; code aaa, bbb, ccc)" in md
     assert "The joint stage ran over" not in md
+
+
+def test_torch_threads_come_from_the_stages_commands():
+    assert paper_tables._torch_threads(["python a.py --threads 2 --w x", "python a.py --threads=2"], 1) == "2 torch thread(s) per run"
+    assert paper_tables._torch_threads(["python a.py --threads 2", "python a.py --threads 1"], 1) == "1 or 2 torch threads per run (each command's --threads)"
+    assert paper_tables._torch_threads(["python a.py"], 3) == "3 torch thread(s) per run"
