@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from paper_tables import _density, _layer_rows, _met, _shown, _state_digest, _times, _weights_digest, control_settings, stage_table, train_control  # a sibling script: its directory is on sys.path
+from paper_tables import _dense_digest, _density, _layer_rows, _met, _shown, _times, _torch_threads, _weights_digest, control_settings, stage_table, train_control  # a sibling script: its directory is on sys.path
 
 from jointsparse import superres
 from jointsparse.info import info_payload
@@ -325,7 +325,7 @@ class Run:
 
     # -- tune: a candidate recipe, validation only -------------------------------------------
     def run_tune(self) -> None:
-        dense = _state_digest(self.dense_model().state_dict())
+        dense = _weights_digest(self.dense_model())
         digest = _recipe_digest(self.recipe.to_dict())
         path = self.args.out_dir / TUNING_DIR / f"{self.args.recipe.stem}-{digest}.json"
         if path.is_file() and json.loads(path.read_text()).get("dense_weights_digest") == dense and self.args.resume:
@@ -421,7 +421,7 @@ def write_report(args: argparse.Namespace) -> Path | None:
     lines += ["```", ""] + [f"Note on {stage}: {record['note']}." for stage, record in records.items() if record.get("note")]
     lines += ["", "WORK: a scratch directory (checkpoints and stage records). OUT: a scratch directory the report and file were written to, "
               "then placed here.", "",
-              f"Machine: {machine_summary()}, {args.threads} torch thread(s), shared with other jobs (wall times are not benchmarks). "
+              f"Machine: {machine_summary()}, {_torch_threads([r['command'] for r in records.values()], args.threads)}, shared with other jobs (wall times are not benchmarks). "
               f"Recipe: `experiments/recipes/{args.recipe.name}`.", "", "Wall time per stage (seconds):", "",
               "- dense (cascade): " + ", ".join(f"depth {c['depth']} {c['seconds']:.0f}" for c in dense["cascade"])]
     if control:
@@ -495,7 +495,7 @@ def write_report(args: argparse.Namespace) -> Path | None:
                              f"{r['compression_ratio']:.1f}x | {r['macs_reduction_winograd']:.2f}x |")
     tried = tuning_records(args.out_dir)
     if tried:
-        lines += [""] + tuning_lines(tried, joint, _state_digest(torch.load(args.work_dir / "dense.pt", map_location="cpu", weights_only=True)))
+        lines += [""] + tuning_lines(tried, joint, _dense_digest(args.work_dir))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     md = args.out_dir / "ctsrcnn_tables.md"
     atomic_write_text(md, "\n".join(lines) + "\n")
@@ -519,7 +519,7 @@ def write_report(args: argparse.Namespace) -> Path | None:
     return md
 
 
-def tuning_lines(tried: list[dict[str, Any]], joint: dict[str, Any] | None, dense_digest: str) -> list[str]:
+def tuning_lines(tried: list[dict[str, Any]], joint: dict[str, Any] | None, dense_digest: str | None) -> list[str]:
     """The candidate recipes tried (``--stages tune``): what the committed recipe was chosen from,
     on validation only."""
     chosen = _recipe_digest(joint["recipe"]) if joint and joint.get("recipe") else None
