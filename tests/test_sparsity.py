@@ -256,3 +256,22 @@ def test_auto_a_puts_the_starting_model_at_equilibrium():
     assert abs(grad) < 1e-6 * reg.a["spatial"]
     with pytest.raises(SparsityConfigError, match="a_spatial must be 'auto' or a number"):
         JointSparsity(model, 0.5, 0.5, a_spatial="big")
+
+
+def test_spatial_term_is_off_once_pruned_and_winograd_term_stays(monkeypatch):
+    """After prune() the mask holds every layer at its spatial target, so the spatial term must be
+    exactly zero, even where the threshold would come from a random sample (here forced by a tiny
+    QUANTILE_SAMPLE, which can land on a small live weight), while the Winograd term stays on."""
+    import jointsparse.sparsity as sparsity
+
+    monkeypatch.setattr(sparsity, "QUANTILE_SAMPLE", 8)
+    model = small_net()
+    regularizer = JointSparsity(model, 0.5, 0.5, learnable=False)
+    regularizer.prune()
+    winograd_terms = []
+    for step in range(20):  # fresh samples each time
+        regularizer.after_step(step * regularizer.update_every + regularizer.update_every - 1)
+        terms = regularizer.penalties()
+        assert float(terms["spatial"]) == 0.0
+        winograd_terms.append(float(terms["winograd"]))
+    assert max(winograd_terms) > 0.0  # one 8-value sample may fall on a zero, twenty do not
