@@ -262,7 +262,10 @@ class Run:
                           seed=self.args.seed, progress=self.progress, log=self.log, task=TASK,
                           fingerprint={"tag": tag, "start": _weights_digest(model), "subset": self.args.subset},
                           provenance={"data": {"name": "sr-natural", "input_size": [1, self.args.count_size, self.args.count_size]}})
-        return out, {**file_figures(out, self.args.count_size), "val_psnr_stages": result.scores,
+        # The file decoded in each domain, on validation: the Winograd deployment prunes at decode
+        # time, so the in-memory scores above say nothing of it, and a recipe is chosen on both.
+        decoded = {domain: evaluate(decode(out, domain=domain), self.val_loader, task=TASK)["metric"] for domain in ("spatial", "winograd")}
+        return out, {**file_figures(out, self.args.count_size), "val_psnr_stages": result.scores, "val_psnr_decoded": decoded,
                      "seconds": {"compress": time.perf_counter() - start, **result.seconds}}
 
     def compress_and_deploy(self, tag: str, recipe: Recipe) -> dict[str, Any]:
@@ -328,7 +331,8 @@ class Run:
         dense = _weights_digest(self.dense_model())
         digest = _recipe_digest(self.recipe.to_dict())
         path = self.args.out_dir / TUNING_DIR / f"{self.args.recipe.stem}-{digest}.json"
-        if path.is_file() and json.loads(path.read_text()).get("dense_weights_digest") == dense and self.args.resume:
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        if saved.get("dense_weights_digest") == dense and "val_psnr_decoded" in saved and self.args.resume:
             self.log(f"tune {self.args.recipe.name}: already done ({path.name})")
             return
         self.log(f"tune {self.args.recipe.name}: compressing, scored on the {len(self.val_loader.dataset)} validation patches only")
@@ -338,7 +342,8 @@ class Run:
                       command=_shown(command_line()), date=datetime.date.today().isoformat(), code=self.code, machine=machine_summary())
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(record, indent=2, default=float) + "\n")
-        self.log(f"tune {self.args.recipe.name}: validation {_psnr(record['val_psnr_stages'].get('kept'))} dB in the file, {record['compression_ratio']:.1f}x, "
+        self.log(f"tune {self.args.recipe.name}: validation {_psnr(record['val_psnr_decoded']['spatial'])} / {_psnr(record['val_psnr_decoded']['winograd'])} dB "
+                 f"decoded spatial / Winograd, {record['compression_ratio']:.1f}x, "
                  f"MACs {record['macs_reduction_winograd']:.2f}x (Winograd); wrote {path}")
 
 
@@ -468,6 +473,9 @@ def write_report(args: argparse.Namespace) -> Path | None:
         lines += ["## Where the PSNR goes (validation patches, dB)", "",
                   "The joint run's validation PSNR after each stage (the figures the recipe was chosen on; the test images are scored once, below; "
                   "\"in the file\" is what `codebook_selection` kept):", ""] + stage_table([("joint", joint["val_psnr_stages"])]) + [""]
+        if "val_psnr_decoded" in joint:
+            lines += [f"The file decoded, on the same patches: {_psnr(joint['val_psnr_decoded']['spatial'])} dB spatial, "
+                      f"{_psnr(joint['val_psnr_decoded']['winograd'])} dB Winograd (pruned at decode time).", ""]
         met = targets(records)
         reference = max(dense["psnr"], control["psnr"]) if control else dense["psnr"]
         lines += ["## Summary (measured)", "",
@@ -511,6 +519,7 @@ def write_report(args: argparse.Namespace) -> Path | None:
                                for mode, row in ablation["modes"].items()}
     if tried:
         payload["tuning"] = [{"recipe_file": r["recipe_file"], "recipe_digest": r["recipe_digest"], "val_psnr_kept": r["val_psnr_stages"].get("kept"),
+                              "val_psnr_decoded": r.get("val_psnr_decoded"),
                               **{k: r[k] for k in ("compression_ratio", "macs_reduction_winograd", "dense_weights_digest", "date")}} for r in tried]
     payload.update(command="; ".join(dict.fromkeys(_invocation(r) for r in records.values())),
                    date=(joint or dense)["date"], machine=machine_summary(),
@@ -528,12 +537,13 @@ def tuning_lines(tried: list[dict[str, Any]], joint: dict[str, Any] | None, dens
              f"Each candidate recipe through `compress` from a dense net (`--stages tune`), scored on the validation patches only; records in "
              f"`{TUNING_DIR}/` beside this report, each with its full recipe and command. A candidate trained from another dense net than this "
              f"report's (dense weights digest {dense_digest}) is marked with its digest: validation figures from different dense nets compare only roughly.", "",
-             "| recipe | date | file bytes | compression | MAC reduction Winograd | spatial density | Winograd density | dense net |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| recipe | date | file bytes | compression | MAC reduction Winograd | spatial density | Winograd density | validation PSNR decoded spatial | decoded Winograd | dense net |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in tried:
         same = "this one" if r["dense_weights_digest"] == dense_digest else r["dense_weights_digest"]
+        decoded = r.get("val_psnr_decoded", {})  # records written before the decoded files were scored lack it
         lines.append(f"| {names[r['recipe_digest']]} | {r['date']} | {r['file_bytes']:,} | {r['compression_ratio']:.1f}x | {r['macs_reduction_winograd']:.2f}x | "
-                     f"{_density(r['density'])} | {_density(r['winograd_density'])} | {same} |")
+                     f"{_density(r['density'])} | {_density(r['winograd_density'])} | {_psnr(decoded.get('spatial'))} | {_psnr(decoded.get('winograd'))} | {same} |")
     return lines + ["", "Validation PSNR (dB) after each stage:", ""] + stage_table([(names[r["recipe_digest"]], r["val_psnr_stages"]) for r in tried])
 
 

@@ -90,6 +90,9 @@ def test_smoke_run_writes_the_tables_and_resumes(tmp_path, capsys):
     (tried,) = ctsrcnn_tables.tuning_records(tmp_path / "o")
     assert tried["recipe_file"] == "r.toml" and "psnr_spatial" not in tried and "per_image" not in tried
     assert set(tried["val_psnr_stages"]) >= {"dense", "retrain", "kept"} and tried["file_bytes"] == rerun["file_bytes"]
+    # the file decoded in both domains, on validation: spatial is the in-memory model exactly (weights and biases stored as they were)
+    assert set(tried["val_psnr_decoded"]) == {"spatial", "winograd"}
+    assert math.isclose(tried["val_psnr_decoded"]["spatial"], tried["val_psnr_stages"]["kept"], abs_tol=1e-3)
     report = (tmp_path / "o" / "ctsrcnn_tables.md").read_text()
     assert "## Recipes tried on validation" in report and f"r.toml ({tried['recipe_digest']}) **= joint**" in report and "| this one |" in report
     assert json.loads((tmp_path / "o" / "ctsrcnn_tables.json").read_text())["tuning"][0]["recipe_digest"] == tried["recipe_digest"]
