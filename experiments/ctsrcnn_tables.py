@@ -347,9 +347,19 @@ class Run:
                  f"MACs {record['macs_reduction_winograd']:.2f}x (Winograd); wrote {path}")
 
 
+#: Recipe settings added after tuning records were first written, with their defaults: a setting at
+#: its default is left out of the digest, so a record keeps its name (and its work directory) when
+#: the recipe schema grows.
+_DIGEST_OMITS_AT_DEFAULT = {("coding", "raw_float_dtype"): "float32"}
+
+
 def _recipe_digest(recipe: dict[str, Any]) -> str:
     """Names a recipe (``Recipe.to_dict()``, or that as a record stored it) by its settings, not
     by its file name, which candidates may share."""
+    recipe = {section: dict(values) if isinstance(values, dict) else values for section, values in recipe.items()}
+    for (section, key), default in _DIGEST_OMITS_AT_DEFAULT.items():
+        if recipe.get(section, {}).get(key, default) == default:
+            recipe.get(section, {}).pop(key, None)
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
 
 

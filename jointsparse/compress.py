@@ -252,6 +252,7 @@ def compress(
         model, out_path, quantizer=recipe.quantize.method, winograd_sparsity=recipe.sparsity.winograd,
         m=recipe.winograd.m, quantized=quantized,  # the fine-tuner updated these codebooks in place
         coder=coder, recipe=recipe.to_dict(), arch=arch, input_size=None if input_size is None else tuple(input_size),
+        raw_float_dtype=recipe.coding.raw_float_dtype,
         provenance={**(provenance or {}), "regularization": regularization} if regularization else provenance,
     )
     seconds["encode"] = time.perf_counter() - start

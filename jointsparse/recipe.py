@@ -155,8 +155,15 @@ class WinogradConfig:
 @dataclass
 class CodingConfig:
     coder: str = "auto"
+    # The file's precision for the tensors stored as they are (biases, BatchNorm): "float32"
+    # (lossless), or "float16" / "bfloat16" (half their bytes; on small nets a few % of the file).
+    # A coding setting: changing it re-encodes without training again.
+    raw_float_dtype: str = "float32"
 
-    _checks = {"coder": (lambda v: v in ("auto", "ans", "zstd"), "must be 'auto', 'ans' or 'zstd'")}
+    _checks = {
+        "coder": (lambda v: v in ("auto", "ans", "zstd"), "must be 'auto', 'ans' or 'zstd'"),
+        "raw_float_dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "must be 'float32', 'float16' or 'bfloat16'"),
+    }
 
 
 @dataclass

@@ -38,6 +38,18 @@ def test_bad_settings_exit_2_with_one_line(tmp_path, capsys, args, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_recipe_digest_survives_a_new_setting_at_its_default():
+    from jointsparse.recipe import Recipe
+
+    recipe = Recipe().to_dict()
+    older = json.loads(json.dumps(recipe))
+    del older["coding"]["raw_float_dtype"]  # as records written before the setting existed stored it
+    assert ctsrcnn_tables._recipe_digest(recipe) == ctsrcnn_tables._recipe_digest(older)
+    recipe["coding"]["raw_float_dtype"] = "float16"
+    assert ctsrcnn_tables._recipe_digest(recipe) != ctsrcnn_tables._recipe_digest(older)
+    assert "raw_float_dtype" in recipe["coding"]  # the caller's dict is left as it was
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not superres.images_available(), reason="scikit-image's bundled photographs are not installed")
 def test_smoke_run_writes_the_tables_and_resumes(tmp_path, capsys):

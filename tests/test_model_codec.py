@@ -350,3 +350,37 @@ def test_auto_refuses_a_recorded_input_size_it_cannot_allocate(tmp_path):
         decode(path, "auto")
     with pytest.raises(ValueError, match="over the"):
         decode(path, "auto", batch=10**5, input_size=(1, 28, 28))
+
+
+@pytest.mark.parametrize("dtype_name,dtype", [("float16", torch.float16), ("bfloat16", torch.bfloat16)])
+def test_raw_float_dtype_halves_the_raw_bytes_and_decodes_to_the_rounded_values(tmp_path, dtype_name, dtype):
+    model = _tiny(0.4, conv_out=8, conv_in=4).eval()
+    exact, narrow = tmp_path / "exact.jsz", tmp_path / "narrow.jsz"
+    full = encode(model, exact)["total"]
+    half = encode(model, narrow, raw_float_dtype=dtype_name)["total"]
+    compressed = {"conv.weight", "down.weight", "fc.weight"}
+    floats = sum(t.numel() for n, t in model.state_dict().items() if n not in compressed and t.dtype == torch.float32)
+    assert full["raw_bytes"] - half["raw_bytes"] == 2 * floats  # num_batches_tracked (int64) stays as it is
+    assert os.path.getsize(exact) - os.path.getsize(narrow) >= 2 * floats - 16
+    decoded = decode(narrow, allow_imports=True).eval()
+    for name, tensor in model.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            assert torch.equal(decoded.state_dict()[name], tensor)
+        elif name not in compressed:  # the raw floats: rounded, widened back to float32
+            assert decoded.state_dict()[name].dtype == torch.float32
+            assert torch.equal(decoded.state_dict()[name], tensor.to(dtype).float())
+    x = torch.randn(2, 4, 9, 9)
+    reference = decode(exact, allow_imports=True).eval()(x)
+    assert torch.allclose(decoded(x), reference, rtol=0.02, atol=0.02)  # bfloat16 keeps 8 significant bits
+
+
+def test_raw_float_dtype_refuses_what_it_cannot_hold(tmp_path):
+    model = _tiny()
+    with torch.no_grad():
+        model.bn.running_var[0] = 1e6  # above float16's 65504
+    with pytest.raises(ValueError, match=r"bn.running_var: a value outside float16's range.*float32"):
+        encode(model, tmp_path / "a.jsz", raw_float_dtype="float16")
+    encode(model, tmp_path / "a.jsz", raw_float_dtype="bfloat16")  # bfloat16 has float32's range
+    with pytest.raises(ValueError, match="raw_float_dtype must be one of"):
+        encode(model, tmp_path / "b.jsz", raw_float_dtype="int8")
+    assert not (tmp_path / "b.jsz").exists()

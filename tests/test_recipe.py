@@ -41,6 +41,7 @@ def test_dump_round_trips(tmp_path):
         ("[retrain\n", "not valid TOML"),
         ("[regularizer]\na_spatial = 'big'\n", "regularizer.a_spatial = 'big' must be \"auto\" or a number"),
         ("[regularizer]\na_winograd = -1.0\n", "regularizer.a_winograd = -1.0 must be"),
+        ("[coding]\nraw_float_dtype = 'int8'\n", "coding.raw_float_dtype = 'int8' must be 'float32', 'float16' or 'bfloat16'"),
     ],
 )
 def test_bad_recipes_name_the_key(tmp_path, text, message):

@@ -62,6 +62,26 @@ def _winograd_entries(
     return entries
 
 
+#: What ``raw_float_dtype`` may name: a float type a reader widens back with ``load_state_dict``.
+RAW_FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _narrowed(raw: dict[str, torch.Tensor], dtype_name: str) -> dict[str, torch.Tensor]:
+    """The float32 tensors of ``raw`` cast to ``dtype_name`` (others as they are)."""
+    if dtype_name not in RAW_FLOAT_DTYPES:
+        raise ValueError(f"raw_float_dtype must be one of {', '.join(RAW_FLOAT_DTYPES)}, got {dtype_name!r}")
+    dtype = RAW_FLOAT_DTYPES[dtype_name]
+    out = {}
+    for name, tensor in raw.items():
+        if tensor.dtype == torch.float32 and dtype != torch.float32:
+            narrow = tensor.detach().to(dtype)
+            if not bool(torch.isfinite(narrow).all()) and bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{name}: a value outside {dtype_name}'s range (largest |value| {float(tensor.abs().max()):.4g}); store it as float32")
+            tensor = narrow
+        out[name] = tensor
+    return out
+
+
 def encode(
     model: nn.Module,
     path: Union[str, os.PathLike],
@@ -78,6 +98,7 @@ def encode(
     provenance: Optional[Mapping[str, Any]] = None,
     input_size: Optional[tuple[int, int, int]] = None,
     allow_no_arch: bool = False,
+    raw_float_dtype: str = "float32",
 ) -> dict:
     """Quantize ``model`` as it is (or take the already fine-tuned ``quantized`` layers), code it,
     write ``path`` atomically and return :func:`jointsparse.codecs.report` of the file.
@@ -86,7 +107,9 @@ def encode(
     or glob (``{"conv*": 4, "conv1": 8}``; see :func:`jointsparse.layers.resolve_per_layer`).
     ``winograd_sparsity`` (a float, or a dict of module names/globs) sets each Winograd-form layer's stored threshold to that quantile of
     ``|G w_q G^T|``; None stores threshold 0 (keep every non-zero). ``arch`` defaults to
-    ``model.jointsparse_arch``. Biases, BatchNorm parameters and buffers are stored losslessly.
+    ``model.jointsparse_arch``. Biases, BatchNorm parameters and buffers are stored losslessly,
+unless ``raw_float_dtype`` (``"float16"`` or ``"bfloat16"``) narrows the floating ones: half their
+bytes, rounded to 11 (8) significant bits; a value the narrower type cannot hold is refused.
     ``recipe`` and ``provenance`` (plain JSON: e.g. data set, command line) go into the manifest.
 
     Without ``arch`` or ``model.jointsparse_arch``, the model's class is stored when it rebuilds
@@ -109,7 +132,7 @@ def encode(
     if arch is None and not allow_no_arch:
         arch = _class_reference(model)
     maps = _layer_maps(model, input_size) if input_size is not None else None
-    raw = {name: tensor for name, tensor in model.state_dict().items() if name not in quantized}
+    raw = _narrowed({name: tensor for name, tensor in model.state_dict().items() if name not in quantized}, raw_float_dtype)
     winograd = _winograd_entries(model, quantized, winograd_sparsity, m)
     original = sum(p.numel() for p in model.parameters())
     written = save(
