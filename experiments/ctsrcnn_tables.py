@@ -42,6 +42,7 @@ import argparse
 import dataclasses
 import datetime
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -60,7 +61,7 @@ from jointsparse.codecs import decode
 from jointsparse.cost import WINOGRAD_TRANSFORMS_CONVENTION
 from jointsparse.data import make_loaders
 from jointsparse.models import ctsrcnn_insert_layers, get_model
-from jointsparse.compress import compress
+from jointsparse.compress import compress, reusable_stages, run_fingerprint
 from jointsparse.provenance import ROOT, code_version, command_line, machine_summary
 from jointsparse.recipe import Recipe, load_recipe
 from jointsparse.tasks import SUPER_RESOLUTION
@@ -258,15 +259,41 @@ class Run:
         model = self.dense_model()
         out = self.work / f"{tag}.jsz"
         start = time.perf_counter()
+        fingerprint = {"tag": tag, "start": _weights_digest(model), "subset": self.args.subset}
+        reused = self.reuse_trained_stages(self.work / f"{tag}.work", run_fingerprint(recipe, fingerprint)) if tag.startswith(TUNE) else None
         result = compress(model, self.train_loader, self.val_loader, recipe, out, workdir=self.work / f"{tag}.work", resume=self.args.resume,
-                          seed=self.args.seed, progress=self.progress, log=self.log, task=TASK,
-                          fingerprint={"tag": tag, "start": _weights_digest(model), "subset": self.args.subset},
+                          seed=self.args.seed, progress=self.progress, log=self.log, task=TASK, fingerprint=fingerprint,
                           provenance={"data": {"name": "sr-natural", "input_size": [1, self.args.count_size, self.args.count_size]}})
         # The file decoded in each domain, on validation: the Winograd deployment prunes at decode
         # time, so the in-memory scores above say nothing of it, and a recipe is chosen on both.
         decoded = {domain: evaluate(decode(out, domain=domain), self.val_loader, task=TASK)["metric"] for domain in ("spatial", "winograd")}
         return out, {**file_figures(out, self.args.count_size), "val_psnr_stages": result.scores, "val_psnr_decoded": decoded,
+                     **({"reused": reused} if reused else {}),
                      "seconds": {"compress": time.perf_counter() - start, **result.seconds}}
+
+    def reuse_trained_stages(self, workdir: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+        """Start a new candidate's work directory with the finished stages of an earlier candidate
+        that trained the same way (same dense net, and the same recipe up to the first stage that
+        differs): a candidate that changes only quantization or coding then costs its codebook
+        stage, not a retraining. Only ``.done`` files are copied; compress resumes from them."""
+        if (workdir / "run.pt").is_file() or not self.args.resume:
+            return None
+        best: tuple[tuple[str, ...], Path] = ((), workdir)
+        for other in sorted(self.work.glob(f"{TUNE}-*.work")):
+            if other == workdir or not (other / "run.pt").is_file():
+                continue
+            kept = reusable_stages(torch.load(other / "run.pt", weights_only=True), fingerprint, ignore=("tag",))
+            kept = tuple(itertools.takewhile(lambda stage: (other / f"{stage}.done").is_file(), kept))
+            if len(kept) > len(best[0]):
+                best = (kept, other)
+        kept, source = best
+        if kept:
+            workdir.mkdir(parents=True, exist_ok=True)
+            for stage in kept:
+                shutil.copyfile(source / f"{stage}.done", workdir / f"{stage}.done")
+            self.log(f"{workdir.name}: reusing the {', '.join(kept)} stage(s) of {source.name}, which trained the same way")
+            return {"stages": list(kept), "from": source.name}
+        return None
 
     def compress_and_deploy(self, tag: str, recipe: Recipe) -> dict[str, Any]:
         out, record = self.compress_only(tag, recipe)
@@ -350,7 +377,7 @@ class Run:
 #: Recipe settings added after tuning records were first written, with their defaults: a setting at
 #: its default is left out of the digest, so a record keeps its name (and its work directory) when
 #: the recipe schema grows.
-_DIGEST_OMITS_AT_DEFAULT = {("coding", "raw_float_dtype"): "float32"}
+_DIGEST_OMITS_AT_DEFAULT = {("coding", "raw_float_dtype"): "float32", ("coding", "codebook_dtype"): "float32"}
 
 
 def _recipe_digest(recipe: dict[str, Any]) -> str:
@@ -554,6 +581,10 @@ def tuning_lines(tried: list[dict[str, Any]], joint: dict[str, Any] | None, dens
         decoded = r.get("val_psnr_decoded", {})  # records written before the decoded files were scored lack it
         lines.append(f"| {names[r['recipe_digest']]} | {r['date']} | {r['file_bytes']:,} | {r['compression_ratio']:.1f}x | {r['macs_reduction_winograd']:.2f}x | "
                      f"{_density(r['density'])} | {_density(r['winograd_density'])} | {_psnr(decoded.get('spatial'))} | {_psnr(decoded.get('winograd'))} | {same} |")
+    reused = [f"- {names[r['recipe_digest']]}: the {', '.join(r['reused']['stages'])} stage(s) taken from `{r['reused']['from']}`, "
+              "a candidate that trained the same way up to there" for r in tried if r.get("reused")]
+    if reused:
+        lines += ["", "Candidates that changed only later stages reused an earlier candidate's finished stages (same dense net, same settings):", "", *reused]
     return lines + ["", "Validation PSNR (dB) after each stage:", ""] + stage_table([(names[r["recipe_digest"]], r["val_psnr_stages"]) for r in tried])
 
 

@@ -99,6 +99,27 @@ def _stage_view(fingerprint: dict[str, Any], stage: str) -> dict[str, Any]:
     return {**{key: value for key, value in fingerprint.items() if key != "recipe"}, "recipe": view}
 
 
+def run_fingerprint(recipe: Recipe, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a work directory's ``run.pt`` holds for a :func:`compress` run: the recipe and the
+    caller's ``fingerprint`` (the model, the data, ...)."""
+    return {"recipe": recipe.to_dict(), **(fingerprint or {})}
+
+
+def reusable_stages(saved: Any, fingerprint: dict[str, Any], ignore: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The stages whose finished results a run with ``fingerprint`` may take from a work directory
+    written under ``saved`` (its ``run.pt``): those before the first stage whose view (the
+    fingerprint without the recipe sections the stage does not read) differs. ``ignore`` names
+    fingerprint keys that label a run without changing what it computes (a tag)."""
+    if not isinstance(saved, dict):
+        return ()
+    saved = {key: value for key, value in saved.items() if key not in ignore}
+    fingerprint = {key: value for key, value in fingerprint.items() if key not in ignore}
+    kept = 0
+    while kept < len(STAGES) and _stage_view(saved, STAGES[kept]) == _stage_view(fingerprint, STAGES[kept]):
+        kept += 1
+    return STAGES[:kept]
+
+
 class _Stages:
     """Stage bookkeeping in the work directory: ``<stage>.ckpt`` is the trainer's per-epoch
     checkpoint; ``<stage>.done`` is written once the stage has finished.
@@ -121,9 +142,10 @@ class _Stages:
         self.resume = resume
 
     def _drop_changed_stages(self, saved: Any, fingerprint: dict[str, Any], log: Callable[[str], None]) -> None:
-        if not isinstance(saved, dict) or _stage_view(saved, STAGES[0]) != _stage_view(fingerprint, STAGES[0]):
+        kept = reusable_stages(saved, fingerprint)
+        if not kept:
             raise PipelineError(f"work directory {str(self.workdir)!r} belongs to another run (model, data or recipe differ); remove it or drop --resume")
-        changed = next((stage for stage in STAGES if _stage_view(saved, stage) != _stage_view(fingerprint, stage)), None)
+        changed = STAGES[len(kept)] if len(kept) < len(STAGES) else None
         if changed is None:
             return  # only the coding changed: every stage stands, the file is written again
         log(f"[resume] the recipe changed from the {changed} stage on: keeping the earlier stages, running {changed} and later again")
@@ -167,7 +189,7 @@ def compress(
     each layer's map size (MACs without the model).
     """
     out_path = Path(out_path)
-    stages = _Stages(Path(workdir or f"{out_path}.work"), resume, {"recipe": recipe.to_dict(), **(fingerprint or {})}, log)
+    stages = _Stages(Path(workdir or f"{out_path}.work"), resume, run_fingerprint(recipe, fingerprint), log)
     scores: dict[str, float] = {}
     seconds: dict[str, float] = {}
     regularization: dict[str, Any] = {}  # values resolved at run time ("auto" a), kept in the file's provenance
@@ -252,7 +274,7 @@ def compress(
         model, out_path, quantizer=recipe.quantize.method, winograd_sparsity=recipe.sparsity.winograd,
         m=recipe.winograd.m, quantized=quantized,  # the fine-tuner updated these codebooks in place
         coder=coder, recipe=recipe.to_dict(), arch=arch, input_size=None if input_size is None else tuple(input_size),
-        raw_float_dtype=recipe.coding.raw_float_dtype,
+        raw_float_dtype=recipe.coding.raw_float_dtype, codebook_dtype=recipe.coding.codebook_dtype,
         provenance={**(provenance or {}), "regularization": regularization} if regularization else provenance,
     )
     seconds["encode"] = time.perf_counter() - start

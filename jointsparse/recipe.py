@@ -159,8 +159,12 @@ class CodingConfig:
     # (lossless), or "float16" / "bfloat16" (half their bytes; on small nets a few % of the file).
     # A coding setting: changing it re-encodes without training again.
     raw_float_dtype: str = "float32"
+    # The codebooks' precision: "float32", or "float16" (half the codebook bytes, format version 4;
+    # with 7-8 bit codebooks on a small net, a tenth of the file).
+    codebook_dtype: str = "float32"
 
     _checks = {
+        "codebook_dtype": (lambda v: v in ("float32", "float16"), "must be 'float32' or 'float16'"),
         "coder": (lambda v: v in ("auto", "ans", "zstd"), "must be 'auto', 'ans' or 'zstd'"),
         "raw_float_dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "must be 'float32', 'float16' or 'bfloat16'"),
     }

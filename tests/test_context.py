@@ -4,6 +4,7 @@ geometries, gains on structured masks, the choice recorded in the file, the vers
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import struct
 from pathlib import Path
@@ -20,6 +21,7 @@ from jointsparse.codecs.quantize import QuantizedLayer
 
 FIXTURE_V1 = Path(__file__).parent / "data" / "format_v1.jsz"
 FIXTURE_V2 = Path(__file__).parent / "data" / "format_v2.jsz"
+FIXTURE_V3 = Path(__file__).parent / "data" / "format_v3.jsz"
 
 
 def _structured_conv(rng: np.random.Generator, shape=(32, 24, 3, 3), dead=0.4, keep=0.3) -> np.ndarray:
@@ -108,7 +110,7 @@ def test_the_file_records_the_choice_and_decodes(tmp_path):
     order0 = save(tmp_path / "order0.jsz", layers, raw={"fc.bias": torch.arange(4.0)}, contexts=False)
     assert path.stat().st_size < order0.stat().st_size
     contents = load(path)
-    assert contents.manifest["version"] == VERSION == 3
+    assert contents.manifest["version"] == VERSION == 4
     codings = {name: entry["positions"]["coding"] for name, entry in ((e["name"], e) for e in contents.manifest["layers"])}
     assert codings["conv.weight"] == "ctx" and codings["fc.weight"] == "ctx"
     assert all(contents.layers[n].positions.coding != "ctx" for n in ("small.weight",))
@@ -168,11 +170,61 @@ def test_a_version_2_file_still_decodes():
     assert contents.layers["ctx.weight"].winograd == {"m": 2, "r": 3, "threshold": 0.25, "sparsity": 0.5}
 
 
+def test_a_version_3_file_still_decodes():
+    """tests/data/format_v3.jsz: the version-2 fixture's layers, written by the version-3 writer of
+    main at b7d65c2 (float32 codebooks in section 0, no codebook_dtype in the manifest)."""
+    data = FIXTURE_V3.read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == 3
+    assert "codebook_dtype" not in unpack(data)[0]
+    contents = loads(data)
+    assert contents.manifest["version"] == 3
+    for name, layer in _fixture_v2_layers().items():
+        assert torch.equal(contents.layers[name].quantized.dequantize(), layer.dequantize()), name
+    assert torch.equal(contents.raw["fc.bias"], torch.tensor([0.5, -0.25, 0.0, 1.0, 2.0]))
+
+
+def test_float16_codebooks_halve_the_section_and_decode_to_the_rounded_values(tmp_path):
+    layers = _fixture_v2_layers()
+    exact = save(tmp_path / "exact.jsz", layers)
+    half = save(tmp_path / "half.jsz", layers, codebook_dtype="float16")
+    values = sum(len(layer.codebook) for layer in layers.values())
+    manifest, sections = unpack(half.read_bytes())
+    assert manifest["version"] == 4 and manifest["codebook_dtype"] == "float16"
+    assert len(sections[0]) <= 2 * values < len(unpack(exact.read_bytes())[1][0]) + 2 * values
+    assert half.stat().st_size < exact.stat().st_size
+    contents = load(half)
+    for name, layer in layers.items():
+        rounded = layer.codebook.astype(np.float16).astype(np.float32)
+        assert np.array_equal(contents.layers[name].quantized.codebook, rounded), name
+    assert load(exact).manifest["codebook_dtype"] == "float32"
+
+
+def test_codebook_dtype_rules(tmp_path):
+    layers = _fixture_v2_layers()
+    wide = dict(layers, **{"conv.weight": dataclasses.replace(layers["conv.weight"], codebook=np.linspace(-1e5, 0.5, 7, dtype=np.float32))})
+    with pytest.raises(ValueError, match=r"conv.weight: a codebook value outside float16's range"):
+        save(tmp_path / "a.jsz", wide, codebook_dtype="float16")
+    close = dict(layers, **{"conv.weight": dataclasses.replace(layers["conv.weight"], codebook=np.array([1.0, 1.0001, 2, 3, 4, 5, 6], np.float32))})
+    with pytest.raises(ValueError, match=r"conv.weight: float16 rounds two codebook entries into one"):
+        save(tmp_path / "a.jsz", close, codebook_dtype="float16")
+    with pytest.raises(ValueError, match="codebook_dtype must be one of float32, float16"):
+        save(tmp_path / "a.jsz", layers, codebook_dtype="bfloat16")
+    assert not (tmp_path / "a.jsz").exists()
+    # a reader: version 4 states the dtype, and only a known one
+    manifest, sections = unpack(save(tmp_path / "b.jsz", layers).read_bytes())
+    for change, message in (({"codebook_dtype": "float8"}, "unknown codebook_dtype 'float8'"), ({"codebook_dtype": None}, "field 'codebook_dtype' has the wrong type")):
+        with pytest.raises(FormatError, match=message):
+            loads(pack({**manifest, **change}, [bytes(s) for s in sections]))
+    del manifest["codebook_dtype"]
+    with pytest.raises(FormatError, match="missing field 'codebook_dtype'"):
+        loads(pack(manifest, [bytes(s) for s in sections]))
+
+
 def test_version_rules():
     data = FIXTURE_V1.read_bytes()
     manifest, sections = unpack(data)
-    for version in (0, 4, 7, 65535):
-        with pytest.raises(FormatError, match=f"^unknown .jsz version {version} \\(this reader knows versions 1, 2 and 3\\)$"):
+    for version in (0, 5, 7, 65535):
+        with pytest.raises(FormatError, match=f"^unknown .jsz version {version} \\(this reader knows versions 1, 2, 3 and 4\\)$"):
             loads(pack_text(b"{}", [], version=version))
     # the header and the manifest must agree
     import json

@@ -110,3 +110,13 @@ def test_smoke_run_writes_the_tables_and_resumes(tmp_path, capsys):
     assert json.loads((tmp_path / "o" / "ctsrcnn_tables.json").read_text())["tuning"][0]["recipe_digest"] == tried["recipe_digest"]
     assert ctsrcnn_tables.main(argv + ["--stages", "tune", "--recipe", str(recipe)]) == 0
     assert "tune r.toml: already done" in capsys.readouterr().out
+    # a candidate that changes only the bits takes the trained stages of the one before
+    other = tmp_path / "r5.toml"
+    other.write_text(text.replace("conv_bits = 4", "conv_bits = 5"))
+    assert ctsrcnn_tables.main(argv + ["--stages", "tune", "--recipe", str(other)]) == 0
+    out = capsys.readouterr().out
+    assert f"reusing the retrain, finetune stage(s) of tune-{tried['recipe_digest']}.work" in out and "[finetune] already done" in out
+    (second,) = [r for r in ctsrcnn_tables.tuning_records(tmp_path / "o") if r["recipe_file"] == "r5.toml"]
+    assert second["reused"] == {"stages": ["retrain", "finetune"], "from": f"tune-{tried['recipe_digest']}.work"}
+    assert second["val_psnr_stages"]["finetune"] == tried["val_psnr_stages"]["finetune"]
+    assert "the retrain, finetune stage(s) taken from" in (tmp_path / "o" / "ctsrcnn_tables.md").read_text()

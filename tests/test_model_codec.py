@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -384,3 +385,16 @@ def test_raw_float_dtype_refuses_what_it_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="raw_float_dtype must be one of"):
         encode(model, tmp_path / "b.jsz", raw_float_dtype="int8")
     assert not (tmp_path / "b.jsz").exists()
+
+
+def test_float16_codebooks_through_encode_decode_the_rounded_weights(tmp_path):
+    model = _tiny(0.4, conv_out=8, conv_in=4).eval()
+    quantized = quantize_model(model, bits=6)
+    path = tmp_path / "half.jsz"
+    encode(model, path, quantized=quantized, winograd_sparsity=0.3, codebook_dtype="float16")
+    _, state, manifest = decode_state(path)
+    assert manifest["version"] == 4 and manifest["codebook_dtype"] == "float16"
+    for name, layer in quantized.items():
+        rounded = dataclasses.replace(layer, codebook=layer.codebook.astype(np.float16).astype(np.float32))
+        assert torch.equal(state[name], rounded.dequantize()), name
+    assert np.array_equal(quantized["conv.weight"].codebook, quantize_model(model, bits=6)["conv.weight"].codebook)  # the caller's layers untouched

@@ -42,6 +42,7 @@ def test_dump_round_trips(tmp_path):
         ("[regularizer]\na_spatial = 'big'\n", "regularizer.a_spatial = 'big' must be \"auto\" or a number"),
         ("[regularizer]\na_winograd = -1.0\n", "regularizer.a_winograd = -1.0 must be"),
         ("[coding]\nraw_float_dtype = 'int8'\n", "coding.raw_float_dtype = 'int8' must be 'float32', 'float16' or 'bfloat16'"),
+        ("[coding]\ncodebook_dtype = 'bfloat16'\n", "coding.codebook_dtype = 'bfloat16' must be 'float32' or 'float16'"),
     ],
 )
 def test_bad_recipes_name_the_key(tmp_path, text, message):

@@ -3,7 +3,7 @@
 The file's three layers each have a module: :mod:`.framing` (header, section table, checksums),
 :mod:`.manifest` (the schema of the JSON manifest) and :mod:`.records` (each stored tensor's
 record and sections); :mod:`.codebooks` packs every layer's codebook into section 0 (format
-version 3). This module puts them together.
+versions 3 and 4). This module puts them together.
 
 :func:`load` checks the frame (sizes, CRCs), then the manifest schema and every count against the
 layer shapes and stream lengths, then a memory budget, all before it decodes a stream. Anything
@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from ..utils import atomic_write_bytes
-from .codebooks import pack_codebooks
+from .codebooks import CODEBOOK_DTYPES, narrow_codebook, pack_codebooks
 from .entropy import CODERS, DEFAULT_CODER
 from .errors import FormatError
 from .framing import MAGIC, VERSION, pack, require_little_endian, unpack
@@ -66,6 +66,7 @@ def save(
     input_size: Optional[list[int]] = None,
     maps: Optional[Mapping[str, Mapping[str, Any]]] = None,
     contexts: bool = True,
+    codebook_dtype: str = "float32",
 ) -> Path:
     """Entropy-code ``layers`` and write the ``.jsz`` file atomically (temp file + ``os.replace``).
 
@@ -76,7 +77,9 @@ def save(
     must be plain JSON values. ``input_size`` ([C, H, W]) and ``maps`` (per layer name,
     ``{"output_size": [H, W], "groups": g}``) record the shapes MAC counts need (optional keys).
     ``contexts``: with the ans coder, also try the context-modelled position coding per layer
-    (kept where it is smaller); False writes order-0 position codings only.
+    (kept where it is smaller); False writes order-0 position codings only. ``codebook_dtype``:
+    ``"float32"`` (exact) or ``"float16"`` (half the codebook bytes; every value rounded, refused
+    where that overflows or merges two entries).
     """
     require_little_endian()
     if coder not in CODERS:
@@ -97,7 +100,9 @@ def save(
             layer_entries[-1]["output_size"] = [int(v) for v in maps[name]["output_size"]]
             layer_entries[-1]["groups"] = int(maps[name]["groups"])
     raw_entries = [raw_record(name, tensor, sections) for name, tensor in raw.items()]
-    sections[CODEBOOK_SECTION] = pack_codebooks([layer.codebook for layer in layers.values()])
+    if codebook_dtype not in CODEBOOK_DTYPES:
+        raise ValueError(f"codebook_dtype must be one of {', '.join(CODEBOOK_DTYPES)}, got {codebook_dtype!r}")
+    sections[CODEBOOK_SECTION] = pack_codebooks([narrow_codebook(layer.codebook, codebook_dtype, name) for name, layer in layers.items()], codebook_dtype)
     if original_parameter_count is None:
         original_parameter_count = sum(layer.numel for layer in layers.values()) + sum(t.numel() for t in raw.values())
     manifest = {
@@ -108,6 +113,7 @@ def save(
         "recipe": None if recipe is None else dict(recipe),
         "provenance": None if provenance is None else dict(provenance),
         "original_parameter_count": int(original_parameter_count),
+        "codebook_dtype": codebook_dtype,
         "layers": layer_entries,
         "raw": raw_entries,
     }

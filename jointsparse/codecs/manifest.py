@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from .codebooks import unpack_codebooks
+from .codebooks import CODEBOOK_DTYPES, unpack_codebooks
 from .entropy import CODERS, CONTEXT_CODING, POSITION_CODINGS, position_symbol_count
 from .errors import FormatError
 from .framing import KNOWN_VERSIONS
@@ -341,7 +341,10 @@ def validate_manifest(manifest: dict, sections: list[memoryview]) -> dict:
         layers = [validate_layer(e, i, len(sections), claimed, version, (1 + 2 * i, 2 + 2 * i)) for i, e in enumerate(layer_entries)]
         raw_first = 1 + 2 * len(layers)
         raws = [validate_raw(e, i, len(sections), claimed, sections, raw_first + i) for i, e in enumerate(raw_entries)]
-        _fill_codebooks(layers, sections[CODEBOOK_SECTION])
+        codebook_dtype = _field(manifest, "codebook_dtype", str, "manifest") if version >= 4 else "float32"
+        if codebook_dtype not in CODEBOOK_DTYPES:
+            raise FormatError(f"manifest: unknown codebook_dtype {codebook_dtype!r:.40}")
+        _fill_codebooks(layers, sections[CODEBOOK_SECTION], codebook_dtype)
     else:
         layers = [validate_layer(e, i, len(sections), claimed, version) for i, e in enumerate(layer_entries)]
         raws = [validate_raw(e, i, len(sections), claimed, sections) for i, e in enumerate(raw_entries)]
@@ -353,9 +356,9 @@ def validate_manifest(manifest: dict, sections: list[memoryview]) -> dict:
     return {**manifest, "original_parameter_count": original, "layers": layers, "raw": raws}
 
 
-def _fill_codebooks(layers: list[dict], section: memoryview) -> None:
-    """Version 3: the codebook values from their section, into the validated records."""
-    codebooks = unpack_codebooks(section, [len(layer["codebook"]) for layer in layers])
+def _fill_codebooks(layers: list[dict], section: memoryview, dtype: str) -> None:
+    """Versions 3 and 4: the codebook values from their section, into the validated records."""
+    codebooks = unpack_codebooks(section, [len(layer["codebook"]) for layer in layers], dtype)
     for layer, values in zip(layers, codebooks):
         if not np.isfinite(values).all():
             raise FormatError(f"layer {layer['name']!r}: codebook holds something other than a finite float32 value")

@@ -7,6 +7,7 @@ file and swaps in the sparse runtime layers of :mod:`jointsparse.nn` for the cho
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Any, Mapping, Optional, Union
@@ -19,6 +20,7 @@ from ..models import get_model
 from ..nn import DOMAINS, WinogradSetting, deploy
 from ..nn.choice import ChoiceError
 from ..transforms import DEFAULT_M, winograd_pruned_weight, winograd_threshold
+from .codebooks import narrow_codebook
 from .container import DEFAULT_MAX_EXPANSION, JszContents, StoredLayer, load, planned_bytes, read_manifest, save
 from .entropy import DEFAULT_CODER
 from .errors import FormatError
@@ -99,6 +101,7 @@ def encode(
     input_size: Optional[tuple[int, int, int]] = None,
     allow_no_arch: bool = False,
     raw_float_dtype: str = "float32",
+    codebook_dtype: str = "float32",
 ) -> dict:
     """Quantize ``model`` as it is (or take the already fine-tuned ``quantized`` layers), code it,
     write ``path`` atomically and return :func:`jointsparse.codecs.report` of the file.
@@ -110,6 +113,8 @@ def encode(
     ``model.jointsparse_arch``. Biases, BatchNorm parameters and buffers are stored losslessly,
 unless ``raw_float_dtype`` (``"float16"`` or ``"bfloat16"``) narrows the floating ones: half their
 bytes, rounded to 11 (8) significant bits; a value the narrower type cannot hold is refused.
+``codebook_dtype = "float16"`` stores the codebooks at half their bytes (format version 4); the
+weights the file decodes to, and the Winograd thresholds, are then those of the rounded codebooks.
     ``recipe`` and ``provenance`` (plain JSON: e.g. data set, command line) go into the manifest.
 
     Without ``arch`` or ``model.jointsparse_arch``, the model's class is stored when it rebuilds
@@ -127,7 +132,9 @@ bytes, rounded to 11 (8) significant bits; a value the narrower type cannot hold
         quantized = quantize_model(model, quantizer, bits, seed)
     else:
         _check_quantized(quantized, layers)
-    quantized = {name: quantized[name] for name in layers}  # model order
+    # model order, with the codebooks the file will hold (so the Winograd thresholds are the decoded weights')
+    quantized = {name: dataclasses.replace(quantized[name], codebook=narrow_codebook(quantized[name].codebook, codebook_dtype, name))
+                 if codebook_dtype != "float32" else quantized[name] for name in layers}
     arch = arch if arch is not None else getattr(model, "jointsparse_arch", None)
     if arch is None and not allow_no_arch:
         arch = _class_reference(model)
@@ -147,6 +154,7 @@ bytes, rounded to 11 (8) significant bits; a value the narrower type cannot hold
         provenance=provenance,
         input_size=None if input_size is None else [int(v) for v in input_size],
         maps=maps,
+        codebook_dtype=codebook_dtype,
     )
     size = os.path.getsize(written)
     manifest = read_manifest(written)
