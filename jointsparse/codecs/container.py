@@ -79,7 +79,7 @@ def save(
     ``contexts``: with the ans coder, also try the context-modelled position coding per layer
     (kept where it is smaller); False writes order-0 position codings only. ``codebook_dtype``:
     ``"float32"`` (exact) or ``"float16"`` (half the codebook bytes; every value rounded, refused
-    where that overflows or merges two entries).
+    where that overflows).
     """
     require_little_endian()
     if coder not in CODERS:
