@@ -112,3 +112,21 @@ def test_codebook_selection_decides_which_codebooks_the_file_keeps(tmp_path, sel
     else:
         assert not reverted and "kept" not in scores
         assert decoded_score == pytest.approx(scores["codebook"])
+
+
+def test_reusable_stages_end_at_the_first_stage_whose_settings_changed():
+    from jointsparse.compress import reusable_stages, run_fingerprint
+
+    base = parse_recipe({"finetune": {"epochs": 1}})
+    saved = run_fingerprint(base, {"tag": "a", "start": "abc"})
+    assert reusable_stages(saved, run_fingerprint(base, {"tag": "a", "start": "abc"})) == ("retrain", "finetune", "codebook")
+    assert reusable_stages(saved, run_fingerprint(base, {"tag": "b", "start": "abc"})) == ()  # another run, unless the tag is ignored
+    assert reusable_stages(saved, run_fingerprint(base, {"tag": "b", "start": "abc"}), ignore=("tag",)) == ("retrain", "finetune", "codebook")
+    bits = parse_recipe({"finetune": {"epochs": 1}, "quantize": {"conv_bits": 4}})
+    assert reusable_stages(saved, run_fingerprint(bits, {"tag": "a", "start": "abc"})) == ("retrain", "finetune")
+    coding = parse_recipe({"finetune": {"epochs": 1}, "coding": {"codebook_dtype": "float16"}})
+    assert reusable_stages(saved, run_fingerprint(coding, {"tag": "a", "start": "abc"})) == ("retrain", "finetune", "codebook")
+    finetune = parse_recipe({"finetune": {"epochs": 2}})
+    assert reusable_stages(saved, run_fingerprint(finetune, {"tag": "a", "start": "abc"})) == ("retrain",)
+    assert reusable_stages(saved, run_fingerprint(base, {"tag": "a", "start": "other"})) == ()
+    assert reusable_stages("not a fingerprint", saved) == ()
