@@ -11,7 +11,8 @@ format version 1; zstd) it prints the code-and-write time, the decode time (load
 medians over repeats, one thread), the bytes of the position streams against their order-0 bound
 ``N H(nnz/N) / 8`` and against the context bound (the map's conditional entropy under the contexts
 the ctx coder picks), and the index streams against their order-0 bound. With ``--nncodec
-PYTHON`` (a Python where ``pip install --no-deps nncodec==2.1.3`` was built, with numpy < 2) it
+PYTHON`` (a Python where ``pip install --no-deps nncodec==2.1.3`` was built, with numpy < 2, pybind11,
+scikit-learn, h5py, pandas and tqdm) it
 also codes the same integer level tensors with NNCodec (experiments/nncodec_run.py; torchvision
 and cv2 are stubbed by experiments/nncodec_stubs, NNCodec imports them but this path never uses them).
 
@@ -213,8 +214,10 @@ def bench_layers(title: str, layers: dict, repeats: int, workdir: Path, nncodec:
         summary.append(
             f"| NNCodec 2.1.3 (DeepCABAC) | {stream:,} + {codebooks:,} codebook B = {stream + codebooks:,} | | | | | | |"
         )
+        half = save(workdir / "half.jsz", layers, codebook_dtype="float16").stat().st_size  # format version 4's option
         summary += ["", f"Whole file (ans+ctx) / NNCodec (bitstream + float32 codebooks): {ours / (stream + codebooks):.4f}; "
-                    f"/ NNCodec bitstream alone: {ours / stream:.4f}."]
+                    f"/ NNCodec bitstream alone: {ours / stream:.4f}. Both with float16 codebooks "
+                    f"(ours `codebook_dtype = \"float16\"`, {half:,} B; NNCodec's codebook bytes halved): {half / (stream + codebooks / 2):.4f}."]
     lines += summary + [""]
     ctx_stats = results[VARIANTS[0][0]][1].layers
     order0 = results[VARIANTS[1][0]][1].layers
