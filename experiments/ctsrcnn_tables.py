@@ -445,6 +445,18 @@ def targets(records: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+def drop_breakdown(joint: dict[str, Any], control: dict[str, Any] | None) -> str:
+    """Where a missed PSNR target's drop arises, stage by stage, on the validation patches the recipe was chosen on."""
+    stages, decoded = joint["val_psnr_stages"], joint["val_psnr_decoded"]
+    worst = min(decoded.values())
+    reference = max(stages["dense"], control["val_psnr"]) if control and "val_psnr" in control else stages["dense"]
+    return (f"Where the drop arises, on the validation patches: the decoded file's worse domain ({worst:.2f} dB) is "
+            f"{reference - worst:.2f} dB below the better of dense and control ({reference:.2f} dB). Of that, the control's extra training "
+            f"is {reference - stages['dense']:.2f} dB; retraining under the regularizer and pruning leave the net "
+            f"{stages['dense'] - stages['pruned']:.2f} dB below dense, masked fine-tuning brings it back to "
+            f"{stages['dense'] - stages['finetune']:.2f} dB below, and quantization and coding add {stages['finetune'] - worst:.2f} dB.")
+
+
 def write_report(args: argparse.Namespace) -> Path | None:
     records = {stage: json.loads((args.work_dir / f"{stage}.json").read_text()) for stage in STAGES if (args.work_dir / f"{stage}.json").is_file()}
     if "dense" not in records:
@@ -527,6 +539,8 @@ def write_report(args: argparse.Namespace) -> Path | None:
                   f"- MAC reduction {max(joint['macs_reduction_spatial'], joint['macs_reduction_winograd']):.2f}x (better domain) vs >= {TARGET_MACS}x: {_met(met['computation'])}",
                   f"- PSNR drop {reference - min(joint['psnr_spatial'], joint['psnr_winograd']):.2f} dB (worse domain, from the better of dense and control) vs <= {MAX_DROP_DB} dB: {_met(met['psnr'])}",
                   f"- dense over bicubic {dense['psnr'] - dense['psnr_bicubic']:.2f} dB vs >= {MIN_GAIN_DB} dB: {_met(met['dense_vs_bicubic'])}"]
+        if not met["psnr"] and "val_psnr_decoded" in joint:
+            lines += ["", drop_breakdown(joint, control)]
     if ablation:
         lines += ["", "## Regularization ablation", "",
                   f"The recipe's targets in each regularizer mode from the same dense net, {ablation['steps']} retraining steps, no masked or codebook fine-tuning, "

@@ -50,6 +50,18 @@ def test_a_recipe_digest_survives_a_new_setting_at_its_default():
     assert "raw_float_dtype" in recipe["coding"]  # the caller's dict is left as it was
 
 
+def test_drop_breakdown_parts_add_up_to_the_gap():
+    joint = {"val_psnr_stages": {"dense": 37.0, "retrain": 36.0, "pruned": 35.9, "finetune": 36.7},
+             "val_psnr_decoded": {"spatial": 36.6, "winograd": 36.5}}
+    text = ctsrcnn_tables.drop_breakdown(joint, {"val_psnr": 37.2})
+    worst, gap, reference, control_part, pruned_part, finetuned_part, coding_part = (float(x) for x in re.findall(r"(\d+\.\d+) dB", text))
+    assert (worst, reference) == (36.50, 37.20)
+    assert (gap, control_part, finetuned_part, coding_part) == (0.70, 0.20, 0.30, 0.20)
+    assert pruned_part == 1.10 and math.isclose(control_part + finetuned_part + coding_part, gap)
+    # without a control record the reference is the dense net
+    assert "0.50 dB below the better of dense and control (37.00 dB)" in ctsrcnn_tables.drop_breakdown(joint, None)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not superres.images_available(), reason="scikit-image's bundled photographs are not installed")
 def test_smoke_run_writes_the_tables_and_resumes(tmp_path, capsys):
