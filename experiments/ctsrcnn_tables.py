@@ -211,7 +211,8 @@ class Run:
                                  schedule="cosine", min_lr=self.args.dense_lr / 10, seed=self.args.seed, progress=self.progress, log_every=0)
             self.log(f"dense: depth {depth}, {config.epochs} x {config.max_steps_per_epoch} steps, Adam lr {config.lr:g}")
             result = train(model, self.train_loader, self.val_loader, config, task=TASK, checkpoint_path=self.work / f"dense-depth{depth}.ckpt",
-                           resume="auto" if self.args.resume else False, log_path=self.work / f"dense-depth{depth}.jsonl", stage=f"dense-depth{depth}")
+                           resume="auto" if self.args.resume else False, log_path=self.work / f"dense-depth{depth}.jsonl", stage=f"dense-depth{depth}",
+                           eval_name="validation")
             entry = {"depth": depth, "steps": config.epochs * config.max_steps_per_epoch, "val_psnr": result.test_metric,
                      "seconds": sum(r.get("seconds", 0.0) for r in result.history)}
             atomic_torch_save(model.state_dict(), saved)
@@ -262,7 +263,7 @@ class Run:
         fingerprint = {"tag": tag, "start": _weights_digest(model), "subset": self.args.subset}
         reused = self.reuse_trained_stages(self.work / f"{tag}.work", run_fingerprint(recipe, fingerprint)) if tag.startswith(TUNE) else None
         result = compress(model, self.train_loader, self.val_loader, recipe, out, workdir=self.work / f"{tag}.work", resume=self.args.resume,
-                          seed=self.args.seed, progress=self.progress, log=self.log, task=TASK, fingerprint=fingerprint,
+                          seed=self.args.seed, progress=self.progress, log=self.log, task=TASK, fingerprint=fingerprint, eval_name="validation",
                           provenance={"data": {"name": "sr-natural", "input_size": [1, self.args.count_size, self.args.count_size]}})
         # The file decoded in each domain, on validation: the Winograd deployment prunes at decode
         # time, so the in-memory scores above say nothing of it, and a recipe is chosen on both.

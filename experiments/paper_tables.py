@@ -397,7 +397,7 @@ class Run:
         out = (self.work / f"{tag}.jsz").resolve()  # the record's path works from any directory
         start = time.perf_counter()
         result = compress(model, train_loader, val_loader, recipe, out, workdir=self.work / f"{tag}.work", resume=self.args.resume,
-                          device=self.args.device, seed=self.args.seed, progress=self.progress, log=self.log,
+                          device=self.args.device, seed=self.args.seed, progress=self.progress, log=self.log, eval_name="validation",
                           fingerprint={"tag": tag, "data": self.args.data, "size": list(info.input_size), "train": info.train_size,
                                        "start": _weights_digest(model)},
                           provenance={"data": {"name": self.args.data, "input_size": [3, *info.input_size]}})
@@ -583,7 +583,7 @@ def train_restarting(model: torch.nn.Module, train_loader: Any, val_loader: Any,
     """``train`` resuming from ``work/<name>.ckpt`` (logging to ``<name>.jsonl``). A checkpoint of
     other data or settings is removed, with the files of the ``stale`` schedules that followed
     from it, and the schedule trains afresh from the model as it stands."""
-    paths = dict(checkpoint_path=work / f"{name}.ckpt", log_path=work / f"{name}.jsonl", stage=name)
+    paths = dict(checkpoint_path=work / f"{name}.ckpt", log_path=work / f"{name}.jsonl", stage=name, eval_name="validation")
     try:
         return train(model, train_loader, val_loader, config, resume="auto" if resume else False, **paths, **kwargs)
     except CheckpointError as error:

@@ -181,11 +181,13 @@ def compress(
     provenance: dict[str, Any] | None = None,
     task: Task = CLASSIFICATION,
     input_size: tuple[int, int, int] | list[int] | None = None,
+    eval_name: str = "test",
 ) -> CompressResult:
     """Run every stage of the recipe on ``model`` (trained, dense) and write ``out_path``.
 
     ``task`` supplies the training loss and the metric each stage reports. ``test_loader=None``
-    skips every evaluation (the scores are NaN). ``input_size`` (C, H, W) lets the file record
+    skips every evaluation (the scores are NaN); ``eval_name`` is what the log lines call its
+    data ("validation" when the caller holds the test set back). ``input_size`` (C, H, W) lets the file record
     each layer's map size (MACs without the model).
     """
     out_path = Path(out_path)
@@ -207,7 +209,7 @@ def compress(
             for hook, state in zip(hooks, done["hooks"]):
                 hook.load_state_dict(state)
             scores[stage] = done["score"] if "score" in done else done["accuracy"]  # markers written before tasks existed
-            log(f"[{stage}] already done (test {task.metric} {task.format(scores[stage])})")
+            log(f"[{stage}] already done ({eval_name} {task.metric} {task.format(scores[stage])})")
             return
         if config.epochs > 0:
             log(f"[{stage}] {title}: {config.epochs} epoch(s), lr {config.lr}")
@@ -217,7 +219,7 @@ def compress(
             result = train(
                 model, train_loader, test_loader, config.train_config(seed=seed, device=device, progress=progress),
                 hooks=hooks, checkpoint_path=stages.checkpoint(stage), resume="auto" if resume else False,
-                log_path=stages.workdir / f"{stage}.jsonl", stage=stage, task=task,
+                log_path=stages.workdir / f"{stage}.jsonl", stage=stage, task=task, eval_name=eval_name,
             )
             scores[stage] = result.test_metric
         else:
@@ -227,7 +229,7 @@ def compress(
         seconds[stage] = time.perf_counter() - start
 
     scores["dense"] = test_score()
-    log(f"[dense] test {task.metric} {task.format(scores['dense'])}")
+    log(f"[dense] {eval_name} {task.metric} {task.format(scores['dense'])}")
 
     regularizer = build_regularizer(model, recipe)
     if getattr(regularizer, "learnable", False):  # joint sparsity's learnable coefficients: record the resolved a
@@ -240,7 +242,7 @@ def compress(
 
     regularizer.prune()
     scores["pruned"] = test_score()
-    log(f"[prune] spatial density {_overall_density(model):.3f} over all compressed layers, test {task.metric} {task.format(scores['pruned'])}")
+    log(f"[prune] spatial density {_overall_density(model):.3f} over all compressed layers, {eval_name} {task.metric} {task.format(scores['pruned'])}")
     run_stage("finetune", regularizer.finetune_hooks(), recipe.finetune, "masked fine-tuning")
 
     start = time.perf_counter()
@@ -251,7 +253,7 @@ def compress(
     _load_dequantized(model, quantized)
     seconds["quantize"] = time.perf_counter() - start
     scores["quantized"] = test_score()
-    log(f"[quantize] {recipe.quantize.method}, test {task.metric} {task.format(scores['quantized'])}")
+    log(f"[quantize] {recipe.quantize.method}, {eval_name} {task.metric} {task.format(scores['quantized'])}")
     finetuner = codecs.CodebookFinetuner(model, quantized, lr=recipe.quantize.centroid_lr)
     choose = recipe.quantize.codebook_selection == "best"
     before_codebook = {"model": copy.deepcopy(model.state_dict()), "codebooks": finetuner.state_dict()} if choose else {}

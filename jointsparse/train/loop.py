@@ -208,6 +208,7 @@ def train(
     log_path: str | os.PathLike[str] | None = None,
     stage: str = "train",
     task: Task = CLASSIFICATION,
+    eval_name: str = "test",
 ) -> TrainResult:
     """Train ``model`` in place for ``config.epochs`` epochs; evaluate and checkpoint every epoch.
 
@@ -216,7 +217,9 @@ def train(
     ``log_path``: JSON lines, one ``{"kind": "epoch", ...}`` per epoch (epoch, step, lr,
     train_loss, penalty, train_acc, test_acc, test_loss, seconds, ...) and one
     ``{"kind": "step", ...}`` every ``config.log_every`` steps; appended to on resume.
-    ``test_loader=None`` skips evaluation (test figures are then NaN).
+    ``test_loader=None`` skips evaluation (test figures are then NaN). ``eval_name`` is what the
+    printed epoch lines call ``test_loader``'s data (a validation split is not "test"); the
+    log file's keys keep the ``test_`` prefix so that older logs read the same.
     """
     if resume not in (False, True, "auto"):
         raise ValueError(f"resume must be False, True or 'auto', got {resume!r}")
@@ -350,7 +353,7 @@ def train(
         if show:
             _print(f"[{stage}] epoch {epoch + 1}/{config.epochs} step {step}: train loss {record['train_loss']:.4f} "
                    f"penalty {record['penalty']:.4g} train {task.metric} {task.format(record[train_key])} | "
-                   f"test {task.metric} {task.format(record[test_key])} loss {record['test_loss']:.4f} "
+                   f"{eval_name} {task.metric} {task.format(record[test_key])} loss {record['test_loss']:.4f} "
                    f"({record['seconds']:.1f}s, {record['img_per_s']:.0f} img/s)", bar_enabled)
         if ckpt_path is not None:
             _save_checkpoint(ckpt_path, model, optimizer, scheduler, hooks, epoch + 1, step, history, expected)
