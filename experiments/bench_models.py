@@ -6,10 +6,14 @@ Winograd sparsity) into a real ``.jsz`` file, then decoded four ways: dense (the
 own modules), spatial, Winograd, and auto (per-layer choice timed in this run). Random weights
 are not trained weights: the densities match the tables, the positions of the non-zeros do not.
 
+``--file`` benches a trained ``.jsz`` (a committed table's) instead, at the input size its
+provenance records: the positions of its non-zeros are then the trained ones.
+
 Timings: threads pinned (torch, the compiled kernels and onnxruntime), the candidates interleaved round by
 round, median and spread over the repeats. The machine is shared, so state the load.
 
     python experiments/bench_models.py --out experiments/results/bench_models.md
+    python experiments/bench_models.py --networks "" --file experiments/results/ctsrcnn.jsz --out OUT.md
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ except ModuleNotFoundError:  # pragma: no cover
 
 import torch
 
-from jointsparse.codecs import decode, encode
+from jointsparse.codecs import decode, encode, load
 from jointsparse.export import static_adaptive_pools
 from jointsparse.models import get_model
 from jointsparse.nn import _compiled
@@ -88,8 +92,20 @@ def onnx_runner(model: torch.nn.Module, sample: torch.Tensor, threads: int, work
     return (lambda: session.run(None, {"x": array})), None
 
 
-def bench_network(name: str, work: Path, batches: list[int], threads_list: list[int], repeats: int) -> list[dict]:
-    path, size = build_file(name, work)
+def trained_file(path: Path) -> tuple[str, tuple[int, int, int]]:
+    """A trained file's row label and the input size (C, H, W) its provenance records."""
+    manifest = load(path).manifest
+    size = manifest.get("provenance", {}).get("data", {}).get("input_size")
+    if not (isinstance(size, list) and len(size) == 3):
+        raise SystemExit(f"error: {path} records no input size (provenance data.input_size); bench it through --networks instead")
+    return f"{manifest['arch']['name']} (trained: {path.name})", tuple(size)
+
+
+def bench_network(name: str, work: Path, batches: list[int], threads_list: list[int], repeats: int, file: Path | None = None) -> list[dict]:
+    if file is None:
+        path, size = build_file(name, work)
+    else:
+        path, (name, size) = file, trained_file(file)
     rows = []
     cache = TimingCache(work / "layer_timings.json")  # fresh per run: choices timed under this run's load
     for threads in threads_list:
@@ -166,8 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--file", type=Path, action="append", default=[], help="a trained .jsz to bench as well (repeatable)")
     args = parser.parse_args(argv)
     networks = [n for n in args.networks.split(",") if n]
+    for file in args.file:
+        if not file.is_file():
+            parser.error(f"no such file: {file}")
     unknown = [n for n in networks if n not in NETWORKS]
     if unknown:
         parser.error(f"unknown network(s) {unknown}; known: {sorted(NETWORKS)}")
@@ -186,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             f"- load average (1/5/15 min) before: {'/'.join(f'{v:.2f}' for v in load_before)}, at writing: {'/'.join(f'{v:.2f}' for v in load_now)}."
             " The 2-core machine was shared with other engineers' jobs: the wall clock mostly measures their time slices; the CPU-time table is the one to read."
             " Ratios are within one run, candidates interleaved.",
-            "- weights: random (seeded), pruned by magnitude to the recipes' per-layer spatial densities (experiments/recipes/"
+            *([f"- trained files: {', '.join(f'`{f}`' for f in args.file)}, decoded as they are (their own non-zeros and Winograd thresholds)."] if args.file else []),
+            *(["- weights of the other rows: random (seeded), pruned by magnitude to the recipes' per-layer spatial densities (experiments/recipes/"
             "alexnet.toml, resnet18.toml; vgg_small at demo.toml's), Winograd thresholds at the recipes' Winograd sparsity, "
-            "encoded with jointsparse.encode and decoded from the .jsz file. Densities match the paper tables; trained weights would differ in where the non-zeros are.",
+            "encoded with jointsparse.encode and decoded from the .jsz file. Densities match the paper tables; trained weights would differ in where the non-zeros are."] if networks else []),
             f"- {args.repeats} interleaved repeats per cell after 2 warm-up rounds; 'auto' chose per layer in the same run by process CPU time (timing cache fresh per run).",
         ]
         if pending:
@@ -201,10 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         return text
 
     rows: list[dict] = []
+    jobs = [(name, None) for name in networks] + [(None, file) for file in args.file]
     with tempfile.TemporaryDirectory() as tmp:
-        for index, name in enumerate(networks):
-            rows += bench_network(name, Path(tmp), [int(b) for b in args.batches.split(",")], [int(t) for t in args.threads.split(",")], args.repeats)
-            text = write(rows, networks[index + 1:])
+        for index, (name, file) in enumerate(jobs):
+            rows += bench_network(name, Path(tmp), [int(b) for b in args.batches.split(",")], [int(t) for t in args.threads.split(",")],
+                                  args.repeats, file)
+            text = write(rows, [n or str(f) for n, f in jobs[index + 1:]])
     print(text)
     return 0
 
