@@ -20,6 +20,8 @@ same weights. On two cores: dense on both, then two stages side by side on one c
     taskset -c 0 python experiments/alexnet_tables.py --stages joint --threads 1 &
     taskset -c 1 python experiments/alexnet_tables.py --stages control --threads 1
     # later: deepcomp and ablation side by side; highres-dense, then highres-control and highres
+    # a candidate recipe, scored on validation only (reuses the joint run's finished stages):
+    python experiments/alexnet_tables.py --stages tune --recipe experiments/recipes/candidates/CANDIDATE.toml --threads 1
 
 Smoke run (a few hundred images, one short epoch per stage)::
 

@@ -41,8 +41,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -53,6 +51,7 @@ from typing import Any
 
 import torch
 
+from tuning import TUNE, load_records, recipe_digest, reuse_trained_stages, tuning_lines  # siblings: the directory of the running script is on sys.path
 from paper_tables import _dense_digest, _density, _layer_rows, _met, _shown, _times, _torch_threads, _weights_digest, control_settings, stage_table, train_control  # a sibling script: its directory is on sys.path
 
 from jointsparse import superres
@@ -61,7 +60,7 @@ from jointsparse.codecs import decode
 from jointsparse.cost import WINOGRAD_TRANSFORMS_CONVENTION
 from jointsparse.data import make_loaders
 from jointsparse.models import ctsrcnn_insert_layers, get_model
-from jointsparse.compress import compress, reusable_stages, run_fingerprint
+from jointsparse.compress import compress, run_fingerprint
 from jointsparse.provenance import ROOT, code_version, command_line, machine_summary
 from jointsparse.recipe import Recipe, load_recipe
 from jointsparse.tasks import SUPER_RESOLUTION
@@ -69,7 +68,6 @@ from jointsparse.train import TrainConfig, evaluate, seed_everything, train
 from jointsparse.utils import atomic_torch_save, atomic_write_text
 
 STAGES = ("dense", "control", "joint", "ablation")
-TUNE = "tune"  # never a default stage: it runs only when --stages names it
 TUNING_DIR = "ctsrcnn_tuning"  # under --out-dir: one record per (recipe, dense model) tried
 ABLATION_MODES = ("spatial", "winograd", "joint")
 TASK = SUPER_RESOLUTION
@@ -261,7 +259,8 @@ class Run:
         out = self.work / f"{tag}.jsz"
         start = time.perf_counter()
         fingerprint = {"tag": tag, "start": _weights_digest(model), "subset": self.args.subset}
-        reused = self.reuse_trained_stages(self.work / f"{tag}.work", run_fingerprint(recipe, fingerprint)) if tag.startswith(TUNE) else None
+        reused = (reuse_trained_stages(self.work, self.work / f"{tag}.work", run_fingerprint(recipe, fingerprint), self.log)
+                  if tag.startswith(TUNE) and self.args.resume else None)
         result = compress(model, self.train_loader, self.val_loader, recipe, out, workdir=self.work / f"{tag}.work", resume=self.args.resume,
                           seed=self.args.seed, progress=self.progress, log=self.log, task=TASK, fingerprint=fingerprint, eval_name="validation",
                           provenance={"data": {"name": "sr-natural", "input_size": [1, self.args.count_size, self.args.count_size]}})
@@ -271,30 +270,6 @@ class Run:
         return out, {**file_figures(out, self.args.count_size), "val_psnr_stages": result.scores, "val_psnr_decoded": decoded,
                      **({"reused": reused} if reused else {}),
                      "seconds": {"compress": time.perf_counter() - start, **result.seconds}}
-
-    def reuse_trained_stages(self, workdir: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
-        """Start a new candidate's work directory with the finished stages of an earlier candidate
-        that trained the same way (same dense net, and the same recipe up to the first stage that
-        differs): a candidate that changes only quantization or coding then costs its codebook
-        stage, not a retraining. Only ``.done`` files are copied; compress resumes from them."""
-        if (workdir / "run.pt").is_file() or not self.args.resume:
-            return None
-        best: tuple[tuple[str, ...], Path] = ((), workdir)
-        for other in sorted(self.work.glob(f"{TUNE}-*.work")):
-            if other == workdir or not (other / "run.pt").is_file():
-                continue
-            kept = reusable_stages(torch.load(other / "run.pt", weights_only=True), fingerprint, ignore=("tag",))
-            kept = tuple(itertools.takewhile(lambda stage: (other / f"{stage}.done").is_file(), kept))
-            if len(kept) > len(best[0]):
-                best = (kept, other)
-        kept, source = best
-        if kept:
-            workdir.mkdir(parents=True, exist_ok=True)
-            for stage in kept:
-                shutil.copyfile(source / f"{stage}.done", workdir / f"{stage}.done")
-            self.log(f"{workdir.name}: reusing the {', '.join(kept)} stage(s) of {source.name}, which trained the same way")
-            return {"stages": list(kept), "from": source.name}
-        return None
 
     def compress_and_deploy(self, tag: str, recipe: Recipe) -> dict[str, Any]:
         out, record = self.compress_only(tag, recipe)
@@ -357,7 +332,7 @@ class Run:
     # -- tune: a candidate recipe, validation only -------------------------------------------
     def run_tune(self) -> None:
         dense = _weights_digest(self.dense_model())
-        digest = _recipe_digest(self.recipe.to_dict())
+        digest = recipe_digest(self.recipe.to_dict())
         path = self.args.out_dir / TUNING_DIR / f"{self.args.recipe.stem}-{digest}.json"
         saved = json.loads(path.read_text()) if path.is_file() else {}
         if saved.get("dense_weights_digest") == dense and "val_psnr_decoded" in saved and self.args.resume:
@@ -373,28 +348,6 @@ class Run:
         self.log(f"tune {self.args.recipe.name}: validation {_psnr(record['val_psnr_decoded']['spatial'])} / {_psnr(record['val_psnr_decoded']['winograd'])} dB "
                  f"decoded spatial / Winograd, {record['compression_ratio']:.1f}x, "
                  f"MACs {record['macs_reduction_winograd']:.2f}x (Winograd); wrote {path}")
-
-
-#: Recipe settings added after tuning records were first written, with their defaults: a setting at
-#: its default is left out of the digest, so a record keeps its name (and its work directory) when
-#: the recipe schema grows.
-_DIGEST_OMITS_AT_DEFAULT = {("coding", "raw_float_dtype"): "float32", ("coding", "codebook_dtype"): "float32"}
-
-
-def _recipe_digest(recipe: dict[str, Any]) -> str:
-    """Names a recipe (``Recipe.to_dict()``, or that as a record stored it) by its settings, not
-    by its file name, which candidates may share."""
-    recipe = {section: dict(values) if isinstance(values, dict) else values for section, values in recipe.items()}
-    for (section, key), default in _DIGEST_OMITS_AT_DEFAULT.items():
-        if recipe.get(section, {}).get(key, default) == default:
-            recipe.get(section, {}).pop(key, None)
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def tuning_records(out_dir: Path) -> list[dict[str, Any]]:
-    """Every candidate recipe's record in ``<out-dir>/ctsrcnn_tuning``, oldest first."""
-    paths = sorted((out_dir / TUNING_DIR).glob("*.json")) if (out_dir / TUNING_DIR).is_dir() else []
-    return sorted((json.loads(p.read_text()) for p in paths), key=lambda r: (r["date"], r["recipe_file"]))
 
 
 def file_figures(path: Path, count_size: int) -> dict[str, Any]:
@@ -553,9 +506,10 @@ def write_report(args: argparse.Namespace) -> Path | None:
                 r = ablation["modes"][mode]
                 lines.append(f"| {mode} | {r['psnr_spatial']:.2f} | {r['psnr_winograd']:.2f} | {_density(r['density'])} | {_density(r['winograd_density'])} | "
                              f"{r['compression_ratio']:.1f}x | {r['macs_reduction_winograd']:.2f}x |")
-    tried = tuning_records(args.out_dir)
+    tried = load_records(args.out_dir / TUNING_DIR)
     if tried:
-        lines += [""] + tuning_lines(tried, joint, _dense_digest(args.work_dir))
+        lines += [""] + tuning_lines(tried, joint.get("recipe") if joint else None, _dense_digest(args.work_dir), directory=TUNING_DIR,
+                                     score="PSNR (dB)", decoded_key="val_psnr_decoded", stages_key="val_psnr_stages", fmt=_psnr, stage_table=stage_table)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     md = args.out_dir / "ctsrcnn_tables.md"
     atomic_write_text(md, "\n".join(lines) + "\n")
@@ -578,29 +532,6 @@ def write_report(args: argparse.Namespace) -> Path | None:
                    stage_seconds={stage: (r["seconds"] if stage != "ablation" else {m: row["seconds"] for m, row in r["modes"].items()}) for stage, r in records.items()})
     atomic_write_text(args.out_dir / "ctsrcnn_tables.json", json.dumps(payload, indent=2) + "\n")
     return md
-
-
-def tuning_lines(tried: list[dict[str, Any]], joint: dict[str, Any] | None, dense_digest: str | None) -> list[str]:
-    """The candidate recipes tried (``--stages tune``): what the committed recipe was chosen from,
-    on validation only."""
-    chosen = _recipe_digest(joint["recipe"]) if joint and joint.get("recipe") else None
-    names = {r["recipe_digest"]: f"{r['recipe_file']} ({r['recipe_digest']})" + (" **= joint**" if r["recipe_digest"] == chosen else "") for r in tried}
-    lines = ["## Recipes tried on validation", "",
-             f"Each candidate recipe through `compress` from a dense net (`--stages tune`), scored on the validation patches only; records in "
-             f"`{TUNING_DIR}/` beside this report, each with its full recipe and command. A candidate trained from another dense net than this "
-             f"report's (dense weights digest {dense_digest}) is marked with its digest: validation figures from different dense nets compare only roughly.", "",
-             "| recipe | date | file bytes | compression | MAC reduction Winograd | spatial density | Winograd density | validation PSNR decoded spatial | decoded Winograd | dense net |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for r in tried:
-        same = "this one" if r["dense_weights_digest"] == dense_digest else r["dense_weights_digest"]
-        decoded = r.get("val_psnr_decoded", {})  # records written before the decoded files were scored lack it
-        lines.append(f"| {names[r['recipe_digest']]} | {r['date']} | {r['file_bytes']:,} | {r['compression_ratio']:.1f}x | {r['macs_reduction_winograd']:.2f}x | "
-                     f"{_density(r['density'])} | {_density(r['winograd_density'])} | {_psnr(decoded.get('spatial'))} | {_psnr(decoded.get('winograd'))} | {same} |")
-    reused = [f"- {names[r['recipe_digest']]}: the {', '.join(r['reused']['stages'])} stage(s) taken from `{r['reused']['from']}`, "
-              "a candidate that trained the same way up to there" for r in tried if r.get("reused")]
-    if reused:
-        lines += ["", "Candidates that changed only later stages reused an earlier candidate's finished stages (same dense net, same settings):", "", *reused]
-    return lines + ["", "Validation PSNR (dB) after each stage:", ""] + stage_table([(names[r["recipe_digest"]], r["val_psnr_stages"]) for r in tried])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,12 @@ Stages, each its own invocation if wanted (``--stages``), each resumable and rec
   the last pool copies nothing (SPEC section 10's trap), on ``--highres-subset`` training
   images: the dense model trained on there from the low-resolution one until converged (the
   same rule as ``dense``), its equal-epoch control, and the full recipe. Each stage resumes
-  from its per-epoch checkpoints, so the row can be spread over several sittings.
+  from its per-epoch checkpoints, so the row can be spread over several sittings;
+- ``tune`` (only alone, never a default): ``--recipe`` as a candidate through ``compress`` from
+  the dense model, its file decoded in both domains and scored on validation only. The record
+  goes to ``<out-dir>/<net>_tuning/`` (committed with the results), the report lists every
+  candidate (``experiments/tuning.py``), and a candidate that changes only later stages starts
+  from the finished stages of the joint run or an earlier candidate that trained the same way.
 
 A validation split (``--validation`` images, drawn from the training images with a fixed seed)
 is held out of training. Every choice made during a run (the dense epochs, the dense model
@@ -57,7 +62,7 @@ import torch
 
 from jointsparse.baselines import DEEP_COMPRESSION_BITS, deep_compression_bytes
 from jointsparse.codecs import decode, load
-from jointsparse.compress import compress
+from jointsparse.compress import compress, run_fingerprint
 from jointsparse.cost import WINOGRAD_PRODUCTS_CONVENTION, WINOGRAD_TRANSFORMS_CONVENTION
 from jointsparse.data import ShardSampler, TensorImageDataset, data_loader, get_dataset, make_loaders
 from jointsparse.info import info_payload
@@ -66,6 +71,8 @@ from jointsparse.provenance import ROOT, code_version, command_line, machine_sum
 from jointsparse.recipe import Recipe, RegularizerConfig, SparsityConfig, load_recipe
 from jointsparse.train import CheckpointError, TrainConfig, evaluate, get_rank, init_distributed, is_rank0, seed_everything, train
 from jointsparse.utils import atomic_torch_save, atomic_write_text
+
+from tuning import TUNE, load_records, recipe_digest, reuse_trained_stages, tuning_lines  # a sibling script: its directory is on sys.path
 
 STAGES = ("dense", "control", "joint", "ablation", "deepcomp", "highres-dense", "highres-control", "highres")
 HIGHRES_STAGES = ("highres-dense", "highres-control", "highres")
@@ -124,7 +131,8 @@ def parse_args(spec: NetworkSpec, argv: list[str] | None = None) -> argparse.Nam
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist (the CPU proxy) or imagefolder:PATH (ImageNet)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda; run under torchrun for several GPUs")
     parser.add_argument("--stages", default=",".join(default_stages(spec)),
-                        help=f"comma-separated subset of {', '.join(STAGES)} (finished stages are reused)")
+                        help=f"comma-separated subset of {', '.join(STAGES)} (finished stages are reused), or {TUNE}: "
+                             "--recipe as a candidate, scored on validation only, its record kept beside the report")
     parser.add_argument("--resolution", type=int, default=None, help=f"proxy input side in px (default {spec.proxy_resolution}; ImageNet: 227 for AlexNet, 224 for ResNet-18)")
     parser.add_argument("--recipe", type=Path, default=spec.recipe)
     parser.add_argument("--subset", type=int, default=None, help="train on N training images (default all)")
@@ -158,9 +166,11 @@ def parse_args(spec: NetworkSpec, argv: list[str] | None = None) -> argparse.Nam
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = [s for s in args.stages if s not in STAGES]
+    unknown = [s for s in args.stages if s not in (*STAGES, TUNE)]
     if unknown or not args.stages:
-        raise TablesError(f"--stages must name some of {', '.join(STAGES)}, got {unknown or 'nothing'}")
+        raise TablesError(f"--stages must name some of {', '.join((*STAGES, TUNE))}, got {unknown or 'nothing'}")
+    if TUNE in args.stages and len(args.stages) > 1:
+        raise TablesError(f"--stages {TUNE} runs alone: its --recipe is a candidate, not the recipe of the other stages")
     if set(HIGHRES_STAGES) & set(args.stages) and not args.highres_resolution:
         raise TablesError("the highres stages need --highres-resolution")
     if "deepcomp" in args.stages and not spec.deep_compression_density:
@@ -390,24 +400,19 @@ class Run:
         self.train_control_stage("control", "dense", self.main_loaders)
 
     # -- compress one recipe and deploy its file both ways --------------------------------------
-    def compress_and_deploy(self, tag: str, recipe: Recipe, model: torch.nn.Module, loaders: tuple, count_size: tuple[int, int, int]) -> dict[str, Any]:
-        """Compress on the training split (every stage scored on validation), then decode the
-        file in both domains and score each on the test set once."""
-        train_loader, val_loader, test_loader, info = loaders
+    def compress_only(self, tag: str, recipe: Recipe, model: torch.nn.Module, loaders: tuple, count_size: tuple[int, int, int]) -> dict[str, Any]:
+        """Compress on the training split into ``WORK/<tag>.jsz``, every stage scored on validation:
+        the file's figures; no test image is touched. A tune candidate starts from the finished
+        stages of an earlier run that trained the same way (``tuning.reuse_trained_stages``)."""
+        train_loader, val_loader, _, info = loaders
         out = (self.work / f"{tag}.jsz").resolve()  # the record's path works from any directory
+        fingerprint = {"tag": tag, "data": self.args.data, "size": list(info.input_size), "train": info.train_size, "start": _weights_digest(model)}
+        reused = (reuse_trained_stages(self.work, self.work / f"{tag}.work", run_fingerprint(recipe, fingerprint), self.log)
+                  if tag.startswith(TUNE) and self.args.resume and is_rank0() else None)
         start = time.perf_counter()
         result = compress(model, train_loader, val_loader, recipe, out, workdir=self.work / f"{tag}.work", resume=self.args.resume,
                           device=self.args.device, seed=self.args.seed, progress=self.progress, log=self.log, eval_name="validation",
-                          fingerprint={"tag": tag, "data": self.args.data, "size": list(info.input_size), "train": info.train_size,
-                                       "start": _weights_digest(model)},
-                          provenance={"data": {"name": self.args.data, "input_size": [3, *info.input_size]}})
-        seconds = {"compress": time.perf_counter() - start, **result.seconds}
-        top1 = {}
-        for domain in ("spatial", "winograd"):
-            begin = time.perf_counter()
-            decoded = decode(out, domain=domain).to(self.args.device)
-            top1[domain] = 100 * evaluate(decoded, test_loader, self.args.device)["accuracy"]
-            seconds[f"evaluate_{domain}"] = time.perf_counter() - begin
+                          fingerprint=fingerprint, provenance={"data": {"name": self.args.data, "input_size": [3, *info.input_size]}})
         payload = info_payload(str(out), count_size)
         total = payload["report"]["total"]
         return {
@@ -417,11 +422,29 @@ class Run:
             "macs_reduction_spatial": payload["macs"]["reduction_spatial"], "macs_reduction_winograd": payload["macs"]["reduction_winograd"],
             "macs_reduction_winograd_with_transforms": payload["macs"]["reduction_winograd_with_transforms"],
             "macs": {k: payload["macs"][k] for k in ("dense", "spatial", "winograd", "winograd_with_transforms", "input_size")},
-            "top1_spatial": top1["spatial"], "top1_winograd": top1["winograd"],
             "val_top1_stages": {k: 100 * v for k, v in result.accuracy.items()},
-            "layers": _layer_rows(payload), "seconds": seconds, "resolution": info.input_size,
+            "layers": _layer_rows(payload), "seconds": {"compress": time.perf_counter() - start, **result.seconds}, "resolution": info.input_size,
             "train_images": info.train_size, "validation_images": len(val_loader.dataset), "test_images": info.test_size,
+            **({"reused": reused} if reused else {}),
         }
+
+    def decoded_top1(self, record: dict[str, Any], loader: Any, prefix: str) -> dict[str, float]:
+        """The record's file decoded in each domain, top-1 on ``loader`` (the Winograd deployment
+        prunes at decode time, so compress's in-memory scores say nothing of it)."""
+        top1 = {}
+        for domain in ("spatial", "winograd"):
+            begin = time.perf_counter()
+            decoded = decode(record["file"], domain=domain).to(self.args.device)
+            top1[domain] = 100 * evaluate(decoded, loader, self.args.device)["accuracy"]
+            record["seconds"][f"{prefix}_{domain}"] = time.perf_counter() - begin
+        return top1
+
+    def compress_and_deploy(self, tag: str, recipe: Recipe, model: torch.nn.Module, loaders: tuple, count_size: tuple[int, int, int]) -> dict[str, Any]:
+        """Compress on the training split (every stage scored on validation), then decode the
+        file in both domains and score each on the test set once."""
+        record = self.compress_only(tag, recipe, model, loaders, count_size)
+        top1 = self.decoded_top1(record, loaders[2], "evaluate")
+        return {**record, "top1_spatial": top1["spatial"], "top1_winograd": top1["winograd"]}
 
     def count_size(self) -> tuple[int, int, int]:
         return (3, self.spec.count_resolution, self.spec.count_resolution)
@@ -447,6 +470,34 @@ class Run:
 
     def run_joint(self) -> None:
         self.compress_stage("joint", lambda: self.recipe, "dense", "control", self.main_loaders)
+
+    # -- tune: a candidate recipe, validation only -------------------------------------------------
+    def run_tune(self) -> None:
+        """``--recipe`` (a candidate) through ``compress`` from the dense model, its file decoded
+        in both domains and scored on the validation split only; the record goes to
+        ``<out-dir>/<network>_tuning/`` and the report lists it."""
+        model, _ = self.dense_model("dense")
+        dense = _weights_digest(model)
+        digest = recipe_digest(self.recipe.to_dict())
+        path = self.args.out_dir / tuning_dir(self.spec) / f"{self.args.recipe.stem}-{digest}.json"
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        if saved.get("dense_weights_digest") == dense and self.args.resume:
+            self.log(f"tune {self.args.recipe.name}: already done ({path.name})")
+            return
+        loaders = self.main_loaders()
+        self.log(f"tune {self.args.recipe.name}: compressing, scored on the {len(loaders[1].dataset):,} validation images only")
+        seed_everything(self.args.seed)  # as the joint stage: the same draws after the dense model
+        record = self.compress_only(f"{TUNE}-{digest}", self.recipe, model, loaders, self.count_size())
+        record["val_top1_decoded"] = self.decoded_top1(record, loaders[1], "validate")
+        record.pop("layers")
+        record.update(recipe_file=self.args.recipe.name, recipe_digest=digest, recipe=self.recipe.to_dict(), dense_weights_digest=dense,
+                      command=_shown(command_line()), date=datetime.date.today().isoformat(), code=self.code, machine=machine_summary())
+        if is_rank0():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(record, indent=2, default=float) + "\n")
+        decoded = record["val_top1_decoded"]
+        self.log(f"tune {self.args.recipe.name}: validation top-1 {decoded['spatial']:.2f}% / {decoded['winograd']:.2f}% decoded spatial / Winograd, "
+                 f"{record['compression_ratio']:.1f}x, MACs {record['macs_reduction_winograd']:.2f}x (Winograd products); wrote {path}")
 
     # -- Deep Compression on the same proxy ------------------------------------------------------
     def deep_compression_recipe(self) -> Recipe:
@@ -1001,6 +1052,24 @@ def _train_images(args: argparse.Namespace) -> int:
     return len(get_dataset(args.data, "train", subset=args.subset, subset_seed=args.seed if args.subset else None)) - args.validation
 
 
+def tuning_dir(spec: NetworkSpec) -> str:
+    """Where the tune stage's records go, under --out-dir: one per (candidate recipe, dense model)."""
+    return f"{spec.name}_tuning"
+
+
+def _tuning_section(spec: NetworkSpec, args: argparse.Namespace, chosen: dict[str, Any] | None) -> tuple[list[str], list[dict[str, Any]] | None]:
+    """The candidates tried on validation (``--stages tune``): the report's lines and the JSON's list."""
+    tried = load_records(args.out_dir / tuning_dir(spec))
+    if not tried:
+        return [], None
+    lines = [""] + tuning_lines(tried, chosen, _dense_digest(args.work_dir), directory=tuning_dir(spec), score="top-1 (%)",
+                                decoded_key="val_top1_decoded", stages_key="val_top1_stages", fmt=_pct, stage_table=stage_table)
+    payload = [{"recipe_file": r["recipe_file"], "recipe_digest": r["recipe_digest"], "val_top1_decoded": r.get("val_top1_decoded"),
+                **{k: r[k] for k in ("compression_ratio", "macs_reduction_winograd", "macs_reduction_winograd_with_transforms", "dense_weights_digest", "date")}}
+               for r in tried]
+    return lines, payload
+
+
 def _pending_report(spec: NetworkSpec, args: argparse.Namespace, records: dict[str, Any]) -> Path | None:
     """The report of a run whose joint stage has not finished: what has, what is pending, and the
     command that resumes it. None while no dense epoch has finished."""
@@ -1064,7 +1133,8 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, records: dict[s
         + [f"the joint stage {extra:.2f} epochs of training (regularized retraining runs slower than dense) plus evaluations"]
     lines += [f"Remaining, at this run's pace of {pace:.0f} s per dense epoch: {', '.join(pending)}: at least {todo * pace / 3600:.1f} h of one core.", ""]
     ablation_lines, _ = _ablation_lines(args, spec, records)
-    lines += ablation_lines
+    tuning, tuning_payload = _tuning_section(spec, args, None)
+    lines += ablation_lines + tuning
     args.out_dir.mkdir(parents=True, exist_ok=True)
     md = args.out_dir / f"{spec.name}_tables.md"
     atomic_write_text(md, "\n".join(lines) + "\n")
@@ -1074,6 +1144,8 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, records: dict[s
                    dense_control_top1=control["top1"] if control else None, dense_epochs=len(curve), dense_converged=converged(curve, args.dense_min_gain),
                    dense_curve_val_top1=[point["val_top1"] for point in curve], validation_images=args.validation,
                    train_images=dense["train_images"] if dense else _train_images(args), machine=machine_summary())
+    if tuning_payload is not None:
+        payload["tuning"] = tuning_payload
     atomic_write_text(args.out_dir / f"{spec.name}_tables.json", json.dumps(payload, indent=2) + "\n")
     return md
 
@@ -1204,7 +1276,8 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     deepcomp_lines, deepcomp_payload = _deepcomp_lines(spec, records)
     lines += deepcomp_lines
     ablation_lines, ablation_payload = _ablation_lines(args, spec, records)
-    lines += ablation_lines
+    tuning, tuning_payload = _tuning_section(spec, args, joint.get("settings"))
+    lines += ablation_lines + tuning
     text = "\n".join(lines) + "\n"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     md = args.out_dir / f"{spec.name}_tables.md"
@@ -1223,6 +1296,8 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
         payload["deep_compression"] = deepcomp_payload
     if ablation_payload is not None:
         payload["ablation"] = ablation_payload
+    if tuning_payload is not None:
+        payload["tuning"] = tuning_payload
     atomic_write_text(args.out_dir / f"{spec.name}_tables.json", json.dumps(payload, indent=2) + "\n")
     return md
 
@@ -1232,9 +1307,11 @@ def main(spec: NetworkSpec, argv: list[str] | None = None) -> int:
         args = parse_args(spec, argv)
         torch.set_num_threads(args.threads)
         run = Run(spec, args)
-        for stage in STAGES:
+        for stage in (*STAGES, TUNE):
             if stage in args.stages and not args.report_only:
                 getattr(run, f"run_{stage.replace('-', '_')}")()
+        if TUNE in args.stages:
+            args.recipe = spec.recipe  # the report is the committed recipe's; the candidate's record lists its own
         if is_rank0():
             path = write_report(spec, args)
             run.log(f"wrote {path}" if path else "no table yet (no dense epoch has finished)")

@@ -18,6 +18,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 
 import ctsrcnn_tables  # noqa: E402
+from tuning import load_records  # noqa: E402
 
 ISSUE_KEYS = {"compression_ratio", "macs_reduction_spatial", "macs_reduction_winograd", "macs_reduction_winograd_with_transforms",
               "psnr_dense", "psnr_dense_control", "psnr_spatial", "psnr_winograd", "psnr_bicubic", "test_images", "file", "file_bytes",
@@ -36,18 +37,6 @@ def test_bad_settings_exit_2_with_one_line(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
-
-
-def test_a_recipe_digest_survives_a_new_setting_at_its_default():
-    from jointsparse.recipe import Recipe
-
-    recipe = Recipe().to_dict()
-    older = json.loads(json.dumps(recipe))
-    del older["coding"]["raw_float_dtype"]  # as records written before the setting existed stored it
-    assert ctsrcnn_tables._recipe_digest(recipe) == ctsrcnn_tables._recipe_digest(older)
-    recipe["coding"]["raw_float_dtype"] = "float16"
-    assert ctsrcnn_tables._recipe_digest(recipe) != ctsrcnn_tables._recipe_digest(older)
-    assert "raw_float_dtype" in recipe["coding"]  # the caller's dict is left as it was
 
 
 def test_drop_breakdown_parts_add_up_to_the_gap():
@@ -110,8 +99,12 @@ def test_smoke_run_writes_the_tables_and_resumes(tmp_path, capsys):
     # a candidate recipe tried on validation only: recorded beside the report, listed in it, never scored on the test images
     capsys.readouterr()
     assert ctsrcnn_tables.main(argv + ["--stages", "tune", "--recipe", str(recipe)]) == 0
-    assert "validation patches only" in capsys.readouterr().out
-    (tried,) = ctsrcnn_tables.tuning_records(tmp_path / "o")
+    out = capsys.readouterr().out
+    assert "validation patches only" in out
+    # the joint stage ran this very recipe: every trained stage is taken from it
+    assert "reusing the retrain, finetune, codebook stage(s) of joint.work" in out
+    (tried,) = load_records(tmp_path / "o" / ctsrcnn_tables.TUNING_DIR)
+    assert tried["reused"] == {"stages": ["retrain", "finetune", "codebook"], "from": "joint.work"}
     assert tried["recipe_file"] == "r.toml" and "psnr_spatial" not in tried and "per_image" not in tried
     assert set(tried["val_psnr_stages"]) >= {"dense", "retrain", "kept"} and tried["file_bytes"] == rerun["file_bytes"]
     # the file decoded in both domains, on validation: spatial is the in-memory model exactly (weights and biases stored as they were)
@@ -122,13 +115,14 @@ def test_smoke_run_writes_the_tables_and_resumes(tmp_path, capsys):
     assert json.loads((tmp_path / "o" / "ctsrcnn_tables.json").read_text())["tuning"][0]["recipe_digest"] == tried["recipe_digest"]
     assert ctsrcnn_tables.main(argv + ["--stages", "tune", "--recipe", str(recipe)]) == 0
     assert "tune r.toml: already done" in capsys.readouterr().out
-    # a candidate that changes only the bits takes the trained stages of the one before
+    # a candidate that changes only the bits takes the trained stages of a run before it (the
+    # joint run and the first candidate hold the same ones; the first in name order is taken)
     other = tmp_path / "r5.toml"
     other.write_text(text.replace("conv_bits = 4", "conv_bits = 5"))
     assert ctsrcnn_tables.main(argv + ["--stages", "tune", "--recipe", str(other)]) == 0
     out = capsys.readouterr().out
-    assert f"reusing the retrain, finetune stage(s) of tune-{tried['recipe_digest']}.work" in out and "[finetune] already done" in out
-    (second,) = [r for r in ctsrcnn_tables.tuning_records(tmp_path / "o") if r["recipe_file"] == "r5.toml"]
-    assert second["reused"] == {"stages": ["retrain", "finetune"], "from": f"tune-{tried['recipe_digest']}.work"}
+    assert "reusing the retrain, finetune stage(s) of joint.work" in out and "[finetune] already done" in out
+    (second,) = [r for r in load_records(tmp_path / "o" / ctsrcnn_tables.TUNING_DIR) if r["recipe_file"] == "r5.toml"]
+    assert second["reused"] == {"stages": ["retrain", "finetune"], "from": "joint.work"}
     assert second["val_psnr_stages"]["finetune"] == tried["val_psnr_stages"]["finetune"]
     assert "the retrain, finetune stage(s) taken from" in (tmp_path / "o" / "ctsrcnn_tables.md").read_text()

@@ -4,6 +4,7 @@ layout, and (slow) both scripts end to end in smoke mode."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,6 +28,7 @@ def run_script(name: str, *args: str, timeout: float = 900) -> subprocess.Comple
 
 @pytest.mark.parametrize("args, message", [
     (["--stages", "dense,bogus"], "--stages must name some of"),
+    (["--stages", "joint,tune"], "--stages tune runs alone"),
     (["--subset", "0"], "--subset must be >= 1"),
     (["--recipe", "no/such/recipe.toml"], "recipe no/such/recipe.toml not found"),
     (["--stages", "highres", "--highres-resolution", "0"], "the highres stages need --highres-resolution"),
@@ -268,6 +270,22 @@ def test_smoke_run_writes_every_table(tmp_path, name):
         _, again = _smoke(name, tmp_path, "b")
         assert again["file_bytes"] == payload["file_bytes"]
         assert again["ablation"] == payload["ablation"]
+        # a candidate recipe that changes only the bits: scored on validation, kept beside the
+        # report, and trained no further than its quantization (the joint stage's retrain and
+        # fine-tune are reused)
+        work = tmp_path / f"{name}-a"
+        candidate = tmp_path / "candidate.toml"
+        candidate.write_text((EXPERIMENTS / "recipes" / f"{name}.toml").read_text().replace("conv_bits = 5", "conv_bits = 4"))
+        result = run_script(name, "--smoke", "--no-progress", "--stages", "tune", "--recipe", str(candidate), "--work-dir", str(work), "--out-dir", str(work))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "reusing the retrain, finetune stage(s) of joint.work" in result.stdout
+        (record_path,) = (work / f"{name}_tuning").glob("candidate-*.json")
+        record = json.loads(record_path.read_text())
+        assert set(record["val_top1_decoded"]) == {"spatial", "winograd"} and record["reused"]["from"] == "joint.work"
+        assert "top1_spatial" not in record  # the test split is not touched
+        md = (work / f"{name}_tables.md").read_text()
+        assert "## Recipes tried on validation" in md and f"candidate.toml ({record['recipe_digest']})" in md
+        assert f"Recipe: `{os.path.relpath(EXPERIMENTS / 'recipes' / f'{name}.toml')}`" in md  # the report stays the committed recipe's
 
 
 def test_a_record_of_other_settings_is_run_again(tmp_path):

@@ -1,0 +1,100 @@
+"""Candidate recipes tried on validation: the tables scripts' ``--stages tune``.
+
+A candidate ``--recipe`` goes through ``compress`` from the dense net and is scored on the
+validation split only; its record is kept beside the report (``<out-dir>/<name>_tuning/``,
+committed with the results, since work directories do not outlive a sitting), and the report
+lists every candidate, so the choice of the committed recipe can be checked without the test
+set. Shared by ``ctsrcnn_tables.py`` (PSNR) and ``paper_tables.py`` (top-1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from jointsparse.compress import reusable_stages
+
+TUNE = "tune"  # never a default stage: it runs only when --stages names it
+
+#: Recipe settings added after tuning records were first written, with their defaults: a setting at
+#: its default is left out of the digest, so a record keeps its name (and its work directory) when
+#: the recipe schema grows.
+DIGEST_OMITS_AT_DEFAULT = {("coding", "raw_float_dtype"): "float32", ("coding", "codebook_dtype"): "float32"}
+
+
+def recipe_digest(recipe: dict[str, Any]) -> str:
+    """Names a recipe (``Recipe.to_dict()``, or that as a record stored it) by its settings, not
+    by its file name, which candidates may share."""
+    recipe = {section: dict(values) if isinstance(values, dict) else values for section, values in recipe.items()}
+    for (section, key), default in DIGEST_OMITS_AT_DEFAULT.items():
+        if recipe.get(section, {}).get(key, default) == default:
+            recipe.get(section, {}).pop(key, None)
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def reuse_trained_stages(work: Path, workdir: Path, fingerprint: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Start a new candidate's work directory ``workdir`` with the finished stages of an earlier
+    run in ``work`` (another candidate, or the joint stage) that trained the same way: the same
+    dense net, and the same recipe up to the first stage that differs (``fingerprint`` is the new
+    run's ``compress.run_fingerprint``). A candidate that changes only fine-tuning then skips the
+    retraining, one that changes only quantization or coding costs its codebook stage. Only
+    ``.done`` files are copied; ``compress`` resumes from them. None when nothing was reused."""
+    if (workdir / "run.pt").is_file():
+        return None  # the candidate has started: its own stages stand
+    best: tuple[tuple[str, ...], Path] = ((), workdir)
+    for other in sorted([*work.glob(f"{TUNE}-*.work"), work / "joint.work"]):
+        if other == workdir or not (other / "run.pt").is_file():
+            continue
+        kept = reusable_stages(torch.load(other / "run.pt", weights_only=True), fingerprint, ignore=("tag",))
+        kept = tuple(itertools.takewhile(lambda stage: (other / f"{stage}.done").is_file(), kept))
+        if len(kept) > len(best[0]):
+            best = (kept, other)
+    kept, source = best
+    if not kept:
+        return None
+    workdir.mkdir(parents=True, exist_ok=True)
+    for stage in kept:
+        shutil.copyfile(source / f"{stage}.done", workdir / f"{stage}.done")
+    log(f"{workdir.name}: reusing the {', '.join(kept)} stage(s) of {source.name}, which trained the same way")
+    return {"stages": list(kept), "from": source.name}
+
+
+def load_records(directory: Path) -> list[dict[str, Any]]:
+    """Every candidate's record in ``directory``, oldest first."""
+    paths = sorted(directory.glob("*.json")) if directory.is_dir() else []
+    return sorted((json.loads(p.read_text()) for p in paths), key=lambda r: (r["date"], r["recipe_file"]))
+
+
+def tuning_lines(tried: list[dict[str, Any]], chosen: dict[str, Any] | None, dense_digest: str | None, *, directory: str, score: str,
+                 decoded_key: str, stages_key: str, fmt: Callable[[float | None], str],
+                 stage_table: Callable[[list[tuple[str, dict[str, float]]]], list[str]]) -> list[str]:
+    """The report's section on the candidates ``tried``: what the committed recipe (``chosen``,
+    its ``to_dict()``, or None) was chosen from, on validation only. ``score`` names the metric
+    ("PSNR (dB)", "top-1 (%)"); a record keeps it decoded per domain under ``decoded_key`` and
+    after each compress stage under ``stages_key``."""
+    chosen_digest = recipe_digest(chosen) if chosen else None
+    names = {r["recipe_digest"]: f"{r['recipe_file']} ({r['recipe_digest']})" + (" **= joint**" if r["recipe_digest"] == chosen_digest else "")
+             for r in tried}
+    lines = ["## Recipes tried on validation", "",
+             f"Each candidate recipe through `compress` from a dense net (`--stages tune`), scored on the validation split only; records in "
+             f"`{directory}/` beside this report, each with its full recipe and command. A candidate trained from another dense net than this "
+             f"report's (dense weights digest {dense_digest}) is marked with its digest: validation figures from different dense nets compare only roughly.", "",
+             f"| recipe | date | file bytes | compression | MAC reduction Winograd | spatial density | Winograd density | validation {score} decoded spatial | "
+             "decoded Winograd | dense net |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in tried:
+        same = "this one" if r["dense_weights_digest"] == dense_digest else r["dense_weights_digest"]
+        decoded = r.get(decoded_key, {})  # records written before the decoded files were scored lack it
+        lines.append(f"| {names[r['recipe_digest']]} | {r['date']} | {r['file_bytes']:,} | {r['compression_ratio']:.1f}x | {r['macs_reduction_winograd']:.2f}x | "
+                     f"{r['density']:.3f} | {r['winograd_density']:.3f} | {fmt(decoded.get('spatial'))} | {fmt(decoded.get('winograd'))} | {same} |")
+    reused = [f"- {names[r['recipe_digest']]}: the {', '.join(r['reused']['stages'])} stage(s) taken from `{r['reused']['from']}`, "
+              "a run that trained the same way up to there" for r in tried if r.get("reused")]
+    if reused:
+        lines += ["", "Candidates that changed only later stages reused an earlier run's finished stages (same dense net, same settings):", "", *reused]
+    return lines + ["", f"Validation {score} after each stage:", ""] + stage_table([(names[r["recipe_digest"]], r[stages_key]) for r in tried])

@@ -1,0 +1,81 @@
+"""experiments/tuning.py: naming candidate recipes, reusing an earlier run's finished stages, and
+the report's section on the candidates."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from jointsparse.compress import run_fingerprint
+from jointsparse.recipe import Recipe
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+import tuning  # noqa: E402
+
+STAGES = ("retrain", "finetune", "codebook")
+
+
+def test_a_recipe_digest_survives_a_new_setting_at_its_default():
+    recipe = Recipe().to_dict()
+    older = json.loads(json.dumps(recipe))
+    del older["coding"]["raw_float_dtype"]  # as records written before the setting existed stored it
+    assert tuning.recipe_digest(recipe) == tuning.recipe_digest(older)
+    recipe["coding"]["raw_float_dtype"] = "float16"
+    assert tuning.recipe_digest(recipe) != tuning.recipe_digest(older)
+    assert "raw_float_dtype" in recipe["coding"]  # the caller's dict is left as it was
+
+
+def _finished_run(workdir: Path, recipe: Recipe, fingerprint: dict, stages: tuple[str, ...] = STAGES) -> None:
+    workdir.mkdir(parents=True)
+    torch.save(run_fingerprint(recipe, fingerprint), workdir / "run.pt")
+    for stage in stages:
+        torch.save({"stage": stage, "from": workdir.name}, workdir / f"{stage}.done")
+
+
+def test_a_candidate_reuses_the_longest_matching_run_and_only_finished_stages(tmp_path):
+    base = Recipe()
+    start = {"start": "abc", "data": "x"}
+    # the joint stage trained with the base recipe; a candidate changed the codebook stage only
+    _finished_run(tmp_path / "joint.work", base, {**start, "tag": "joint"}, stages=("retrain",))
+    codebook_changed = dataclasses.replace(base, codebook=dataclasses.replace(base.codebook, epochs=base.codebook.epochs + 1))
+    _finished_run(tmp_path / "tune-aaaa.work", codebook_changed, {**start, "tag": "tune-aaaa"})
+    logged: list[str] = []
+
+    # a candidate with the base recipe: tune-aaaa holds retrain and finetune of it (its codebook
+    # differs), joint.work only retrain; the longer one wins, and the tag does not count
+    target = tmp_path / "tune-bbbb.work"
+    reused = tuning.reuse_trained_stages(tmp_path, target, run_fingerprint(base, {**start, "tag": "tune-bbbb"}), logged.append)
+    assert reused == {"stages": ["retrain", "finetune"], "from": "tune-aaaa.work"}
+    assert sorted(p.name for p in target.iterdir()) == ["finetune.done", "retrain.done"]
+    assert torch.load(target / "finetune.done", weights_only=True)["from"] == "tune-aaaa.work" and len(logged) == 1
+
+    # another dense net: nothing is reused; a started candidate keeps its own stages
+    other = tmp_path / "tune-cccc.work"
+    assert tuning.reuse_trained_stages(tmp_path, other, run_fingerprint(base, {**start, "start": "def", "tag": "tune-cccc"}), logged.append) is None
+    assert not other.exists()
+    torch.save(run_fingerprint(base, {**start, "tag": "tune-bbbb"}), target / "run.pt")
+    assert tuning.reuse_trained_stages(tmp_path, target, run_fingerprint(base, {**start, "tag": "tune-bbbb"}), logged.append) is None
+
+
+def test_tuning_lines_mark_the_chosen_recipe_and_other_dense_nets():
+    base = Recipe().to_dict()
+    record = {"recipe_file": "a.toml", "recipe_digest": tuning.recipe_digest(base), "date": "2026-12-03", "file_bytes": 1234,
+              "compression_ratio": 40.0, "macs_reduction_winograd": 5.5, "density": 0.1, "winograd_density": 0.2,
+              "val_top1_decoded": {"spatial": 88.0, "winograd": 87.5}, "val_top1_stages": {"dense": 90.0, "kept": 88.1},
+              "dense_weights_digest": "d1", "reused": {"stages": ["retrain"], "from": "joint.work"}}
+    other = {**record, "recipe_file": "b.toml", "recipe_digest": "ffffffff", "dense_weights_digest": "d2", "val_top1_decoded": {}}
+    other.pop("reused")
+    lines = tuning.tuning_lines([record, other], base, "d1", directory="net_tuning", score="top-1 (%)", decoded_key="val_top1_decoded",
+                                stages_key="val_top1_stages", fmt=lambda v: "-" if v is None else f"{v:.2f}",
+                                stage_table=lambda rows: [f"{name}: {values}" for name, values in rows])
+    text = "\n".join(lines)
+    row_a = next(line for line in lines if line.startswith("| a.toml"))
+    row_b = next(line for line in lines if line.startswith("| b.toml"))
+    assert "**= joint**" in row_a and "| 88.00 | 87.50 | this one |" in row_a
+    assert "**= joint**" not in row_b and "| - | - | d2 |" in row_b
+    assert "the retrain stage(s) taken from `joint.work`" in text and "`net_tuning/`" in text
