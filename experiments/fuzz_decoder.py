@@ -75,7 +75,8 @@ WORKER_ADDRESS_SPACE = 12 << 30
 
 def seed_files() -> dict[str, bytes]:
     """Real files from the encoder: three architectures, both quantizers and coders, tiles 2 and 4,
-    with and without Winograd pruning."""
+    with and without Winograd pruning, float32 and (format version 4's options) float16 codebooks
+    and raw tensors."""
     import torch
 
     from jointsparse.codecs import encode
@@ -90,6 +91,8 @@ def seed_files() -> dict[str, bytes]:
                               quantizer="kmeans", bits=3, coder="ans", m=2, winograd=None),
         "resnet20": dict(model=("resnet20", {}), size=[3, 32, 32], density=0.1, quantizer="kmeans", bits=5, coder="ans", m=2,
                          winograd=0.3),
+        "vgg_small_half": dict(model=("vgg_small", {"width": 0.25, "hidden": 16}), size=[1, 16, 16], density=0.2,
+                               quantizer="kmeans", bits=6, coder="ans", m=2, winograd=0.5, half=True),
     }
     files = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,8 +105,9 @@ def seed_files() -> dict[str, bytes]:
                         keep = module.weight.abs() > module.weight.abs().flatten().quantile(1 - spec["density"])
                         module.weight.mul_(keep)
             path = Path(tmp) / f"{name}.jsz"
+            half = {"codebook_dtype": "float16", "raw_float_dtype": "float16"} if spec.get("half") else {}
             encode(model, path, quantizer=spec["quantizer"], bits=spec["bits"], coder=spec["coder"], m=spec["m"],
-                   winograd_sparsity=spec["winograd"], provenance={"data": {"name": "digits", "input_size": spec["size"]}})
+                   winograd_sparsity=spec["winograd"], provenance={"data": {"name": "digits", "input_size": spec["size"]}}, **half)
             files[name] = path.read_bytes()
     return files
 
@@ -435,7 +439,7 @@ MUTATORS: dict[str, Callable[[Case, random.Random], None]] = {
     "text": mutate_text,
 }
 #: How often each seed file is the starting point (resnet20 is the slowest to decode).
-SEED_WEIGHTS = {"lenet5": 3, "vgg_small": 4, "vgg_small_ans": 3, "resnet20": 1}
+SEED_WEIGHTS = {"lenet5": 3, "vgg_small": 4, "vgg_small_ans": 3, "resnet20": 1, "vgg_small_half": 2}
 #: Relative frequency of each mutator; a case applies one, or with some probability two or three.
 WEIGHTS = {"value": 3, "number": 4, "delete": 1, "winograd": 3, "shape": 4, "counts": 2, "stream": 4, "raw": 1, "arch": 1,
            "input_size": 1, "text": 1}

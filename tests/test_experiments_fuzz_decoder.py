@@ -47,8 +47,9 @@ def test_cases_are_deterministic_and_pass_the_checksums(fuzz):
 
 
 def test_a_short_campaign_finds_only_format_errors_within_the_budget(fuzz):
-    # vgg_small: zstd streams; vgg_small_ans: ANS streams, its fc2 positions in the context coding
-    summary = fuzz.run_campaign(150, campaign_seed=1, seed_names=("vgg_small", "vgg_small_ans"))
+    # vgg_small: zstd streams; vgg_small_ans: ANS streams, its fc2 positions in the context coding;
+    # vgg_small_half: float16 codebooks and raw tensors (format version 4)
+    summary = fuzz.run_campaign(150, campaign_seed=1, seed_names=("vgg_small", "vgg_small_ans", "vgg_small_half"))
     assert summary["failures"] == []
     counts = summary["counts"]
     assert sum(row.get("FormatError", 0) for row in counts.values()) > 150  # the mutations reach the checks
