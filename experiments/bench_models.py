@@ -35,7 +35,7 @@ except ModuleNotFoundError:  # pragma: no cover
 
 import torch
 
-from jointsparse.codecs import decode, encode, load
+from jointsparse.codecs import FormatError, decode, encode, load
 from jointsparse.export import static_adaptive_pools
 from jointsparse.models import get_model
 from jointsparse.nn import _compiled
@@ -93,11 +93,12 @@ def onnx_runner(model: torch.nn.Module, sample: torch.Tensor, threads: int, work
 
 
 def trained_file(path: Path) -> tuple[str, tuple[int, int, int]]:
-    """A trained file's row label and the input size (C, H, W) its provenance records."""
+    """A trained file's row label and the input size (C, H, W) its provenance records (ValueError
+    when it records none)."""
     manifest = load(path).manifest
-    size = manifest.get("provenance", {}).get("data", {}).get("input_size")
+    size = ((manifest.get("provenance") or {}).get("data") or {}).get("input_size")
     if not (isinstance(size, list) and len(size) == 3):
-        raise SystemExit(f"error: {path} records no input size (provenance data.input_size); bench it through --networks instead")
+        raise ValueError(f"{path} records no input size (provenance data.input_size); bench its architecture through --networks instead")
     return f"{manifest['arch']['name']} (trained: {path.name})", tuple(size)
 
 
@@ -188,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     for file in args.file:
         if not file.is_file():
             parser.error(f"no such file: {file}")
+        try:
+            trained_file(file)  # a file without a recorded input size fails now, not after the other rows
+        except (ValueError, FormatError) as error:
+            parser.error(str(error).splitlines()[0])
     unknown = [n for n in networks if n not in NETWORKS]
     if unknown:
         parser.error(f"unknown network(s) {unknown}; known: {sorted(NETWORKS)}")

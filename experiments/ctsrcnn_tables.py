@@ -68,7 +68,8 @@ from jointsparse.train import TrainConfig, evaluate, seed_everything, train
 from jointsparse.utils import atomic_torch_save, atomic_write_text
 
 STAGES = ("dense", "control", "joint", "ablation")
-TUNING_DIR = "ctsrcnn_tuning"  # under --out-dir: one record per (recipe, dense model) tried
+RECIPE = Path(__file__).resolve().parent / "recipes" / "ctsrcnn.toml"
+TUNING_DIR = "ctsrcnn_tuning"  # under --out-dir: one record per candidate recipe (a run from another dense net replaces it)
 ABLATION_MODES = ("spatial", "winograd", "joint")
 TASK = SUPER_RESOLUTION
 # Issue 14's targets.
@@ -92,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      epilog="example: nice -n 19 python experiments/ctsrcnn_tables.py --work-dir experiments/work/ctsrcnn")
     parser.add_argument("--stages", default=",".join(STAGES),
                         help=f"comma-separated subset of {', '.join(STAGES)} (finished stages are reused), or {TUNE}: --recipe scored on validation only")
-    parser.add_argument("--recipe", type=Path, default=Path(__file__).resolve().parent / "recipes" / "ctsrcnn.toml")
+    parser.add_argument("--recipe", type=Path, default=RECIPE)
     parser.add_argument("--cascade", default="3,5,7,9", help="depths of the cascade steps (3 = SRCNN 9-5-5; each step inserts layers)")
     parser.add_argument("--cascade-steps", default="1500,900,900,3000", help="training steps of each cascade step")
     parser.add_argument("--dense-lr", type=float, default=5e-4, help="Adam learning rate of each cascade step (cosine to a tenth)")
@@ -108,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     if not args.stages or any(s not in (*STAGES, TUNE) for s in args.stages):
         raise TablesError(f"--stages must name some of {', '.join((*STAGES, TUNE))}, got {args.stages}")
+    if TUNE in args.stages and len(args.stages) > 1:
+        raise TablesError(f"--stages {TUNE} runs alone: its --recipe is a candidate, not the recipe of the other stages")
     args.cascade, args.cascade_steps = _ints(args.cascade), _ints(args.cascade_steps)
     if args.smoke:  # two steps per depth, whatever the depths
         args.cascade_steps = [2] * len(args.cascade)
@@ -403,12 +406,14 @@ def drop_breakdown(joint: dict[str, Any], control: dict[str, Any] | None) -> str
     """Where a missed PSNR target's drop arises, stage by stage, on the validation patches the recipe was chosen on."""
     stages, decoded = joint["val_psnr_stages"], joint["val_psnr_decoded"]
     worst = min(decoded.values())
-    reference = max(stages["dense"], control["val_psnr"]) if control and "val_psnr" in control else stages["dense"]
+    has_control = bool(control) and "val_psnr" in control
+    reference = max(stages["dense"], control["val_psnr"]) if has_control else stages["dense"]
     return (f"Where the drop arises, on the validation patches: the decoded file's worse domain ({worst:.2f} dB) is "
-            f"{reference - worst:.2f} dB below the better of dense and control ({reference:.2f} dB). Of that, the control's extra training "
+            f"{reference - worst:.2f} dB below {'the better of dense and control' if has_control else 'the dense net'} ({reference:.2f} dB). Of that, the control's extra training "
             f"is {reference - stages['dense']:.2f} dB; retraining under the regularizer and pruning leave the net "
             f"{stages['dense'] - stages['pruned']:.2f} dB below dense, masked fine-tuning brings it back to "
-            f"{stages['dense'] - stages['finetune']:.2f} dB below, and quantization and coding add {stages['finetune'] - worst:.2f} dB.")
+            f"{stages['dense'] - stages['finetune']:.2f} dB below, and quantization, codebook fine-tuning, coding and (in the Winograd "
+            f"domain) decode-time pruning add {stages['finetune'] - worst:.2f} dB.")
 
 
 def write_report(args: argparse.Namespace) -> Path | None:
@@ -542,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         for stage in (*STAGES, TUNE):
             if stage in args.stages:
                 getattr(run, f"run_{stage}")()
+        if TUNE in args.stages:
+            args.recipe = RECIPE  # the report is the committed recipe's; the candidate's record lists its own
         path = write_report(args)
         run.log(f"wrote {path}" if path else "no report yet (the dense stage has not run)")
         return 0

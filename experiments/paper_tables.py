@@ -408,11 +408,12 @@ class Run:
         out = (self.work / f"{tag}.jsz").resolve()  # the record's path works from any directory
         fingerprint = {"tag": tag, "data": self.args.data, "size": list(info.input_size), "train": info.train_size, "start": _weights_digest(model)}
         reused = (reuse_trained_stages(self.work, self.work / f"{tag}.work", run_fingerprint(recipe, fingerprint), self.log)
-                  if tag.startswith(TUNE) and self.args.resume and is_rank0() else None)
+                  if tag.startswith(TUNE) and self.args.resume else None)  # every rank from its own work directory
         start = time.perf_counter()
         result = compress(model, train_loader, val_loader, recipe, out, workdir=self.work / f"{tag}.work", resume=self.args.resume,
                           device=self.args.device, seed=self.args.seed, progress=self.progress, log=self.log, eval_name="validation",
                           fingerprint=fingerprint, provenance={"data": {"name": self.args.data, "input_size": [3, *info.input_size]}})
+        seconds = {"compress": time.perf_counter() - start, **result.seconds}
         payload = info_payload(str(out), count_size)
         total = payload["report"]["total"]
         return {
@@ -423,7 +424,7 @@ class Run:
             "macs_reduction_winograd_with_transforms": payload["macs"]["reduction_winograd_with_transforms"],
             "macs": {k: payload["macs"][k] for k in ("dense", "spatial", "winograd", "winograd_with_transforms", "input_size")},
             "val_top1_stages": {k: 100 * v for k, v in result.accuracy.items()},
-            "layers": _layer_rows(payload), "seconds": {"compress": time.perf_counter() - start, **result.seconds}, "resolution": info.input_size,
+            "layers": _layer_rows(payload), "seconds": seconds, "resolution": info.input_size,
             "train_images": info.train_size, "validation_images": len(val_loader.dataset), "test_images": info.test_size,
             **({"reused": reused} if reused else {}),
         }
@@ -486,10 +487,11 @@ class Run:
             return
         loaders = self.main_loaders()
         self.log(f"tune {self.args.recipe.name}: compressing, scored on the {len(loaders[1].dataset):,} validation images only")
-        seed_everything(self.args.seed)  # as the joint stage: the same draws after the dense model
+        seed_everything(self.args.seed)
         record = self.compress_only(f"{TUNE}-{digest}", self.recipe, model, loaders, self.count_size())
         record["val_top1_decoded"] = self.decoded_top1(record, loaders[1], "validate")
-        record.pop("layers")
+        for key in ("layers", "file"):  # the file is a scratch path of this machine
+            record.pop(key)
         record.update(recipe_file=self.args.recipe.name, recipe_digest=digest, recipe=self.recipe.to_dict(), dense_weights_digest=dense,
                       command=_shown(command_line()), date=datetime.date.today().isoformat(), code=self.code, machine=machine_summary())
         if is_rank0():
@@ -1053,7 +1055,8 @@ def _train_images(args: argparse.Namespace) -> int:
 
 
 def tuning_dir(spec: NetworkSpec) -> str:
-    """Where the tune stage's records go, under --out-dir: one per (candidate recipe, dense model)."""
+    """Where the tune stage's records go, under --out-dir: one per candidate recipe (named by its file
+    and settings; a run from another dense model replaces it, the record names its dense model)."""
     return f"{spec.name}_tuning"
 
 

@@ -43,7 +43,9 @@ def reuse_trained_stages(work: Path, workdir: Path, fingerprint: dict[str, Any],
     run in ``work`` (another candidate, or the joint stage) that trained the same way: the same
     dense net, and the same recipe up to the first stage that differs (``fingerprint`` is the new
     run's ``compress.run_fingerprint``). A candidate that changes only fine-tuning then skips the
-    retraining, one that changes only quantization or coding costs its codebook stage. Only
+    retraining, one that changes only quantization costs its codebook stage, one that changes only
+    coding trains nothing. The seed is not compared: candidates and the run they reuse must share
+    it (the tables scripts' ``--seed``, 0 unless set). Only
     ``.done`` files are copied; ``compress`` resumes from them. None when nothing was reused."""
     if (workdir / "run.pt").is_file():
         return None  # the candidate has started: its own stages stand
@@ -79,8 +81,13 @@ def tuning_lines(tried: list[dict[str, Any]], chosen: dict[str, Any] | None, den
     ("PSNR (dB)", "top-1 (%)"); a record keeps it decoded per domain under ``decoded_key`` and
     after each compress stage under ``stages_key``."""
     chosen_digest = recipe_digest(chosen) if chosen else None
-    names = {r["recipe_digest"]: f"{r['recipe_file']} ({r['recipe_digest']})" + (" **= joint**" if r["recipe_digest"] == chosen_digest else "")
-             for r in tried}
+
+    def name(r: dict[str, Any]) -> str:
+        return f"{r['recipe_file']} ({r['recipe_digest']})" + (" **= joint**" if r["recipe_digest"] == chosen_digest else "")
+
+    def density(value: float | None) -> str:  # None: a file without Winograd-form layers
+        return "-" if value is None else f"{value:.3f}"
+
     lines = ["## Recipes tried on validation", "",
              f"Each candidate recipe through `compress` from a dense net (`--stages tune`), scored on the validation split only; records in "
              f"`{directory}/` beside this report, each with its full recipe and command. A candidate trained from another dense net than this "
@@ -91,10 +98,10 @@ def tuning_lines(tried: list[dict[str, Any]], chosen: dict[str, Any] | None, den
     for r in tried:
         same = "this one" if r["dense_weights_digest"] == dense_digest else r["dense_weights_digest"]
         decoded = r.get(decoded_key, {})  # records written before the decoded files were scored lack it
-        lines.append(f"| {names[r['recipe_digest']]} | {r['date']} | {r['file_bytes']:,} | {r['compression_ratio']:.1f}x | {r['macs_reduction_winograd']:.2f}x | "
-                     f"{r['density']:.3f} | {r['winograd_density']:.3f} | {fmt(decoded.get('spatial'))} | {fmt(decoded.get('winograd'))} | {same} |")
-    reused = [f"- {names[r['recipe_digest']]}: the {', '.join(r['reused']['stages'])} stage(s) taken from `{r['reused']['from']}`, "
+        lines.append(f"| {name(r)} | {r['date']} | {r['file_bytes']:,} | {r['compression_ratio']:.1f}x | {r['macs_reduction_winograd']:.2f}x | "
+                     f"{density(r['density'])} | {density(r['winograd_density'])} | {fmt(decoded.get('spatial'))} | {fmt(decoded.get('winograd'))} | {same} |")
+    reused = [f"- {name(r)}: the {', '.join(r['reused']['stages'])} stage(s) taken from `{r['reused']['from']}`, "
               "a run that trained the same way up to there" for r in tried if r.get("reused")]
     if reused:
         lines += ["", "Candidates that changed only later stages reused an earlier run's finished stages (same dense net, same settings):", "", *reused]
-    return lines + ["", f"Validation {score} after each stage:", ""] + stage_table([(names[r["recipe_digest"]], r[stages_key]) for r in tried])
+    return lines + ["", f"Validation {score} after each stage:", ""] + stage_table([(name(r), r[stages_key]) for r in tried])

@@ -4,6 +4,7 @@ not touch, and refuses a directory of another run."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -130,3 +131,16 @@ def test_reusable_stages_end_at_the_first_stage_whose_settings_changed():
     assert reusable_stages(saved, run_fingerprint(finetune, {"tag": "a", "start": "abc"})) == ("retrain",)
     assert reusable_stages(saved, run_fingerprint(base, {"tag": "a", "start": "other"})) == ()
     assert reusable_stages("not a fingerprint", saved) == ()
+
+
+def test_eval_name_labels_the_log_lines_and_leaves_the_logs_keys(tmp_path, capsys):
+    torch.manual_seed(0)
+    lines: list[str] = []
+    compress(get_model("lenet5"), _loader(), _loader(), parse_recipe(BASE), tmp_path / "m.jsz", workdir=tmp_path / "work",
+             progress=True, log=lines.append, eval_name="validation")
+    scored = [line for line in lines if line.startswith(("[dense]", "[prune]", "[quantize]"))]
+    assert len(scored) == 3 and all(" validation accuracy " in line and " test " not in line for line in scored)
+    epoch_lines = [line for line in capsys.readouterr().out.splitlines() if "epoch 1/1" in line]
+    assert epoch_lines and all("| validation accuracy" in line for line in epoch_lines)
+    record = json.loads((tmp_path / "work" / "retrain.jsonl").read_text().splitlines()[-1])
+    assert "test_acc" in record and not any(key.startswith("validation") for key in record)  # older readers keep working

@@ -79,3 +79,27 @@ def test_tuning_lines_mark_the_chosen_recipe_and_other_dense_nets():
     assert "**= joint**" in row_a and "| 88.00 | 87.50 | this one |" in row_a
     assert "**= joint**" not in row_b and "| - | - | d2 |" in row_b
     assert "the retrain stage(s) taken from `joint.work`" in text and "`net_tuning/`" in text
+
+
+def test_reuse_stops_at_a_missing_stage_and_ignores_unreadable_runs(tmp_path):
+    base = Recipe()
+    start = {"start": "abc"}
+    # finetune.done missing: codebook.done after it cannot be used either
+    _finished_run(tmp_path / "joint.work", base, {**start, "tag": "joint"}, stages=("retrain", "codebook"))
+    (tmp_path / "tune-junk.work").mkdir()
+    torch.save(["not", "a", "fingerprint"], tmp_path / "tune-junk.work" / "run.pt")
+    target = tmp_path / "tune-new.work"
+    reused = tuning.reuse_trained_stages(tmp_path, target, run_fingerprint(base, {**start, "tag": "tune-new"}), lambda line: None)
+    assert reused == {"stages": ["retrain"], "from": "joint.work"}
+    assert [p.name for p in target.iterdir()] == ["retrain.done"]
+
+
+def test_tuning_lines_name_each_record_and_show_a_missing_density():
+    record = {"recipe_file": "a.toml", "recipe_digest": "12345678", "date": "2026-12-03", "file_bytes": 10, "compression_ratio": 2.0,
+              "macs_reduction_winograd": 1.0, "density": 0.5, "winograd_density": None, "val_top1_stages": {}, "dense_weights_digest": "d"}
+    twin = {**record, "recipe_file": "copy-of-a.toml"}  # the same settings under another file name
+    lines = tuning.tuning_lines([record, twin], None, "d", directory="t", score="top-1 (%)", decoded_key="v", stages_key="val_top1_stages",
+                                fmt=lambda v: "-" if v is None else f"{v:.2f}", stage_table=lambda rows: [name for name, _ in rows])
+    assert any(line.startswith("| a.toml (12345678) |") and "| 0.500 | - |" in line for line in lines)
+    assert any(line.startswith("| copy-of-a.toml (12345678) |") for line in lines)
+    assert lines[-2:] == ["a.toml (12345678)", "copy-of-a.toml (12345678)"]
