@@ -29,6 +29,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -284,10 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 1 if args.quick else args.repeats
     models = {"LeNet-5": MODELS["LeNet-5"]} if args.quick else MODELS
     command = "python experiments/bench_codec.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = re.sub(r"(--nncodec[ =])\S+", r"\1NNCODEC_PYTHON", command)  # a venv of this machine, not part of the figures
     header = [
         "# Codec benchmark: context-modelled positions (ans+ctx) vs order-0 ANS vs zstd vs NNCodec",
         "",
         f"Command: `{command.strip()}`",
+        *(["", "NNCODEC_PYTHON: the interpreter of a venv with NNCodec 2.1.3 (`python -m venv V; V/bin/pip install \"numpy<2\" pybind11 "
+            "scikit-learn h5py pandas tqdm torch==2.13.0; V/bin/pip install --no-deps nncodec==2.1.3`)."] if args.nncodec else []),
         "",
         f"Machine: {machine_summary()} ({platform.machine()}), no GPU, shared with other jobs; "
         f"torch {torch.__version__} (CPU, {args.threads} thread; numpy's BLAS pool as many), numpy {np.__version__}, zstandard {zstandard.__version__}, "

@@ -102,11 +102,10 @@ def trained_file(path: Path) -> tuple[str, tuple[int, int, int]]:
     return f"{manifest['arch']['name']} (trained: {path.name})", tuple(size)
 
 
-def bench_network(name: str, work: Path, batches: list[int], threads_list: list[int], repeats: int, file: Path | None = None) -> list[dict]:
-    if file is None:
-        path, size = build_file(name, work)
-    else:
-        path, (name, size) = file, trained_file(file)
+def bench_network(name: str, work: Path, batches: list[int], threads_list: list[int], repeats: int,
+                  file: tuple[Path, tuple[int, int, int]] | None = None) -> list[dict]:
+    """``name``'s file built from random weights, or ``file`` (a trained file and its input size; ``name`` its row label)."""
+    path, size = build_file(name, work) if file is None else file
     rows = []
     cache = TimingCache(work / "layer_timings.json")  # fresh per run: choices timed under this run's load
     for threads in threads_list:
@@ -186,13 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file", type=Path, action="append", default=[], help="a trained .jsz to bench as well (repeatable)")
     args = parser.parse_args(argv)
     networks = [n for n in args.networks.split(",") if n]
+    trained = []  # (label, (path, input size)), checked before any row is benched
     for file in args.file:
         if not file.is_file():
             parser.error(f"no such file: {file}")
         try:
-            trained_file(file)  # a file without a recorded input size fails now, not after the other rows
+            label, size = trained_file(file)
         except (ValueError, FormatError) as error:
             parser.error(str(error).splitlines()[0])
+        trained.append((label, (file, size)))
     unknown = [n for n in networks if n not in NETWORKS]
     if unknown:
         parser.error(f"unknown network(s) {unknown}; known: {sorted(NETWORKS)}")
@@ -227,12 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         return text
 
     rows: list[dict] = []
-    jobs = [(name, None) for name in networks] + [(None, file) for file in args.file]
+    jobs = [(name, None) for name in networks] + trained
     with tempfile.TemporaryDirectory() as tmp:
         for index, (name, file) in enumerate(jobs):
             rows += bench_network(name, Path(tmp), [int(b) for b in args.batches.split(",")], [int(t) for t in args.threads.split(",")],
                                   args.repeats, file)
-            text = write(rows, [n or str(f) for n, f in jobs[index + 1:]])
+            text = write(rows, [name for name, _ in jobs[index + 1:]])
     print(text)
     return 0
 

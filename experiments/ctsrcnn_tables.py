@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from tuning import TUNE, load_records, recipe_digest, reuse_trained_stages, tuning_lines  # siblings: the directory of the running script is on sys.path
+from tuning import TUNE, already_tried, load_records, record_path, reuse_trained_stages, tuning_lines, write_record  # siblings: the directory of the running script is on sys.path
 from paper_tables import _dense_digest, _density, _layer_rows, _met, _shown, _times, _torch_threads, _weights_digest, control_settings, stage_table, train_control  # a sibling script: its directory is on sys.path
 
 from jointsparse import superres
@@ -335,19 +335,14 @@ class Run:
     # -- tune: a candidate recipe, validation only -------------------------------------------
     def run_tune(self) -> None:
         dense = _weights_digest(self.dense_model())
-        digest = recipe_digest(self.recipe.to_dict())
-        path = self.args.out_dir / TUNING_DIR / f"{self.args.recipe.stem}-{digest}.json"
-        saved = json.loads(path.read_text()) if path.is_file() else {}
-        if saved.get("dense_weights_digest") == dense and "val_psnr_decoded" in saved and self.args.resume:
+        recipe = self.recipe.to_dict()
+        path, digest = record_path(self.args.out_dir / TUNING_DIR, self.args.recipe, recipe)
+        if self.args.resume and already_tried(path, dense, "val_psnr_decoded"):
             self.log(f"tune {self.args.recipe.name}: already done ({path.name})")
             return
         self.log(f"tune {self.args.recipe.name}: compressing, scored on the {len(self.val_loader.dataset)} validation patches only")
-        _, record = self.compress_only(f"tune-{digest}", self.recipe)
-        record.pop("layers")
-        record.update(recipe_file=self.args.recipe.name, recipe_digest=digest, recipe=self.recipe.to_dict(), dense_weights_digest=dense,
-                      command=_shown(command_line()), date=datetime.date.today().isoformat(), code=self.code, machine=machine_summary())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(record, indent=2, default=float) + "\n")
+        _, record = self.compress_only(f"{TUNE}-{digest}", self.recipe)
+        write_record(path, record, recipe_file=self.args.recipe, recipe=recipe, dense_digest=dense, command=_shown(command_line()), code=self.code)
         self.log(f"tune {self.args.recipe.name}: validation {_psnr(record['val_psnr_decoded']['spatial'])} / {_psnr(record['val_psnr_decoded']['winograd'])} dB "
                  f"decoded spatial / Winograd, {record['compression_ratio']:.1f}x, "
                  f"MACs {record['macs_reduction_winograd']:.2f}x (Winograd); wrote {path}")

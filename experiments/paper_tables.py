@@ -72,7 +72,7 @@ from jointsparse.recipe import Recipe, RegularizerConfig, SparsityConfig, load_r
 from jointsparse.train import CheckpointError, TrainConfig, evaluate, get_rank, init_distributed, is_rank0, seed_everything, train
 from jointsparse.utils import atomic_torch_save, atomic_write_text
 
-from tuning import TUNE, load_records, recipe_digest, reuse_trained_stages, tuning_lines  # a sibling script: its directory is on sys.path
+from tuning import TUNE, already_tried, load_records, record_path, reuse_trained_stages, tuning_lines, write_record  # a sibling script: its directory is on sys.path
 
 STAGES = ("dense", "control", "joint", "ablation", "deepcomp", "highres-dense", "highres-control", "highres")
 HIGHRES_STAGES = ("highres-dense", "highres-control", "highres")
@@ -479,25 +479,18 @@ class Run:
         ``<out-dir>/<network>_tuning/`` and the report lists it."""
         model, _ = self.dense_model("dense")
         dense = _weights_digest(model)
-        digest = recipe_digest(self.recipe.to_dict())
-        path = self.args.out_dir / tuning_dir(self.spec) / f"{self.args.recipe.stem}-{digest}.json"
-        saved = json.loads(path.read_text()) if path.is_file() else {}
-        if saved.get("dense_weights_digest") == dense and self.args.resume:
+        recipe = self.recipe.to_dict()
+        path, digest = record_path(self.args.out_dir / tuning_dir(self.spec), self.args.recipe, recipe)
+        if self.args.resume and already_tried(path, dense, "val_top1_decoded"):
             self.log(f"tune {self.args.recipe.name}: already done ({path.name})")
             return
         loaders = self.main_loaders()
         self.log(f"tune {self.args.recipe.name}: compressing, scored on the {len(loaders[1].dataset):,} validation images only")
         seed_everything(self.args.seed)
         record = self.compress_only(f"{TUNE}-{digest}", self.recipe, model, loaders, self.count_size())
-        record["val_top1_decoded"] = self.decoded_top1(record, loaders[1], "validate")
-        for key in ("layers", "file"):  # the file is a scratch path of this machine
-            record.pop(key)
-        record.update(recipe_file=self.args.recipe.name, recipe_digest=digest, recipe=self.recipe.to_dict(), dense_weights_digest=dense,
-                      command=_shown(command_line()), date=datetime.date.today().isoformat(), code=self.code, machine=machine_summary())
+        record["val_top1_decoded"] = decoded = self.decoded_top1(record, loaders[1], "validate")
         if is_rank0():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(record, indent=2, default=float) + "\n")
-        decoded = record["val_top1_decoded"]
+            write_record(path, record, recipe_file=self.args.recipe, recipe=recipe, dense_digest=dense, command=_shown(command_line()), code=self.code)
         self.log(f"tune {self.args.recipe.name}: validation top-1 {decoded['spatial']:.2f}% / {decoded['winograd']:.2f}% decoded spatial / Winograd, "
                  f"{record['compression_ratio']:.1f}x, MACs {record['macs_reduction_winograd']:.2f}x (Winograd products); wrote {path}")
 

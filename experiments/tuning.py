@@ -9,6 +9,7 @@ set. Shared by ``ctsrcnn_tables.py`` (PSNR) and ``paper_tables.py`` (top-1).
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import itertools
 import json
@@ -19,6 +20,8 @@ from typing import Any, Callable
 import torch
 
 from jointsparse.compress import reusable_stages
+from jointsparse.provenance import machine_summary
+from jointsparse.utils import atomic_write_text
 
 TUNE = "tune"  # never a default stage: it runs only when --stages names it
 
@@ -65,6 +68,29 @@ def reuse_trained_stages(work: Path, workdir: Path, fingerprint: dict[str, Any],
         shutil.copyfile(source / f"{stage}.done", workdir / f"{stage}.done")
     log(f"{workdir.name}: reusing the {', '.join(kept)} stage(s) of {source.name}, which trained the same way")
     return {"stages": list(kept), "from": source.name}
+
+
+def record_path(directory: Path, recipe_file: Path, recipe: dict[str, Any]) -> tuple[Path, str]:
+    """Where a candidate's record goes (``<directory>/<file stem>-<digest>.json``), and the digest."""
+    digest = recipe_digest(recipe)
+    return directory / f"{recipe_file.stem}-{digest}.json", digest
+
+
+def already_tried(path: Path, dense_digest: str, required: str) -> bool:
+    """A record at ``path`` from the same dense net that holds ``required`` (its decoded scores)."""
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    return saved.get("dense_weights_digest") == dense_digest and required in saved
+
+
+def write_record(path: Path, record: dict[str, Any], *, recipe_file: Path, recipe: dict[str, Any], dense_digest: str, command: str, code: str) -> None:
+    """``record`` (a candidate's figures) with what names and reproduces it, written atomically.
+    The per-layer rows and the scratch file path stay out of the committed record."""
+    for key in ("layers", "file"):
+        record.pop(key, None)
+    record.update(recipe_file=recipe_file.name, recipe_digest=recipe_digest(recipe), recipe=recipe, dense_weights_digest=dense_digest,
+                  command=command, date=datetime.date.today().isoformat(), code=code, machine=machine_summary())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=2, default=float) + "\n")
 
 
 def load_records(directory: Path) -> list[dict[str, Any]]:

@@ -103,3 +103,18 @@ def test_tuning_lines_name_each_record_and_show_a_missing_density():
     assert any(line.startswith("| a.toml (12345678) |") and "| 0.500 | - |" in line for line in lines)
     assert any(line.startswith("| copy-of-a.toml (12345678) |") for line in lines)
     assert lines[-2:] == ["a.toml (12345678)", "copy-of-a.toml (12345678)"]
+
+
+def test_a_record_is_named_by_file_and_settings_and_counts_as_tried_only_when_complete(tmp_path):
+    recipe = Recipe().to_dict()
+    path, digest = tuning.record_path(tmp_path / "net_tuning", Path("candidates/c.toml"), recipe)
+    assert path == tmp_path / "net_tuning" / f"c-{digest}.json" and digest == tuning.recipe_digest(recipe)
+    assert not tuning.already_tried(path, "d1", "val_top1_decoded")
+    record = {"file": "/scratch/tune.jsz", "layers": [1], "compression_ratio": 3.0, "val_top1_decoded": {"spatial": 1.0, "winograd": 1.0}}
+    tuning.write_record(path, record, recipe_file=Path("candidates/c.toml"), recipe=recipe, dense_digest="d1", command="python x.py", code="abc")
+    saved = json.loads(path.read_text())
+    assert "file" not in saved and "layers" not in saved  # no scratch path of this machine in a committed record
+    assert (saved["recipe_file"], saved["recipe_digest"], saved["dense_weights_digest"], saved["command"]) == ("c.toml", digest, "d1", "python x.py")
+    assert tuning.already_tried(path, "d1", "val_top1_decoded")
+    assert not tuning.already_tried(path, "d2", "val_top1_decoded")  # another dense net
+    assert not tuning.already_tried(path, "d1", "val_psnr_decoded")  # a record without the decoded scores
