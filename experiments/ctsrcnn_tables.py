@@ -262,8 +262,7 @@ class Run:
         out = self.work / f"{tag}.jsz"
         start = time.perf_counter()
         fingerprint = {"tag": tag, "start": _weights_digest(model), "subset": self.args.subset}
-        reused = (reuse_trained_stages(self.work, self.work / f"{tag}.work", run_fingerprint(recipe, fingerprint), self.log)
-                  if tag.startswith(TUNE) and self.args.resume else None)
+        reused = reuse_trained_stages(self.work, self.work / f"{tag}.work", run_fingerprint(recipe, fingerprint), self.log) if self.args.resume else None
         result = compress(model, self.train_loader, self.val_loader, recipe, out, workdir=self.work / f"{tag}.work", resume=self.args.resume,
                           seed=self.args.seed, progress=self.progress, log=self.log, task=TASK, fingerprint=fingerprint, eval_name="validation",
                           provenance={"data": {"name": "sr-natural", "input_size": [1, self.args.count_size, self.args.count_size]}})
@@ -435,7 +434,7 @@ def write_report(args: argparse.Namespace) -> Path | None:
     if control:
         lines.append(f"- control: {control['seconds']:.0f}")
     if joint:
-        lines.append("- joint: " + _times(joint["seconds"]))
+        lines.append("- joint: " + _times(joint["seconds"], joint.get("reused")))
     if ablation:
         lines.append("- ablation: " + "; ".join(f"{mode} {_times(row['seconds'])}" for mode, row in ablation["modes"].items()))
     lines += ["", "## Data and network", "",

@@ -402,13 +402,14 @@ class Run:
     # -- compress one recipe and deploy its file both ways --------------------------------------
     def compress_only(self, tag: str, recipe: Recipe, model: torch.nn.Module, loaders: tuple, count_size: tuple[int, int, int]) -> dict[str, Any]:
         """Compress on the training split into ``WORK/<tag>.jsz``, every stage scored on validation:
-        the file's figures; no test image is touched. A tune candidate starts from the finished
-        stages of an earlier run that trained the same way (``tuning.reuse_trained_stages``)."""
+        the file's figures; no test image is touched. The run starts from the finished stages of an
+        earlier run that trained the same way (``tuning.reuse_trained_stages``): a candidate from the
+        joint run's, the joint run from the candidate that became the recipe."""
         train_loader, val_loader, _, info = loaders
         out = (self.work / f"{tag}.jsz").resolve()  # the record's path works from any directory
         fingerprint = {"tag": tag, "data": self.args.data, "size": list(info.input_size), "train": info.train_size, "start": _weights_digest(model)}
         reused = (reuse_trained_stages(self.work, self.work / f"{tag}.work", run_fingerprint(recipe, fingerprint), self.log)
-                  if tag.startswith(TUNE) and self.args.resume else None)  # every rank from its own work directory
+                  if self.args.resume else None)  # every rank from its own work directory
         start = time.perf_counter()
         result = compress(model, train_loader, val_loader, recipe, out, workdir=self.work / f"{tag}.work", resume=self.args.resume,
                           device=self.args.device, seed=self.args.seed, progress=self.progress, log=self.log, eval_name="validation",
@@ -797,8 +798,13 @@ def top1_drop(record: dict[str, Any]) -> float:
     return baseline_top1(record) - min(record["top1_spatial"], record["top1_winograd"])
 
 
-def _times(seconds: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.0f}" for name, value in seconds.items())
+def _times(seconds: dict[str, float], reused: dict[str, Any] | None = None) -> str:
+    """A stage's wall times; stages taken from another run (``reused``) took no time here, so the
+    line names where they were trained (a tune run's times are in its record)."""
+    line = ", ".join(f"{name} {value:.0f}" for name, value in seconds.items())
+    if reused:
+        line += f" (the {', '.join(reused['stages'])} stage(s) taken from `{reused['from']}`, a run that trained the same way)"
+    return line
 
 
 def targets_met(spec: NetworkSpec, record: dict[str, Any]) -> dict[str, bool]:
@@ -1192,9 +1198,9 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
             lines.append(f"- {stage}: {records[stage]['seconds']:.0f}")
     for stage in ("joint", "deepcomp", "highres"):
         if stage in records:
-            lines.append(f"- {stage}: " + _times(records[stage]["seconds"]))
+            lines.append(f"- {stage}: " + _times(records[stage]["seconds"], records[stage].get("reused")))
     if "ablation" in records:
-        lines.append("- ablation: " + "; ".join(f"{mode} {_times(row['seconds'])}" for mode, row in records["ablation"]["modes"].items()))
+        lines.append("- ablation: " + "; ".join(f"{mode} {_times(row['seconds'], row.get('reused'))}" for mode, row in records["ablation"]["modes"].items()))
     if joint["committed_file"]:
         lines += ["", f"The joint run's file is committed as `{joint['committed_file']}` ({joint['file_bytes']:,} bytes): "
                   f"`jointsparse info {joint['committed_file']}`, `decode` and `bench` run on it without retraining."]

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from jointsparse.compress import reusable_stages
+from jointsparse.compress import STAGES, reusable_stages
 from jointsparse.provenance import machine_summary
 from jointsparse.utils import atomic_write_text
 
@@ -41,29 +41,45 @@ def recipe_digest(recipe: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def _finished_stages(directory: Path, fingerprint: dict[str, Any]) -> tuple[str, ...]:
+    """The finished stages of ``directory`` (a compress work directory) that a run with
+    ``fingerprint`` may take: same dense net and settings up to there, ``.done`` on disk."""
+    if not (directory / "run.pt").is_file():
+        return ()
+    kept = reusable_stages(torch.load(directory / "run.pt", weights_only=True), fingerprint, ignore=("tag",))
+    return tuple(itertools.takewhile(lambda stage: (directory / f"{stage}.done").is_file(), kept))
+
+
 def reuse_trained_stages(work: Path, workdir: Path, fingerprint: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any] | None:
-    """Start a new candidate's work directory ``workdir`` with the finished stages of an earlier
-    run in ``work`` (another candidate, or the joint stage) that trained the same way: the same
-    dense net, and the same recipe up to the first stage that differs (``fingerprint`` is the new
-    run's ``compress.run_fingerprint``). A candidate that changes only fine-tuning then skips the
+    """Give the run about to start in ``workdir`` the finished stages of an earlier run in
+    ``work`` (a tune candidate, or the joint stage) that trained the same way: the same dense net,
+    and the same recipe up to the first stage that differs (``fingerprint`` is the new run's
+    ``compress.run_fingerprint``). A candidate that changes only fine-tuning then skips the
     retraining, one that changes only quantization costs its codebook stage, one that changes only
-    coding trains nothing. The seed is not compared: candidates and the run they reuse must share
-    it (the tables scripts' ``--seed``, 0 unless set). Only
-    ``.done`` files are copied; ``compress`` resumes from them. None when nothing was reused."""
-    if (workdir / "run.pt").is_file():
-        return None  # the candidate has started: its own stages stand
-    best: tuple[tuple[str, ...], Path] = ((), workdir)
+    coding trains nothing; and once a candidate becomes the recipe, the joint stage takes its
+    finished stages instead of training them again. The seed is not compared: the runs must share
+    it (the tables scripts' ``--seed``, 0 unless set).
+
+    ``workdir``'s own stages stand when they go as far as any other run's (a partly trained stage
+    then resumes from its checkpoint). Otherwise its files are replaced: its stages past the
+    first changed setting are what ``compress`` would run again anyway, and the ones before it
+    are the same as the other run's. Only ``.done`` files are copied; ``compress`` resumes from
+    them. None when nothing was reused."""
+    own = _finished_stages(workdir, fingerprint)
+    best: tuple[tuple[str, ...], Path] = (own, workdir)
     for other in sorted([*work.glob(f"{TUNE}-*.work"), work / "joint.work"]):
-        if other == workdir or not (other / "run.pt").is_file():
-            continue
-        kept = reusable_stages(torch.load(other / "run.pt", weights_only=True), fingerprint, ignore=("tag",))
-        kept = tuple(itertools.takewhile(lambda stage: (other / f"{stage}.done").is_file(), kept))
-        if len(kept) > len(best[0]):
-            best = (kept, other)
+        if other != workdir:
+            kept = _finished_stages(other, fingerprint)
+            if len(kept) > len(best[0]):
+                best = (kept, other)
     kept, source = best
-    if not kept:
+    if source == workdir:
         return None
     workdir.mkdir(parents=True, exist_ok=True)
+    for stage in STAGES:
+        for suffix in (".done", ".ckpt", ".jsonl"):
+            (workdir / f"{stage}{suffix}").unlink(missing_ok=True)
+    (workdir / "run.pt").unlink(missing_ok=True)
     for stage in kept:
         shutil.copyfile(source / f"{stage}.done", workdir / f"{stage}.done")
     log(f"{workdir.name}: reusing the {', '.join(kept)} stage(s) of {source.name}, which trained the same way")

@@ -407,3 +407,10 @@ def test_torch_threads_come_from_the_stages_commands():
     assert paper_tables._torch_threads(["python a.py --threads 2 --w x", "python a.py --threads=2"], 1) == "2 torch thread(s) per run"
     assert paper_tables._torch_threads(["python a.py --threads 2", "python a.py --threads 1"], 1) == "1 or 2 torch threads per run (each command's --threads)"
     assert paper_tables._torch_threads(["python a.py"], 3) == "3 torch thread(s) per run"
+
+
+def test_wall_times_name_the_run_reused_stages_came_from():
+    seconds = {"compress": 120.4, "quantize": 1.2, "encode": 3.0}
+    assert paper_tables._times(seconds) == "compress 120, quantize 1, encode 3"
+    line = paper_tables._times(seconds, {"stages": ["retrain", "finetune", "codebook"], "from": "tune-d5ddbbd2.work"})
+    assert line.startswith("compress 120, quantize 1, encode 3 (") and "retrain, finetune, codebook stage(s) taken from `tune-d5ddbbd2.work`" in line

@@ -118,3 +118,30 @@ def test_a_record_is_named_by_file_and_settings_and_counts_as_tried_only_when_co
     assert tuning.already_tried(path, "d1", "val_top1_decoded")
     assert not tuning.already_tried(path, "d2", "val_top1_decoded")  # another dense net
     assert not tuning.already_tried(path, "d1", "val_psnr_decoded")  # a record without the decoded scores
+
+
+def test_the_joint_run_takes_the_stages_of_the_candidate_that_became_its_recipe(tmp_path):
+    old = Recipe()
+    new = dataclasses.replace(old, finetune=dataclasses.replace(old.finetune, epochs=old.finetune.epochs + 2))
+    start = {"start": "abc"}
+    joint = tmp_path / "joint.work"
+    _finished_run(joint, old, {**start, "tag": "joint"})
+    (joint / "finetune.ckpt").write_bytes(b"the old recipe's fine-tuning")
+    _finished_run(tmp_path / "tune-aaaa.work", new, {**start, "tag": "tune-aaaa"})
+    logged: list[str] = []
+
+    # joint.work keeps only retrain under the new recipe; the candidate finished every stage of it
+    reused = tuning.reuse_trained_stages(tmp_path, joint, run_fingerprint(new, {**start, "tag": "joint"}), logged.append)
+    assert reused == {"stages": list(STAGES), "from": "tune-aaaa.work"}
+    assert sorted(p.name for p in joint.iterdir()) == sorted(f"{stage}.done" for stage in STAGES)  # stale checkpoint and run.pt gone
+    assert {torch.load(joint / f"{stage}.done", weights_only=True)["from"] for stage in STAGES} == {"tune-aaaa.work"}
+
+    # a run whose own finished stages go as far as any other's keeps them (a partly trained stage resumes)
+    partial = tmp_path / "tune-bbbb.work"
+    _finished_run(partial, new, {**start, "tag": "tune-bbbb"}, stages=())
+    (partial / "retrain.ckpt").write_bytes(b"epoch 1 of 2")
+    for stage in STAGES:
+        (tmp_path / "tune-aaaa.work" / f"{stage}.done").unlink()
+    assert not (joint / "run.pt").exists()  # its copied stages count once compress has written the new run.pt
+    assert tuning.reuse_trained_stages(tmp_path, partial, run_fingerprint(new, {**start, "tag": "tune-bbbb"}), logged.append) is None
+    assert (partial / "retrain.ckpt").read_bytes() == b"epoch 1 of 2"
