@@ -19,6 +19,8 @@ every finished stage's record:
   validation patches only. Its record goes to ``<out-dir>/ctsrcnn_tuning/`` (committed with the
   results, since work directories do not outlive a sitting), and the report lists every recipe
   tried, so the choice of the committed recipe can be checked without touching the test images.
+  A candidate starts from the finished stages of the joint run or another candidate that trained
+  the same way, and the joint stage from those of the candidate that became its recipe.
 
 Nothing is tuned on the test images: training and every stage's per-epoch score use the
 training images' patches (train / val); the test images are scored once per finished model.

@@ -33,6 +33,8 @@ Stages, each its own invocation if wanted (``--stages``), each resumable and rec
   goes to ``<out-dir>/<net>_tuning/`` (committed with the results), the report lists every
   candidate (``experiments/tuning.py``), and a candidate that changes only later stages starts
   from the finished stages of the joint run or an earlier candidate that trained the same way.
+  Once a candidate becomes the recipe, the joint stage takes that candidate's finished stages
+  (the report's wall-time line says so) and trains nothing again.
 
 A validation split (``--validation`` images, drawn from the training images with a fixed seed)
 is held out of training. Every choice made during a run (the dense epochs, the dense model
