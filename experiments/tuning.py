@@ -24,6 +24,7 @@ from jointsparse.provenance import machine_summary
 from jointsparse.utils import atomic_write_text
 
 TUNE = "tune"  # never a default stage: it runs only when --stages names it
+REUSED = "reused.json"  # in a work directory seeded with another run's stages: which, and from where
 
 #: Recipe settings added after tuning records were first written, with their defaults: a setting at
 #: its default is left out of the digest, so a record keeps its name (and its work directory) when
@@ -50,6 +51,11 @@ def _finished_stages(directory: Path, fingerprint: dict[str, Any]) -> tuple[str,
     return tuple(itertools.takewhile(lambda stage: (directory / f"{stage}.done").is_file(), kept))
 
 
+def _stamp(path: Path) -> list[int]:
+    status = path.stat()
+    return [status.st_size, status.st_mtime_ns]
+
+
 def reuse_trained_stages(work: Path, workdir: Path, fingerprint: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any] | None:
     """Give the run about to start in ``workdir`` the finished stages of an earlier run in
     ``work`` (a tune candidate, or the joint stage) that trained the same way: the same dense net,
@@ -73,17 +79,24 @@ def reuse_trained_stages(work: Path, workdir: Path, fingerprint: dict[str, Any],
             if len(kept) > len(best[0]):
                 best = (kept, other)
     kept, source = best
-    if source == workdir:
-        return None
+    if source == workdir:  # its own stages stand; say where they came from if a resumed run was seeded so
+        seeded = json.loads((workdir / REUSED).read_text()) if (workdir / REUSED).is_file() else None
+        if seeded and all(stage in own and _stamp(workdir / f"{stage}.done") == seeded["stamps"].get(stage) for stage in seeded["stages"]):
+            return {"stages": seeded["stages"], "from": seeded["from"]}
+        return None  # not seeded, or compress has since run a seeded stage again itself
     workdir.mkdir(parents=True, exist_ok=True)
     for stage in STAGES:
         for suffix in (".done", ".ckpt", ".jsonl"):
             (workdir / f"{stage}{suffix}").unlink(missing_ok=True)
-    (workdir / "run.pt").unlink(missing_ok=True)
+    for name in ("run.pt", REUSED):
+        (workdir / name).unlink(missing_ok=True)
     for stage in kept:
         shutil.copyfile(source / f"{stage}.done", workdir / f"{stage}.done")
+    reused = {"stages": list(kept), "from": source.name}
+    stamps = {stage: _stamp(workdir / f"{stage}.done") for stage in kept}  # a stage compress runs again gets a new stamp
+    atomic_write_text(workdir / REUSED, json.dumps({**reused, "stamps": stamps}) + "\n")  # a resumed run's record still names the source
     log(f"{workdir.name}: reusing the {', '.join(kept)} stage(s) of {source.name}, which trained the same way")
-    return {"stages": list(kept), "from": source.name}
+    return reused
 
 
 def record_path(directory: Path, recipe_file: Path, recipe: dict[str, Any]) -> tuple[Path, str]:

@@ -51,14 +51,19 @@ def test_a_candidate_reuses_the_longest_matching_run_and_only_finished_stages(tm
     target = tmp_path / "tune-bbbb.work"
     reused = tuning.reuse_trained_stages(tmp_path, target, run_fingerprint(base, {**start, "tag": "tune-bbbb"}), logged.append)
     assert reused == {"stages": ["retrain", "finetune"], "from": "tune-aaaa.work"}
-    assert sorted(p.name for p in target.iterdir()) == ["finetune.done", "retrain.done"]
+    assert sorted(p.name for p in target.iterdir()) == ["finetune.done", "retrain.done", "reused.json"]
     assert torch.load(target / "finetune.done", weights_only=True)["from"] == "tune-aaaa.work" and len(logged) == 1
 
     # another dense net: nothing is reused; a started candidate keeps its own stages
     other = tmp_path / "tune-cccc.work"
     assert tuning.reuse_trained_stages(tmp_path, other, run_fingerprint(base, {**start, "start": "def", "tag": "tune-cccc"}), logged.append) is None
     assert not other.exists()
+    # resumed after compress started in it: its own stages stand, and its record still names their source
     torch.save(run_fingerprint(base, {**start, "tag": "tune-bbbb"}), target / "run.pt")
+    again = tuning.reuse_trained_stages(tmp_path, target, run_fingerprint(base, {**start, "tag": "tune-bbbb"}), logged.append)
+    assert again == {"stages": ["retrain", "finetune"], "from": "tune-aaaa.work"} and len(logged) == 1
+    # once compress has written a seeded stage itself (a new file), the source is no longer claimed
+    torch.save({"stage": "finetune", "from": "itself"}, target / "finetune.done")
     assert tuning.reuse_trained_stages(tmp_path, target, run_fingerprint(base, {**start, "tag": "tune-bbbb"}), logged.append) is None
 
 
@@ -91,7 +96,7 @@ def test_reuse_stops_at_a_missing_stage_and_ignores_unreadable_runs(tmp_path):
     target = tmp_path / "tune-new.work"
     reused = tuning.reuse_trained_stages(tmp_path, target, run_fingerprint(base, {**start, "tag": "tune-new"}), lambda line: None)
     assert reused == {"stages": ["retrain"], "from": "joint.work"}
-    assert [p.name for p in target.iterdir()] == ["retrain.done"]
+    assert sorted(p.name for p in target.iterdir()) == ["retrain.done", "reused.json"]
 
 
 def test_tuning_lines_name_each_record_and_show_a_missing_density():
@@ -133,7 +138,7 @@ def test_the_joint_run_takes_the_stages_of_the_candidate_that_became_its_recipe(
     # joint.work keeps only retrain under the new recipe; the candidate finished every stage of it
     reused = tuning.reuse_trained_stages(tmp_path, joint, run_fingerprint(new, {**start, "tag": "joint"}), logged.append)
     assert reused == {"stages": list(STAGES), "from": "tune-aaaa.work"}
-    assert sorted(p.name for p in joint.iterdir()) == sorted(f"{stage}.done" for stage in STAGES)  # stale checkpoint and run.pt gone
+    assert sorted(p.name for p in joint.iterdir()) == sorted([f"{stage}.done" for stage in STAGES] + ["reused.json"])  # stale checkpoint and run.pt gone
     assert {torch.load(joint / f"{stage}.done", weights_only=True)["from"] for stage in STAGES} == {"tune-aaaa.work"}
 
     # a run whose own finished stages go as far as any other's keeps them (a partly trained stage resumes)
