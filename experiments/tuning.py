@@ -70,7 +70,8 @@ def reuse_trained_stages(work: Path, workdir: Path, fingerprint: dict[str, Any],
     then resumes from its checkpoint). Otherwise its files are replaced: its stages past the
     first changed setting are what ``compress`` would run again anyway, and the ones before it
     are the same as the other run's. Only ``.done`` files are copied; ``compress`` resumes from
-    them. None when nothing was reused."""
+    them. Returns the stages reused and their source (also when a resumed run finds the ones it
+    was seeded with, by ``reused.json``), None when nothing was reused."""
     own = _finished_stages(workdir, fingerprint)
     best: tuple[tuple[str, ...], Path] = (own, workdir)
     for other in sorted([*work.glob(f"{TUNE}-*.work"), work / "joint.work"]):
