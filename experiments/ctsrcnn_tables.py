@@ -438,7 +438,7 @@ def write_report(args: argparse.Namespace) -> Path | None:
     if joint:
         lines.append("- joint: " + _times(joint["seconds"], joint.get("reused")))
     if ablation:
-        lines.append("- ablation: " + "; ".join(f"{mode} {_times(row['seconds'])}" for mode, row in ablation["modes"].items()))
+        lines.append("- ablation: " + "; ".join(f"{mode} {_times(row['seconds'], row.get('reused'))}" for mode, row in ablation["modes"].items()))
     lines += ["", "## Data and network", "",
               f"`sr-natural` (`jointsparse.superres`): x{split['scale']} bicubic degradation of the Y channel ({split['colour']}); "
               f"{len(split['train_images'])} training photographs ({', '.join(split['train_images'])}) cut into {split['train_patches']:,} training and "

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from jointsparse.compress import STAGES, reusable_stages
+from jointsparse.compress import STAGES, drop_stage_files, reusable_stages
 from jointsparse.provenance import machine_summary
 from jointsparse.utils import atomic_write_text
 
@@ -86,9 +86,7 @@ def reuse_trained_stages(work: Path, workdir: Path, fingerprint: dict[str, Any],
             return {"stages": seeded["stages"], "from": seeded["from"]}
         return None  # not seeded, or compress has since run a seeded stage again itself
     workdir.mkdir(parents=True, exist_ok=True)
-    for stage in STAGES:
-        for suffix in (".done", ".ckpt", ".jsonl"):
-            (workdir / f"{stage}{suffix}").unlink(missing_ok=True)
+    drop_stage_files(workdir, STAGES)
     for name in ("run.pt", REUSED):
         (workdir / name).unlink(missing_ok=True)
     for stage in kept:

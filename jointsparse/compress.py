@@ -120,6 +120,13 @@ def reusable_stages(saved: Any, fingerprint: dict[str, Any], ignore: tuple[str, 
     return STAGES[:kept]
 
 
+def drop_stage_files(workdir: Path, stages: tuple[str, ...]) -> None:
+    """Remove what ``stages`` left in a work directory: finished state, checkpoint and log."""
+    for stage in stages:
+        for suffix in (".done", ".ckpt", ".jsonl"):
+            (workdir / f"{stage}{suffix}").unlink(missing_ok=True)
+
+
 class _Stages:
     """Stage bookkeeping in the work directory: ``<stage>.ckpt`` is the trainer's per-epoch
     checkpoint; ``<stage>.done`` is written once the stage has finished.
@@ -149,9 +156,7 @@ class _Stages:
         if changed is None:
             return  # only the coding changed: every stage stands, the file is written again
         log(f"[resume] the recipe changed from the {changed} stage on: keeping the earlier stages, running {changed} and later again")
-        for stage in STAGES[STAGES.index(changed):]:
-            for suffix in (".done", ".ckpt", ".jsonl"):
-                (self.workdir / f"{stage}{suffix}").unlink(missing_ok=True)
+        drop_stage_files(self.workdir, STAGES[STAGES.index(changed):])
 
     def checkpoint(self, stage: str) -> Path:
         return self.workdir / f"{stage}.ckpt"
