@@ -19,7 +19,8 @@ Stages, each its own invocation if wanted (``--stages``), each resumable and rec
   file is copied to ``--out-dir`` (``<net>_tables.jsz``) so that it can be committed;
 - ``ablation``: Table C, the recipe in ``spatial``, ``winograd`` and ``joint`` regularizer mode
   with retraining capped at ``--ablation-steps`` (default half an epoch) and the masked and
-  codebook fine-tuning of the full run, each coded into a file and deployed in both domains;
+  codebook fine-tuning of the full run, each coded into a file and deployed in both domains
+  (``--ablation-modes`` picks rows, so two processes can run different rows side by side);
 - ``deepcomp`` (AlexNet): Deep Compression (Han et al.) through the same pipeline from the same
   dense model, at the per-layer densities Han et al. report for AlexNet, its own bits; its
   bytes also counted in Han et al.'s coding, and our ratio divided by its ratio;
@@ -47,8 +48,10 @@ The tables land in ``--out-dir`` as ``<net>_tables.md`` and ``<net>_tables.json`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import hashlib
 import json
 import os
@@ -79,6 +82,17 @@ from tuning import TUNE, already_tried, load_records, record_path, reuse_trained
 STAGES = ("dense", "control", "joint", "ablation", "deepcomp", "highres-dense", "highres-control", "highres")
 HIGHRES_STAGES = ("highres-dense", "highres-control", "highres")
 ABLATION_MODES = ("spatial", "winograd", "joint")
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """Wait for, then hold, an exclusive flock on ``lock_file`` (dropped by the kernel if we die)."""
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 #: Table B's accuracy bound: top-1 drop from our own dense baseline, in points, in both domains.
 MAX_DROP_POINTS = 1.0
 #: Table C: rows within this fraction of the densest row's density count as at equal density,
@@ -148,6 +162,9 @@ def parse_args(spec: NetworkSpec, argv: list[str] | None = None) -> argparse.Nam
                         help="peak LR of the first one-epoch cosine cycle after the first schedule (default --dense-lr / 2; each next cycle halves it)")
     parser.add_argument("--validation", type=int, default=6000, help="training images held out as the validation split (fixed seed: --seed)")
     parser.add_argument("--highres-validation", type=int, default=1000, help="validation images of the highres stages, held out of --highres-subset")
+    parser.add_argument("--ablation-modes", default=",".join(ABLATION_MODES), metavar="MODES",
+                        help="Table C rows this invocation runs, comma-separated (default all: " + ",".join(ABLATION_MODES)
+                        + "); processes given different modes run side by side and share one record")
     parser.add_argument("--ablation-steps", type=int, default=None, help="retraining steps per Table C mode (default: half an epoch)")
     parser.add_argument("--highres-resolution", type=int, default=spec.highres_resolution)
     parser.add_argument("--highres-subset", type=int, default=21000,
@@ -204,6 +221,10 @@ def parse_args(spec: NetworkSpec, argv: list[str] | None = None) -> argparse.Nam
         raise TablesError(f"--highres-validation ({args.highres_validation}) must leave training images out of --highres-subset ({args.highres_subset})")
     if not args.recipe.is_file():
         raise TablesError(f"recipe {args.recipe} not found")
+    args.ablation_modes = tuple(m.strip() for m in args.ablation_modes.split(",") if m.strip())
+    unknown = [m for m in args.ablation_modes if m not in ABLATION_MODES]
+    if unknown or not args.ablation_modes:
+        raise TablesError(f"--ablation-modes: unknown mode(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ABLATION_MODES)}")
     args.work_dir = args.work_dir or Path(f"{spec.name}-tables-work")
     return args
 
@@ -528,7 +549,7 @@ class Run:
         steps = self.args.ablation_steps or (2 if self.args.smoke else max(1, len(loaders[0]) // 2))
         if previous.get("steps") != steps or previous.get("settings", self.recipe.to_dict()) != self.recipe.to_dict():
             previous = {"modes": {}}  # rows of other settings are all run again
-        for mode in ABLATION_MODES:
+        for mode in self.args.ablation_modes:
             if mode in previous["modes"]:
                 self.log(f"ablation {mode}: already done")
                 continue
@@ -542,9 +563,19 @@ class Run:
             self.log(f"ablation {mode}: {steps} retraining steps")
             row = self.compress_and_deploy(f"ablation-{mode}", recipe, model, loaders, self.count_size())
             row.pop("layers")
-            previous["modes"][mode] = row
-            previous.update(steps=steps, settings=self.recipe.to_dict(), batch_size=self.recipe.data.batch_size, top1_dense=self._dense_top1(dense, loaders[2]), finetune="as the full run")
-            self.save_record("ablation", previous)
+            row.update(command=command_line(), date=datetime.date.today().isoformat(), code=self.code)  # rows may come from different invocations
+            top1_dense = self._dense_top1(dense, loaders[2])
+            # Modes may run in parallel processes (--ablation-modes): each merges its row into the
+            # record as it stands on disk now, under a lock, so no process drops another's row.
+            lock = _exclusive(self.args.work_dir / ".ablation.json.merge-lock") if is_rank0() else contextlib.nullcontext()
+            with lock:  # rank 0 alone writes records; the other ranks wait at save_record's barrier
+                current = self.record("ablation") or {"modes": {}}
+                if current.get("steps") != steps or current.get("settings", self.recipe.to_dict()) != self.recipe.to_dict():
+                    current = {"modes": {}}
+                current["modes"][mode] = row
+                current.update(steps=steps, settings=self.recipe.to_dict(), batch_size=self.recipe.data.batch_size, top1_dense=top1_dense, finetune="as the full run")
+                self.save_record("ablation", current)
+            previous = current
 
     def _dense_top1(self, dense: dict[str, Any], test_loader: Any) -> float:
         """The dense baseline's top-1 on this stage's test set (re-measured when it is a subset)."""
@@ -1175,7 +1206,9 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     lines += ["Produced by (stage by stage, in this order; each stage resumes and is reused by the next):", "", "```"]
     invocations: dict[tuple[str, str, str], list[str]] = {}
     for stage, record in records.items():
-        invocations.setdefault((_shown(record["command"]), record["date"], record["code"]), []).append(stage)
+        rows = [(f"{stage} {mode}", row) for mode, row in record["modes"].items() if "command" in row] if stage == "ablation" else []
+        for label, source in rows or [(stage, record)]:
+            invocations.setdefault((_shown(source["command"]), source["date"], source["code"]), []).append(label)
     for (command, date, code), stages in invocations.items():
         lines.append(f"{command}    # {', '.join(stages)}: {date}, code {code}")
     lines += ["```", ""]

@@ -30,6 +30,7 @@ def run_script(name: str, *args: str, timeout: float = 900) -> subprocess.Comple
     (["--stages", "dense,bogus"], "--stages must name some of"),
     (["--stages", "joint,tune"], "--stages tune runs alone"),
     (["--subset", "0"], "--subset must be >= 1"),
+    (["--ablation-modes", "spatial,both"], "--ablation-modes: unknown mode(s) both; choose from spatial, winograd, joint"),
     (["--recipe", "no/such/recipe.toml"], "recipe no/such/recipe.toml not found"),
     (["--stages", "highres", "--highres-resolution", "0"], "the highres stages need --highres-resolution"),
     (["--highres-subset", "500", "--highres-validation", "500"], "--highres-validation (500) must leave training images out of --highres-subset (500)"),
@@ -270,6 +271,17 @@ def test_smoke_run_writes_every_table(tmp_path, name):
         _, again = _smoke(name, tmp_path, "b")
         assert again["file_bytes"] == payload["file_bytes"]
         assert again["ablation"] == payload["ablation"]
+        # Table C's rows run side by side in two processes and land in one record
+        work_b = tmp_path / f"{name}-b"
+        (work_b / "ablation.json").unlink()
+        common = ["--smoke", "--no-progress", "--stages", "ablation", "--work-dir", str(work_b), "--out-dir", str(work_b)]
+        runs = [subprocess.Popen([sys.executable, str(EXPERIMENTS / f"{name}_tables.py"), *common, "--ablation-modes", modes],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for modes in ("spatial,winograd", "joint")]
+        for run in runs:
+            _, err = run.communicate(timeout=900)
+            assert run.returncode == 0, err[-2000:]
+        merged = json.loads((work_b / f"{name}_tables.json").read_text())
+        assert merged["ablation"] == payload["ablation"]
         # a candidate recipe that changes only the bits: scored on validation, kept beside the
         # report, and trained no further than its quantization (the joint stage's retrain and
         # fine-tune are reused)
