@@ -27,7 +27,7 @@ from .baselines import build_method
 from .layers import prunable_layers
 from .sparsity import JointSparsity, Sparsifier
 from .tasks import CLASSIFICATION, Task
-from .train import evaluate, train
+from .train import Distillation, evaluate, train
 from .utils import atomic_torch_save
 
 STAGES = ("retrain", "finetune", "codebook")
@@ -236,6 +236,12 @@ def compress(
     scores["dense"] = test_score()
     log(f"[dense] {eval_name} {task.metric} {task.format(scores['dense'])}")
 
+    # the dense model, frozen before retraining changes it: the teacher of stages that distil
+    teacher = copy.deepcopy(model) if recipe.distills() else None
+
+    def distillation(config: StageConfig) -> list[Any]:
+        return [Distillation(teacher, config.distill, config.distill_temperature, task)] if config.distill > 0 else []
+
     regularizer = build_regularizer(model, recipe)
     if getattr(regularizer, "learnable", False):  # joint sparsity's learnable coefficients: record the resolved a
         regularization["a"] = dict(regularizer.a)
@@ -243,12 +249,12 @@ def compress(
             f" (recipe: {recipe.regularizer.a_spatial}, {recipe.regularizer.a_winograd})")
     method = recipe.regularizer.method
     label = f"{method} ({recipe.regularizer.mode})" if method == "joint_sparsity" else method  # mode is joint sparsity's only
-    run_stage("retrain", [regularizer], recipe.retrain, f"{label} retraining")
+    run_stage("retrain", [regularizer] + distillation(recipe.retrain), recipe.retrain, f"{label} retraining")
 
     regularizer.prune()
     scores["pruned"] = test_score()
     log(f"[prune] spatial density {_overall_density(model):.3f} over all compressed layers, {eval_name} {task.metric} {task.format(scores['pruned'])}")
-    run_stage("finetune", regularizer.finetune_hooks(), recipe.finetune, "masked fine-tuning")
+    run_stage("finetune", regularizer.finetune_hooks() + distillation(recipe.finetune), recipe.finetune, "masked fine-tuning")
 
     start = time.perf_counter()
     quantized = codecs.quantize_model(
@@ -262,7 +268,7 @@ def compress(
     finetuner = codecs.CodebookFinetuner(model, quantized, lr=recipe.quantize.centroid_lr)
     choose = recipe.quantize.codebook_selection == "best"
     before_codebook = {"model": copy.deepcopy(model.state_dict()), "codebooks": finetuner.state_dict()} if choose else {}
-    run_stage("codebook", regularizer.finetune_hooks() + [finetuner], recipe.codebook, "codebook fine-tuning")
+    run_stage("codebook", regularizer.finetune_hooks() + [finetuner] + distillation(recipe.codebook), recipe.codebook, "codebook fine-tuning")
     if choose:
         # a pure function of the two scores, so a resumed run that reloads the stage decides the same
         worse = task.drop(scores["quantized"], scores["codebook"]) > 0

@@ -45,8 +45,20 @@ class StageConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     max_steps_per_epoch: int = 0  # 0: the whole training set each epoch
+    # Knowledge distillation from the dense model the run started from: the weight of the
+    # teacher-matching term beside the task loss (0: off) and, for classification, the softmax
+    # temperature (jointsparse.train.Distillation).
+    distill: float = 0.0
+    distill_temperature: float = 4.0
+
+    # Fields added after recipes were first fingerprinted: to_dict leaves them out while they hold
+    # their defaults, so work directories, stage records and tuning digests of runs that do not
+    # use them stay valid.
+    _omit_at_default = ("distill", "distill_temperature")
 
     _checks = {
+        "distill": (lambda v: v >= 0 and math.isfinite(v), "must be a finite number >= 0"),
+        "distill_temperature": (lambda v: v > 0 and math.isfinite(v), "must be a finite number > 0"),
         "epochs": (lambda v: v >= 0, "must be >= 0"),
         "lr": (lambda v: v > 0 and math.isfinite(v), "must be a finite number > 0"),
         "optimizer": (lambda v: v in ("sgd", "adam"), "must be 'sgd' or 'adam'"),
@@ -208,7 +220,18 @@ class Recipe:
     coding: CodingConfig = field(default_factory=CodingConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for section in dataclasses.fields(self):
+            config = getattr(self, section.name)
+            defaults = type(config)()
+            for key in getattr(config, "_omit_at_default", ()):
+                if getattr(config, key) == getattr(defaults, key):
+                    del data[section.name][key]
+        return data
+
+    def distills(self) -> bool:
+        """Whether any training stage distils from the dense model (a teacher is kept)."""
+        return any(stage.distill > 0 and stage.epochs > 0 for stage in (self.retrain, self.finetune, self.codebook))
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:

@@ -37,6 +37,11 @@ class Task:
         """Mean loss of a batch (what the trainer back-propagates)."""
         raise NotImplementedError
 
+    def distill_loss(self, output: torch.Tensor, teacher_output: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Mean loss of matching a teacher's outputs (knowledge distillation): by default the
+        task's own loss with the teacher's outputs as targets; ``temperature`` is classification's."""
+        return self.loss(output, teacher_output)
+
     def loss_sum(self, output: torch.Tensor, target: torch.Tensor) -> float:
         """Sum of the per-sample losses of a batch (``evaluate`` divides by the sample count)."""
         return float(self.loss(output, target)) * self.count(target)
@@ -73,6 +78,13 @@ class Classification(Task):
 
     def loss_sum(self, output: torch.Tensor, target: torch.Tensor) -> float:
         return float(F.cross_entropy(output, target, reduction="sum"))
+
+    def distill_loss(self, output: torch.Tensor, teacher_output: torch.Tensor, temperature: float) -> torch.Tensor:
+        # Hinton et al.'s soft targets: KL(teacher || student) at temperature T, times T^2 so that
+        # its gradients keep their scale as T changes.
+        log_student = F.log_softmax(output / temperature, dim=1)
+        log_teacher = F.log_softmax(teacher_output / temperature, dim=1)
+        return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature**2
 
     def metric_sum(self, output: torch.Tensor, target: torch.Tensor) -> float:
         return float((output.argmax(dim=1) == target).sum())

@@ -144,3 +144,16 @@ def test_eval_name_labels_the_log_lines_and_leaves_the_logs_keys(tmp_path, capsy
     assert epoch_lines and all("| validation accuracy" in line for line in epoch_lines)
     record = json.loads((tmp_path / "work" / "retrain.jsonl").read_text().splitlines()[-1])
     assert "test_acc" in record and not any(key.startswith("validation") for key in record)  # older readers keep working
+
+
+def test_distilling_finetune_reruns_from_the_finetune_with_the_teacher_hook(tmp_path):
+    _run(tmp_path, {}, resume=False)
+    work = tmp_path / "work"
+    retrained, plain = (work / "retrain.done").read_bytes(), torch.load(work / "finetune.done", weights_only=True)["model"]
+    lines, _ = _run(tmp_path, {"finetune": {"distill": 1.0, "distill_temperature": 2.0}}, resume=True)
+    assert _started(lines) == {"finetune", "codebook"}  # the retraining does not read the fine-tuning's keys
+    assert (work / "retrain.done").read_bytes() == retrained
+    hooks = {stage: torch.load(work / f"{stage}.ckpt", weights_only=True)["hook_names"] for stage in ("finetune", "codebook")}
+    assert "Distillation" in hooks["finetune"] and "Distillation" not in hooks["codebook"]  # only the stage that asks distils
+    distilled = torch.load(work / "finetune.done", weights_only=True)["model"]
+    assert any(not torch.equal(plain[name], distilled[name]) for name in plain)  # the teacher term moved the weights

@@ -26,6 +26,18 @@ def test_dump_round_trips(tmp_path):
     assert again == recipe
 
 
+def test_distillation_keys_appear_only_when_used():
+    # Recipes written before distillation existed keep their dict, so work directories, stage
+    # records and tuning digests made from them still match.
+    plain = Recipe().to_dict()
+    assert all("distill" not in plain[stage] and "distill_temperature" not in plain[stage] for stage in ("retrain", "finetune", "codebook"))
+    assert not Recipe().distills()
+    recipe = parse_recipe({"finetune": {"distill": 0.5}})
+    assert recipe.to_dict()["finetune"]["distill"] == 0.5 and "distill_temperature" not in recipe.to_dict()["finetune"]
+    assert recipe.distills() and not parse_recipe({"finetune": {"distill": 0.5, "epochs": 0}}).distills()
+    assert parse_recipe(recipe.to_dict()) == recipe
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -43,6 +55,8 @@ def test_dump_round_trips(tmp_path):
         ("[regularizer]\na_winograd = -1.0\n", "regularizer.a_winograd = -1.0 must be"),
         ("[coding]\nraw_float_dtype = 'int8'\n", "coding.raw_float_dtype = 'int8' must be 'float32', 'float16' or 'bfloat16'"),
         ("[coding]\ncodebook_dtype = 'bfloat16'\n", "coding.codebook_dtype = 'bfloat16' must be 'float32' or 'float16'"),
+        ("[finetune]\ndistill = -0.5\n", "finetune.distill = -0.5 must be a finite number >= 0"),
+        ("[codebook]\ndistill_temperature = 0.0\n", "codebook.distill_temperature = 0.0 must be a finite number > 0"),
     ],
 )
 def test_bad_recipes_name_the_key(tmp_path, text, message):

@@ -73,3 +73,22 @@ def test_compress_runs_a_regression_task_into_a_file_both_domains_decode(tmp_pat
     spatial, winograd = (evaluate(decode(tmp_path / "sr.jsz", domain=domain), loader, task=SUPER_RESOLUTION)["psnr"] for domain in ("spatial", "winograd"))
     assert spatial == pytest.approx(result.scores["codebook"], abs=1e-3)  # the file holds the compressed model
     assert winograd == pytest.approx(spatial, abs=0.05)  # F(4, r) numerics only
+
+
+def test_classification_distill_loss_is_a_scaled_kl_that_vanishes_on_the_teacher():
+    from jointsparse.tasks import CLASSIFICATION
+
+    torch.manual_seed(0)
+    teacher = torch.randn(8, 10)
+    assert float(CLASSIFICATION.distill_loss(teacher.clone(), teacher, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(8, 10)
+    expected = torch.nn.functional.kl_div(torch.log_softmax(student / 2, 1), torch.softmax(teacher / 2, 1), reduction="batchmean") * 4
+    assert float(CLASSIFICATION.distill_loss(student, teacher, 2.0)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(CLASSIFICATION.distill_loss(student, teacher, 2.0)) > 0
+
+
+def test_regression_distills_with_its_own_loss():
+    from jointsparse.tasks import SUPER_RESOLUTION
+
+    a, b = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
+    assert float(SUPER_RESOLUTION.distill_loss(a, b, 4.0)) == pytest.approx(1.0)  # MSE, temperature unused

@@ -463,3 +463,30 @@ def test_a_full_disk_while_logging_names_the_log(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "open", full)
     with pytest.raises(OutputWriteError, match="run.jsonl: No space left on device"):
         log.write({"step": 1})
+
+
+def test_distillation_pulls_the_student_to_a_frozen_teacher(digits_loaders):
+    from jointsparse.tasks import CLASSIFICATION
+    from jointsparse.train import Distillation
+
+    train_loader, test_loader, _ = digits_loaders
+    teacher = tiny_cnn(0)
+    train(teacher, train_loader, None, TrainConfig(epochs=1, lr=0.1, progress=False))
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+    inputs = next(iter(test_loader))[0]
+
+    def gap(student: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(CLASSIFICATION.distill_loss(student.eval()(inputs), teacher.eval()(inputs), 4.0))
+
+    config = TrainConfig(epochs=1, lr=0.05, progress=False, max_steps_per_epoch=15)
+    plain, distilled = tiny_cnn(1), tiny_cnn(1)
+    train(plain, train_loader, None, config)
+    hook = Distillation(teacher, weight=5.0, temperature=4.0)
+    result = train(distilled, train_loader, None, config, hooks=[hook])
+    assert gap(distilled) < gap(plain)  # the same steps from the same start end nearer the teacher
+    assert result.history[-1]["penalty"] > 0  # the term is logged as a penalty
+    assert all(torch.equal(frozen[k], v) for k, v in teacher.state_dict().items())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    with pytest.raises(ValueError, match="weight > 0"):
+        Distillation(teacher, weight=0.0)

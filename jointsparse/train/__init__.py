@@ -11,6 +11,9 @@ A hook is any object with any subset of these methods (all optional, duck-typed)
     attach_optimizer(optimizer)           # once, after the optimizer is built and, on resume,
                                           # after its state has been restored
     penalty() -> Tensor | float           # added to the task loss each step, after the forward
+    output_penalty(inputs, outputs, targets) -> Tensor | float
+                                          # the same, from the batch and the model's outputs
+                                          # (e.g. :class:`Distillation`'s teacher matching)
     on_batch_start(step)                  # before the forward (e.g. a per-batch noise draw)
     after_backward(step)                  # after loss.backward() (and after DDP's all-reduce),
                                           # before gradient clipping and optimizer.step()
@@ -20,8 +23,8 @@ A hook is any object with any subset of these methods (all optional, duck-typed)
                                           # (``t.copy_``): the optimizer holds references
 
 Per training step the order is: every hook's ``on_batch_start`` -> forward -> task loss +
-sum of ``penalty()`` -> backward -> every ``after_backward`` -> grad clip -> optimizer step ->
-LR scheduler step -> every ``after_step``. Hooks are called in the order given. ``step`` is the
+sum of ``penalty()`` and ``output_penalty(...)`` -> backward -> every ``after_backward`` -> grad
+clip -> optimizer step -> LR scheduler step -> every ``after_step``. Hooks are called in the order given. ``step`` is the
 0-based global step (optimizer steps taken before this batch). Hooks act on the model object
 the caller passed in, never on the DDP wrapper (the wrapper shares that module's parameters).
 A hook's ``state_dict`` must include the values of its own extra parameters (e.g. learnable
@@ -57,6 +60,7 @@ only rank 0 prints.
 from __future__ import annotations
 
 from .config import TrainConfig, TrainResult
+from .distill import Distillation
 from .distributed import get_rank, get_world_size, init_distributed, is_rank0
 from .loop import evaluate, lr_factor, train
 from .resume import CheckpointError, load_checkpoint, seed_everything
@@ -65,6 +69,7 @@ __all__ = [
     "CheckpointError",
     "TrainConfig",
     "TrainResult",
+    "Distillation",
     "train",
     "evaluate",
     "load_checkpoint",

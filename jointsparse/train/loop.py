@@ -142,11 +142,15 @@ def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _sum_penalties(hooks: Sequence[Any], device: torch.device) -> torch.Tensor | None:
+def _sum_penalties(hooks: Sequence[Any], device: torch.device, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
+    """Every hook's ``penalty()`` and ``output_penalty(inputs, outputs, targets)``, summed."""
     total = None
     for hook in hooks:
-        if hasattr(hook, "penalty"):
-            value = hook.penalty()
+        for method, args in (("penalty", ()), ("output_penalty", batch)):
+            fn = getattr(hook, method, None)
+            if fn is None:
+                continue
+            value = fn(*args)
             value = value if isinstance(value, torch.Tensor) else torch.tensor(float(value), device=device)
             total = value if total is None else total + value
     return total
@@ -301,7 +305,7 @@ def train(
             _call(hooks, "on_batch_start", step)
             outputs = net(inputs)
             task_loss = task.loss(outputs, targets)
-            penalty = _sum_penalties(hooks, device)
+            penalty = _sum_penalties(hooks, device, (inputs, outputs, targets))
             loss = task_loss if penalty is None else task_loss + penalty
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
