@@ -82,6 +82,12 @@ from tuning import TUNE, already_tried, load_records, record_path, reuse_trained
 STAGES = ("dense", "control", "joint", "ablation", "deepcomp", "highres-dense", "highres-control", "highres")
 HIGHRES_STAGES = ("highres-dense", "highres-control", "highres")
 ABLATION_MODES = ("spatial", "winograd", "joint")
+#: Table B's accuracy bound: top-1 drop from our own dense baseline, in points, in both domains.
+MAX_DROP_POINTS = 1.0
+#: Table C: rows within this fraction of the densest row's density count as at equal density,
+#: and top-1 differences under this many points as no difference (seeds and test noise).
+DENSITY_TOLERANCE = 0.05
+VERDICT_MARGIN_POINTS = 0.2
 
 
 @contextlib.contextmanager
@@ -93,12 +99,6 @@ def _exclusive(lock_file: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-#: Table B's accuracy bound: top-1 drop from our own dense baseline, in points, in both domains.
-MAX_DROP_POINTS = 1.0
-#: Table C: rows within this fraction of the densest row's density count as at equal density,
-#: and top-1 differences under this many points as no difference (seeds and test noise).
-DENSITY_TOLERANCE = 0.05
-VERDICT_MARGIN_POINTS = 0.2
 
 
 class TablesError(ValueError):

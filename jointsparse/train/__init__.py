@@ -24,8 +24,8 @@ A hook is any object with any subset of these methods (all optional, duck-typed)
 
 Per training step the order is: every hook's ``on_batch_start`` -> forward -> task loss +
 sum of ``penalty()`` and ``output_penalty(...)`` -> backward -> every ``after_backward`` -> grad
-clip -> optimizer step -> LR scheduler step -> every ``after_step``. Hooks are called in the order given. ``step`` is the
-0-based global step (optimizer steps taken before this batch). Hooks act on the model object
+clip -> optimizer step -> LR scheduler step -> every ``after_step``. Hooks are called in the
+order given. ``step`` is the 0-based global step (optimizer steps taken before this batch). Hooks act on the model object
 the caller passed in, never on the DDP wrapper (the wrapper shares that module's parameters).
 A hook's ``state_dict`` must include the values of its own extra parameters (e.g. learnable
 coefficients); the trainer saves their optimizer state, not the tensors.

@@ -13,8 +13,8 @@ class Distillation:
     """Adds ``weight * task.distill_loss(outputs, teacher(inputs), temperature)`` to each step's loss.
 
     The teacher is put in eval mode and frozen (no gradients); pass a copy when the model it
-    comes from will change (``compress`` copies the dense model before retraining). The term is the hook's
-    ``output_penalty``, so the trainer logs it under ``penalty``. It holds no state of its own:
+    comes from will change (``compress`` copies the dense model before retraining). The term is
+    the hook's ``output_penalty``, so the trainer logs it under ``penalty``. It holds no state of its own:
     a resumed stage rebuilds it from the same dense model.
     """
 
