@@ -14,6 +14,10 @@ random batch (timing does not depend on the pixel values).
     python experiments/bench_regularizer.py                     # widths 1.0 and 0.5
     python experiments/bench_regularizer.py --out experiments/results/bench_regularizer.md
     python experiments/bench_regularizer.py --profile           # where the extra time goes
+    python experiments/bench_regularizer.py --alexnet           # also AlexNet at the tables' 67 px proxy
+
+AlexNet's 58M weights sit mostly in FC layers whose forward is cheap at 67 px, so its step is
+where the penalty's passes over memory weigh most.
 """
 
 from __future__ import annotations
@@ -38,13 +42,23 @@ from jointsparse.utils import atomic_write_text
 TARGET_RATIO = 1.2
 
 
-def make_steps(width: float, batch: int, size: int, update_every: int, seed: int) -> tuple[Callable[[], None], ...]:
+#: AlexNet's row: the paper-table proxy's input (3 replicated channels at 67 px, 10 classes).
+ALEXNET_INPUT = (3, 67)
+
+
+def _build(width: float | None) -> torch.nn.Module:
+    """``vgg_small`` at ``width``; None: AlexNet."""
+    if width is None:
+        return get_model("alexnet", in_channels=ALEXNET_INPUT[0], num_classes=10)
+    return get_model("vgg_small", in_channels=1, num_classes=10, width=width)
+
+
+def make_steps(width: float | None, batch: int, size: int, update_every: int, seed: int) -> tuple[Callable[[], None], ...]:
     """(plain step, regularized step without a threshold update, threshold update, the penalty's
     forward + backward alone); the two steps train two identical copies of the model so neither
-    perturbs the other."""
+    perturbs the other. ``width`` None: AlexNet at its proxy input (``size`` is not used)."""
     torch.manual_seed(seed)
-    plain_model = get_model("vgg_small", in_channels=1, num_classes=10, width=width)
-    reg_model = get_model("vgg_small", in_channels=1, num_classes=10, width=width)
+    plain_model, reg_model = _build(width), _build(width)
     reg_model.load_state_dict(plain_model.state_dict())
     reg = JointSparsity(reg_model, 0.7, 0.7, mode="joint", update_every=update_every, seed=seed)
     plain_opt = torch.optim.SGD(plain_model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -52,7 +66,8 @@ def make_steps(width: float, batch: int, size: int, update_every: int, seed: int
     reg_opt = torch.optim.SGD([{"params": list(reg_model.parameters())}, {"params": reg.parameters(), "weight_decay": 0.0}],
                               lr=0.01, momentum=0.9, weight_decay=5e-4)
     generator = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(batch, 1, size, size, generator=generator)
+    channels, size = (1, size) if width is not None else ALEXNET_INPUT
+    inputs = torch.randn(batch, channels, size, size, generator=generator)
     targets = torch.randint(0, 10, (batch,), generator=generator)
 
     def plain() -> None:
@@ -82,7 +97,7 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def bench(width: float, batch: int, size: int, update_every: int, rounds: int, warmup: int, seed: int) -> dict:
+def bench(width: float | None, batch: int, size: int, update_every: int, rounds: int, warmup: int, seed: int) -> dict:
     plain, regularized, update, penalty_only = make_steps(width, batch, size, update_every, seed)
     for _ in range(warmup):
         plain(), regularized(), update(), penalty_only()
@@ -127,27 +142,34 @@ def markdown(rows: list[dict], args: argparse.Namespace, load: tuple[tuple[float
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['device']}, torch {m['torch']}, torch threads {args.threads} (pinned)",
         f"- load average (1/5/15 min) before: {'/'.join(f'{v:.2f}' for v in load[0])}, after: {'/'.join(f'{v:.2f}' for v in load[1])} "
         "(other jobs share the machine; each round times both steps back to back)",
-        f"- vgg_small, batch {args.batch}, 1x{args.size}x{args.size} input, SGD momentum 0.9; joint JointSparsity 0.7/0.7, "
+        f"- vgg_small (by width), batch {args.batch}, 1x{args.size}x{args.size} input"
+        + (f"; AlexNet (10 classes), {ALEXNET_INPUT[0]}x{ALEXNET_INPUT[1]}x{ALEXNET_INPUT[1]} input" if args.alexnet else "")
+        + "; SGD momentum 0.9; joint JointSparsity 0.7/0.7, "
         f"learnable coefficients, update_every {args.update_every}; median of {args.rounds} rounds after {args.warmup} warm-up rounds",
         f"- amortized = regularized step + threshold update / {args.update_every}; amortized ratio = amortized / plain step; "
         f"target ratio <= {TARGET_RATIO} (judged on the amortized ratio)",
         "- isolated ratio = (plain step + penalty forward/backward alone + update / update_every) / plain step: the same "
         "overhead measured without differencing two large, noisy step times",
         "",
-        "| width | plain step (ms) | regularized step (ms) | threshold update (ms) | amortized (ms) | step ratio | amortized ratio | penalty fwd+bwd alone (ms) | isolated ratio | target met |",
+        "| model | plain step (ms) | regularized step (ms) | threshold update (ms) | amortized (ms) | step ratio | amortized ratio | penalty fwd+bwd alone (ms) | isolated ratio | target met |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        lines.append(f"| {row['width']:g} | {1e3 * row['plain_s']:.1f} | {1e3 * row['regularized_s']:.1f} | {1e3 * row['update_s']:.2f} | "
+        lines.append(f"| {_label(row['width'])} | {1e3 * row['plain_s']:.1f} | {1e3 * row['regularized_s']:.1f} | {1e3 * row['update_s']:.2f} | "
                      f"{1e3 * row['amortized_s']:.1f} | {row['step_ratio']:.3f} | {row['ratio']:.3f} | "
                      f"{1e3 * row['penalty_s']:.1f} | {row['isolated_ratio']:.3f} | "
                      f"{'yes' if row['ratio'] <= TARGET_RATIO else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
+def _label(width: float | None) -> str:
+    return f"vgg_small width {width:g}" if width is not None else "AlexNet"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", default="1.0,0.5", help="vgg_small width multipliers, comma-separated")
+    parser.add_argument("--alexnet", action="store_true", help="add a row for AlexNet at the tables' 67 px proxy input")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--update-every", type=int, default=50)
@@ -180,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     load_before = os.getloadavg()
     rows = []
-    for width in args.widths:
+    for width in args.widths + ([None] if args.alexnet else []):
         rows.append(bench(width, args.batch, args.size, args.update_every, args.rounds, args.warmup, args.seed))
         row = rows[-1]
-        print(f"width {width:g}: plain {1e3 * row['plain_s']:.1f} ms, regularized {1e3 * row['regularized_s']:.1f} ms, "
+        print(f"{_label(width)}: plain {1e3 * row['plain_s']:.1f} ms, regularized {1e3 * row['regularized_s']:.1f} ms, "
               f"update {1e3 * row['update_s']:.2f} ms, penalty alone {1e3 * row['penalty_s']:.1f} ms -> amortized ratio "
               f"{row['ratio']:.3f}, isolated ratio {row['isolated_ratio']:.3f}", flush=True)
     text = markdown(rows, args, (load_before, os.getloadavg()))

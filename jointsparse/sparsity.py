@@ -71,6 +71,35 @@ def magnitude_quantile(values: torch.Tensor, fraction: float, generator: torch.G
     return float(flat.float().kthvalue(k).values)
 
 
+class _SmallSquareSum(torch.autograd.Function):
+    """``sum(v^2 for |v| <= threshold)`` and its gradient ``2 v [|v| <= threshold]``, fused.
+
+    Autograd's version (square, multiply by the mask, sum, and the backward of each) made the
+    regularized step 2.2x a plain one on AlexNet's 58M weights, where the FC layers' passes over
+    memory outweigh the forward. This keeps one masked copy of ``v``, made in one buffer, and
+    one pass makes the gradient. The sum is a float32 dot per 64K block, added in float64 (a dot over the whole
+    tensor loses ~5e-4 relative in float32)."""
+
+    @staticmethod
+    def forward(ctx: Any, values: torch.Tensor, threshold: float) -> torch.Tensor:
+        large = torch.nn.functional.hardshrink(values, threshold)  # v where |v| > threshold, else 0
+        small = torch.sub(values, large, out=large)  # reuses the buffer: a fresh 150 MB one costs its page faults
+        ctx.save_for_backward(small)
+        dots = [torch.dot(block, block) for block in small.reshape(-1).split(1 << 16)]
+        return torch.stack(dots).double().sum().to(values.dtype) if dots else values.new_zeros(())
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (small,) = ctx.saved_tensors
+        return small * (2 * grad), None
+
+
+def small_square_sum(values: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The partial L2 term of one tensor: the squares of its entries at or below ``threshold`` in
+    magnitude, summed (differentiable in ``values``; the mask is held fixed)."""
+    return _SmallSquareSum.apply(values, float(threshold))
+
+
 @dataclass
 class RegularizedLayer:
     name: str
@@ -316,11 +345,9 @@ class JointSparsity(Sparsifier):
         winograd = torch.zeros((), device=device)
         for layer in self.layers:
             if self._spatial_term_live(layer):
-                weight = layer.weight
-                spatial = spatial + weight.square().mul(weight.detach().abs() <= layer.spatial_threshold).sum()
+                spatial = spatial + small_square_sum(layer.weight, layer.spatial_threshold)
             if layer.winograd_sparsity > 0:
-                big = self._winograd(layer)
-                winograd = winograd + big.square().mul(big.detach().abs() <= layer.winograd_threshold).sum()
+                winograd = winograd + small_square_sum(self._winograd(layer), layer.winograd_threshold)
         return {"spatial": spatial / max(self.spatial_count, 1), "winograd": winograd / max(self.winograd_count, 1)}
 
     def coefficients(self) -> dict[str, float]:

@@ -275,3 +275,29 @@ def test_spatial_term_is_off_once_pruned_and_winograd_term_stays(monkeypatch):
         assert float(terms["spatial"]) == 0.0
         winograd_terms.append(float(terms["winograd"].detach()))
     assert max(winograd_terms) > 0.0  # one 8-value sample may fall on a zero, twenty do not
+
+
+@pytest.mark.parametrize("shape", [(0,), (7,), (3, 5, 3, 3), (70_000,)])  # empty; one block; a conv weight; several 64K blocks
+@pytest.mark.parametrize("threshold", [-math.inf, 0.0, 0.5, math.inf])
+def test_small_square_sum_matches_the_masked_l2_and_its_gradient(shape, threshold):
+    from jointsparse.sparsity import small_square_sum
+
+    generator = torch.Generator().manual_seed(1)
+    values = torch.randn(shape, generator=generator, dtype=torch.float64)
+    if values.numel():
+        values.view(-1)[0] = 0.5  # exactly at the threshold: inside, as the mask |v| <= t says
+    fused = values.clone().requires_grad_(True)
+    plain = values.clone().requires_grad_(True)
+    (3 * small_square_sum(fused, threshold)).backward()
+    reference = plain.square().mul(plain.detach().abs() <= threshold).sum()
+    (3 * reference).backward()
+    assert float(small_square_sum(values, threshold)) == pytest.approx(float(reference.detach()), rel=1e-12, abs=1e-12)
+    assert torch.allclose(fused.grad, plain.grad, rtol=0, atol=1e-12)
+
+
+def test_small_square_sum_keeps_float32_accuracy_over_large_tensors():
+    from jointsparse.sparsity import small_square_sum
+
+    values = torch.randn(3_000_000, generator=torch.Generator().manual_seed(2))
+    exact = float(values.double().square().mul(values.double().abs() <= 1.0).sum())
+    assert float(small_square_sum(values, 1.0)) == pytest.approx(exact, rel=1e-6)
