@@ -346,6 +346,11 @@ def test_table_c_says_whether_rows_are_at_equal_density_and_who_wins():
     assert "equal spatial density (within 0.000)" in text
     assert "**not** at equal Winograd density: the winograd row lands at 0.151, 0.046 below the spatial row (Winograd pruning" in text
     assert "**Joint regularization does not beat spatial-only in the Winograd domain here** (88.37% vs 89.99%)" in text
+    assert "Decode-time Winograd pruning costs spatial 0.01 pt, winograd 3.00 pt, joint 1.63 pt" in text
+    assert "does not shrink what Winograd pruning costs either (1.63 vs 0.01 pt)" in text
+    both = {"spatial": {**row(87.0, 0.2), "top1_spatial": 90.0}, "joint": {**row(86.5, 0.2), "top1_spatial": 87.0}}
+    text = " ".join(paper_tables._ablation_verdict(both))  # joint loses less to Winograd pruning, more before it
+    assert "does shrink what Winograd pruning costs (0.50 vs 3.00 pt), but its spatial model is worse (87.00% vs 90.00%)" in text
     text = " ".join(paper_tables._ablation_verdict({"spatial": row(88.0, 0.2), "joint": row(89.0, 0.195)}))
     assert "at equal Winograd density (within 0.005)" in text and "the paper's point." in text
     assert "no difference at this budget" in " ".join(paper_tables._ablation_verdict({"spatial": row(88.0, 0.2), "joint": row(88.1, 0.2)}))
@@ -426,3 +431,16 @@ def test_wall_times_name_the_run_reused_stages_came_from():
     assert paper_tables._times(seconds) == "compress 120, quantize 1, encode 3"
     line = paper_tables._times(seconds, {"stages": ["retrain", "finetune", "codebook"], "from": "tune-d5ddbbd2.work"})
     assert line.startswith("compress 120, quantize 1, encode 3 (") and "retrain, finetune, codebook stage(s) taken from `tune-d5ddbbd2.work`" in line
+
+
+def test_table_c_names_rows_still_to_run(tmp_path):
+    from types import SimpleNamespace
+
+    from alexnet_tables import SPEC
+
+    row = {"top1_spatial": 88.0, "top1_winograd": 87.0, "density": 0.06, "winograd_density": 0.2, "compression_ratio": 60.0, "test_images": 10000}
+    records = {"ablation": {"steps": 211, "batch_size": 128, "finetune": "as the full run", "top1_dense": 89.0, "modes": {"spatial": row, "joint": row}}}
+    lines, payload = paper_tables._ablation_lines(SimpleNamespace(out_dir=tmp_path, recipe=SPEC.recipe), SPEC, records)
+    text = "\n".join(lines)
+    assert "**Pending:** the winograd row(s) (`--stages ablation --ablation-modes winograd`)." in text
+    assert set(payload) == {"spatial", "joint"}
