@@ -1233,6 +1233,9 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
             codes = ", ".join(dict.fromkeys(entry["code"] for entry in history))
             lines.append(f"The {stage} stage ran over {len(history)} invocations ({history[0]['date']} to {history[-1]['date']}; code {codes}), each resuming "
                          f"from the last one's per-epoch checkpoints; the line above is the one that finished it (`WORK/{stage}.started.json` lists them all).")
+    in_progress = [stage for stage in STAGES if stage not in records and (args.work_dir / f"{stage}.started.json").is_file()]
+    if in_progress:  # started in some sitting, not finished: their per-epoch checkpoints wait in WORK
+        lines.append(f"Started, not finished (each resumes from its checkpoints when its `--stages` command is run again): {', '.join(in_progress)}.")
     lines += ["", "WORK: any scratch directory (checkpoints and stage records; the same one for every stage).", "",
               f"Machine: {_machine()}, {_torch_threads([r['command'] for r in records.values()], args.threads)}. Recipe: `{os.path.relpath(args.recipe)}`.", ""]
     lines += ["Wall time per stage (seconds):", ""]

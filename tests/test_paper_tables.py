@@ -115,6 +115,10 @@ def test_report_flags_each_missed_target(tmp_path):
     assert "211 px, no copying" not in md and "Its compression is pending." in md
     # one invocation that ran two stages is listed once
     assert md.count("python x.py    #") == 1
+    assert "Started, not finished" not in md
+    (work / "ablation.started.json").write_text(json.dumps([{"command": "python x.py --stages ablation", "date": "2026-12-01", "code": "abc"}]))
+    md = paper_tables.write_report(SPEC, args).read_text()
+    assert "Started, not finished (each resumes from its checkpoints when its `--stages` command is run again): ablation." in md
 
 
 def test_validation_is_carved_from_training_with_a_fixed_seed():
