@@ -285,8 +285,12 @@ class Run:
         path = self.args.work_dir / f"{stage}.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def provenance(self) -> dict[str, str]:
+        """This invocation: its command line, today's date and the code it runs."""
+        return {"command": command_line(), "date": datetime.date.today().isoformat(), "code": self.code}
+
     def save_record(self, stage: str, record: dict[str, Any]) -> None:
-        record.update(command=command_line(), date=datetime.date.today().isoformat(), code=self.code)
+        record.update(self.provenance())
         if is_rank0():
             atomic_write_text(self.args.work_dir / f"{stage}.json", json.dumps(record, indent=2, default=float) + "\n")
         _barrier()  # other ranks read rank 0's records and dense weights next
@@ -543,12 +547,17 @@ class Run:
         self.compress_stage("deepcomp", self.deep_compression_recipe, "dense", "control", self.main_loaders, extra=han)
 
     # -- ablation (Table C) ---------------------------------------------------------------------
+    def _ablation_record(self, steps: int) -> dict[str, Any]:
+        """The ablation record on disk, or a fresh one if it was made with other steps or settings
+        (its rows are all run again)."""
+        record = self.record("ablation") or {"modes": {}}
+        settings = self.recipe.to_dict()
+        return record if record.get("steps") == steps and record.get("settings", settings) == settings else {"modes": {}}
+
     def run_ablation(self) -> None:
-        previous = self.record("ablation") or {"modes": {}}
         loaders = self.main_loaders()
         steps = self.args.ablation_steps or (2 if self.args.smoke else max(1, len(loaders[0]) // 2))
-        if previous.get("steps") != steps or previous.get("settings", self.recipe.to_dict()) != self.recipe.to_dict():
-            previous = {"modes": {}}  # rows of other settings are all run again
+        previous = self._ablation_record(steps)
         for mode in self.args.ablation_modes:
             if mode in previous["modes"]:
                 self.log(f"ablation {mode}: already done")
@@ -563,15 +572,13 @@ class Run:
             self.log(f"ablation {mode}: {steps} retraining steps")
             row = self.compress_and_deploy(f"ablation-{mode}", recipe, model, loaders, self.count_size())
             row.pop("layers")
-            row.update(command=command_line(), date=datetime.date.today().isoformat(), code=self.code)  # rows may come from different invocations
+            row.update(self.provenance())  # rows may come from different invocations
             top1_dense = self._dense_top1(dense, loaders[2])
             # Modes may run in parallel processes (--ablation-modes): each merges its row into the
             # record as it stands on disk now, under a lock, so no process drops another's row.
             lock = _exclusive(self.args.work_dir / ".ablation.json.merge-lock") if is_rank0() else contextlib.nullcontext()
             with lock:  # rank 0 alone writes records; the other ranks wait at save_record's barrier
-                current = self.record("ablation") or {"modes": {}}
-                if current.get("steps") != steps or current.get("settings", self.recipe.to_dict()) != self.recipe.to_dict():
-                    current = {"modes": {}}
+                current = self._ablation_record(steps)
                 current["modes"][mode] = row
                 current.update(steps=steps, settings=self.recipe.to_dict(), batch_size=self.recipe.data.batch_size, top1_dense=top1_dense, finetune="as the full run")
                 self.save_record("ablation", current)
