@@ -144,7 +144,7 @@ class Run:
         self.work: Path = args.work_dir
         self.work.mkdir(parents=True, exist_ok=True)
         self.recipe = stage_recipe(args)
-        self.code = code_version(("jointsparse", "experiments"))
+        self.code = code_version()
         self.progress = sys.stderr.isatty()
         if not args.resume:
             for stage in args.stages:

@@ -251,7 +251,7 @@ class Run:
         self.work.mkdir(parents=True, exist_ok=True)
         self.progress = not args.no_progress and is_rank0()
         self.recipe = load_stage_recipe(args)
-        self.code = code_version(("jointsparse", "experiments/recipes"))  # the code that runs, read before anything can change it
+        self.code = code_version()  # the code that runs, read before anything can change it
         if not args.resume and is_rank0():  # the stages asked for start over; the others stay
             for stage in args.stages:
                 (args.work_dir / f"{stage}.json").unlink(missing_ok=True)

@@ -47,8 +47,14 @@ def command_line(argv: list[str] | None = None) -> str:
     return " ".join(shlex.quote(arg) for arg in ["python", script, *argv[1:]])
 
 
-def code_version(paths: tuple[str, ...] = ("jointsparse",)) -> str:
-    """The repository commit, marked ``+modified`` when ``paths`` hold uncommitted changes."""
+#: Git pathspecs of the code an experiment runs: the package and the scripts with their recipes,
+#: not the committed results, which a run rewrites (a report regenerated in place must not mark
+#: the next run's code as modified).
+RUNNING_CODE = ("jointsparse", "experiments", ":(exclude)experiments/results")
+
+
+def code_version(paths: tuple[str, ...] = RUNNING_CODE) -> str:
+    """The repository commit, marked ``+modified`` when ``paths`` (git pathspecs) hold uncommitted changes."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
