@@ -54,6 +54,16 @@ def test_drop_breakdown_parts_add_up_to_the_gap():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not superres.images_available(), reason="scikit-image's bundled photographs are not installed")
+def test_ablation_verdict_says_when_the_rows_cannot_separate_the_regularizers():
+    dense = {"psnr_bicubic": 30.37, "psnr": 31.47}
+    row = lambda spatial, winograd, density: {"psnr_spatial": spatial, "psnr_winograd": winograd, "winograd_density": density}
+    text = ctsrcnn_tables.ablation_verdict({"spatial": row(30.31, 30.13, 0.198), "winograd": row(30.39, 30.29, 0.185), "joint": row(30.50, 30.42, 0.198)}, dense)
+    assert text.startswith("At this budget every mode ends near bicubic (30.13 to 30.50 dB against bicubic 30.37 dB and dense 31.47 dB)")
+    assert "not at equal Winograd density: the winograd row lands at 0.185, 0.013 below the spatial row." in text
+    text = ctsrcnn_tables.ablation_verdict({"spatial": row(31.2, 31.0, 0.2), "joint": row(31.3, 31.25, 0.199)}, dense)
+    assert text == "The rows span 31.00 to 31.30 dB (bicubic 30.37, dense 31.47)."
+
+
 def test_smoke_run_writes_the_tables_and_resumes(tmp_path, capsys):
     argv = ["--smoke", "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")]
     assert ctsrcnn_tables.main(argv) == 0

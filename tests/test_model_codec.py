@@ -257,6 +257,10 @@ def test_report_counts_and_ratios(tmp_path):
     assert rep["layers"][1]["winograd_nnz"] is None
     text = format_report(rep)
     assert "conv.weight" in text and "compression" in text and f"{total['compression_ratio']:.1f}x" in text
+    # float16 codebooks count at their stored width: half the bytes, a better weights-only ratio
+    half = encode(model, tmp_path / "h.jsz", winograd_sparsity=0.5, codebook_dtype="float16")
+    assert [row["codebook_bytes"] for row in half["layers"]] == [row["codebook_bytes"] // 2 for row in rep["layers"]]
+    assert half["total"]["weights_only_ratio"] > total["weights_only_ratio"]
 
 
 def test_decode_refuses_what_it_should(tmp_path):

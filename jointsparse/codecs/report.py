@@ -13,6 +13,7 @@ from typing import Optional, Union
 import torch
 
 from ..transforms import winograd_kept_count
+from .codebooks import CODEBOOK_DTYPES
 from .container import DEFAULT_MAX_EXPANSION, load
 
 __all__ = ["report", "format_report"]
@@ -28,11 +29,14 @@ def report(path: Union[str, os.PathLike], *, max_expansion: Optional[float] = DE
     Each layer row: ``params``, spatial ``nnz``/``density``, for Winograd-form layers
     ``winograd_params``/``winograd_nnz``/``winograd_density`` after the stored threshold, ``bits``,
     stream bytes (``position_bytes``, ``index_bytes``, the stored-model part of each, and
-    ``codebook_bytes``), each stream's order-0 entropy bound in bytes and the ratio to it, and
+    ``codebook_bytes``: entries times their stored width, before the codebook section's zstd), each stream's order-0 entropy bound in bytes and the ratio to it, and
     ``bits_per_nonzero`` (position + index stream bits per non-zero).
     """
     contents = load(path, max_expansion=max_expansion)
     file_bytes = os.path.getsize(path)
+    # the width each codebook entry is stored at (version 4 may store float16): counting 4 bytes
+    # regardless understated the weights-only ratio of float16-codebook files
+    entry_bytes = CODEBOOK_DTYPES[contents.manifest.get("codebook_dtype", "float32")].itemsize
     rows = []
     for stored in contents.layers.values():
         quantized = stored.quantized
@@ -60,7 +64,7 @@ def report(path: Union[str, os.PathLike], *, max_expansion: Optional[float] = DE
             "index_entropy_bytes": stored.indices.entropy_bytes,
             "index_vs_entropy": _ratio(stored.indices.nbytes, stored.indices.entropy_bytes),
             "index_payload_vs_entropy": _ratio(stored.indices.nbytes - stored.indices.model_bytes, stored.indices.entropy_bytes),
-            "codebook_bytes": 4 * len(quantized.codebook),
+            "codebook_bytes": entry_bytes * len(quantized.codebook),
             "bits_per_nonzero": _ratio(8 * (stored.positions.nbytes + stored.indices.nbytes), quantized.nnz),
             "winograd_threshold": None,
             "winograd_params": None,
