@@ -133,7 +133,7 @@ def test_a_missed_accuracy_target_says_where_the_points_went(tmp_path):
     curve = [_point("first schedule", 86.0), _point("cycle 1", 88.6), _point("cycle 2", 88.65), _point("cycle 3", 88.67)]
     (work / "dense.json").write_text(json.dumps({
         "command": "python x.py", "date": "2026-12-01", "code": "abc", "seconds": 5.0, "top1": 88.0, "val_top1": 88.67, "kept_epoch": 4, "curve": curve,
-        "epochs": 1, "epochs_total": 4, "converged": True, "max_epochs": 10, "min_gain": 0.1, "lr": 0.01, "polish_lr": 0.005}))
+        "epochs": 1, "epochs_total": 4, "converged": True, "max_epochs": 10, "min_gain": 0.1, "lr": 0.01, "polish_lr": 0.005, "validation_images": 6000}))
     (work / "control.json").write_text(json.dumps({"command": "python x.py", "date": "2026-12-01", "code": "abc", "seconds": 5.0, "top1": 89.5,
                                                    "val_top1": 90.0, "steps": 60, "epochs": 6.0, "curve": [_point("retrain", 90.0)]}))
     joint = _record(60.0, (88.2, 87.6), (4.0, 6.0))
@@ -153,6 +153,7 @@ def test_a_missed_accuracy_target_says_where_the_points_went(tmp_path):
     # the dense model met its rule by learning-rate decay: the control's gain says so
     assert "met the stopping rule" in md and "It adds **+1.33 pt** of validation top-1 to the kept dense model (+1.50 pt test)" in md
     assert "Like for like (both spatial deployments): 89.00% vs 88.20%, +0.80 pt for Deep Compression." in md
+    assert "The rule's 0.1 pt is 6 of the 6,000 validation images; one standard error of a validation top-1 near 89% is 0.41 pt" in md
 
 
 def test_validation_is_carved_from_training_with_a_fixed_seed():
