@@ -94,14 +94,34 @@ POSITION_TARGET = 0.90
 
 
 @contextlib.contextmanager
-def _exclusive(lock_file: Path) -> Iterator[None]:
-    """Wait for, then hold, an exclusive flock on ``lock_file`` (dropped by the kernel if we die)."""
+def _exclusive(lock_file: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive flock on ``lock_file`` (dropped by the kernel if we die), waiting for it;
+    with ``wait=False``, yield False at once if another process holds it (True once held)."""
     with open(lock_file, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+#: Held while a process merges its Table C row into the record, and while it writes the report
+#: (a report written from records read before another process's merge would drop that row).
+ABLATION_RECORD_LOCK = ".ablation.json.merge-lock"
+
+
+def _agree(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a decision every rank must take alike); ``value`` alone
+    when not distributed."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 class TablesError(ValueError):
@@ -259,7 +279,8 @@ class Run:
         self.code = code_version()  # the code that runs, read before anything can change it
         if not args.resume and is_rank0():  # the stages asked for start over; the others stay
             for stage in args.stages:
-                (args.work_dir / f"{stage}.json").unlink(missing_ok=True)
+                if stage != "ablation":  # its rows start over one by one (run_ablation): other processes' rows stay
+                    (args.work_dir / f"{stage}.json").unlink(missing_ok=True)
 
     def log(self, text: str) -> None:
         if is_rank0():
@@ -552,42 +573,59 @@ class Run:
         self.compress_stage("deepcomp", self.deep_compression_recipe, "dense", "control", self.main_loaders, extra=han)
 
     # -- ablation (Table C) ---------------------------------------------------------------------
+    def _ablation_key(self, steps: int) -> dict[str, Any]:
+        """What makes Table C rows comparable: their retraining steps, the recipe, the dense net they
+        start from and the data they see. Rows recorded under another key are run again."""
+        if getattr(self, "_dense_digest_cache", None) is None:
+            self._dense_digest_cache = _dense_digest(self.args.work_dir)
+        a = self.args
+        return {"steps": steps, "settings": self.recipe.to_dict(), "dense_weights_digest": self._dense_digest_cache,
+                "data": {"seed": a.seed, "subset": a.subset, "validation": a.validation, "resolution": a.resolution, "test_subset": a.test_subset}}
+
     def _ablation_record(self, steps: int) -> dict[str, Any]:
-        """The ablation record on disk, or a fresh one if it was made with other steps or settings
-        (its rows are all run again)."""
+        """The ablation record on disk, or a fresh one if its rows were made under another key
+        (a key the record predates, e.g. a record from before the dense digest was kept, matches)."""
         record = self.record("ablation") or {"modes": {}}
-        settings = self.recipe.to_dict()
-        return record if record.get("steps") == steps and record.get("settings", settings) == settings else {"modes": {}}
+        stale = [name for name, value in self._ablation_key(steps).items() if record.get(name, value) != value]
+        if stale and record["modes"]:
+            self.log(f"ablation: the recorded row(s) {', '.join(record['modes'])} were made with another {', '.join(stale)}; they are run again")
+            return {"modes": {}}
+        return record
 
     def run_ablation(self) -> None:
+        """Table C's rows, one mode after another. Several processes may run it side by side, each
+        given other modes (--ablation-modes): a row is run under its own lock (a second process asked
+        for the same row skips it), and merged into the record on disk under the record's lock, so
+        no process drops or re-runs another's row. Without --resume the rows asked for are run again;
+        the others stay."""
         loaders = self.main_loaders()
         steps = self.args.ablation_steps or (2 if self.args.smoke else max(1, len(loaders[0]) // 2))
-        previous = self._ablation_record(steps)
         for mode in self.args.ablation_modes:
-            if mode in previous["modes"]:
-                self.log(f"ablation {mode}: already done")
-                continue
-            seed_everything(self.args.seed)
-            model, dense = self.dense_model()
-            recipe = dataclasses.replace(
-                self.recipe,
-                regularizer=dataclasses.replace(self.recipe.regularizer, mode=mode),
-                retrain=dataclasses.replace(self.recipe.retrain, epochs=1, max_steps_per_epoch=steps),
-            )  # masked and codebook fine-tuning as in the full run
-            self.log(f"ablation {mode}: {steps} retraining steps")
-            row = self.compress_and_deploy(f"ablation-{mode}", recipe, model, loaders, self.count_size())
-            row.pop("layers")
-            row.update(self.provenance())  # rows may come from different invocations
-            top1_dense = self._dense_top1(dense, loaders[2])
-            # Modes may run in parallel processes (--ablation-modes): each merges its row into the
-            # record as it stands on disk now, under a lock, so no process drops another's row.
-            lock = _exclusive(self.args.work_dir / ".ablation.json.merge-lock") if is_rank0() else contextlib.nullcontext()
-            with lock:  # rank 0 alone writes records; the other ranks wait at save_record's barrier
-                current = self._ablation_record(steps)
-                current["modes"][mode] = row
-                current.update(steps=steps, settings=self.recipe.to_dict(), batch_size=self.recipe.data.batch_size, top1_dense=top1_dense, finetune="as the full run")
-                self.save_record("ablation", current)
-            previous = current
+            with _exclusive(self.args.work_dir / f".ablation-{mode}.lock", wait=False) if is_rank0() else contextlib.nullcontext(True) as mine:
+                if not _agree(mine):
+                    self.log(f"ablation {mode}: another process is running this row; skipped")
+                    continue
+                if _agree(self.args.resume and mode in self._ablation_record(steps)["modes"]):  # read now: another process may have finished it
+                    self.log(f"ablation {mode}: already done")
+                    continue
+                seed_everything(self.args.seed)
+                model, dense = self.dense_model()
+                recipe = dataclasses.replace(
+                    self.recipe,
+                    regularizer=dataclasses.replace(self.recipe.regularizer, mode=mode),
+                    retrain=dataclasses.replace(self.recipe.retrain, epochs=1, max_steps_per_epoch=steps),
+                )  # masked and codebook fine-tuning as in the full run
+                self.log(f"ablation {mode}: {steps} retraining steps")
+                row = self.compress_and_deploy(f"ablation-{mode}", recipe, model, loaders, self.count_size())
+                row.pop("layers")
+                row.update(self.provenance())  # rows may come from different invocations
+                top1_dense = self._dense_top1(dense, loaders[2])
+                lock = _exclusive(self.args.work_dir / ABLATION_RECORD_LOCK) if is_rank0() else contextlib.nullcontext()
+                with lock:  # rank 0 alone writes records; the other ranks wait at save_record's barrier
+                    current = self._ablation_record(steps)
+                    current["modes"][mode] = row
+                    current.update(self._ablation_key(steps), batch_size=self.recipe.data.batch_size, top1_dense=top1_dense, finetune="as the full run")
+                    self.save_record("ablation", current)
 
     def _dense_top1(self, dense: dict[str, Any], test_loader: Any) -> float:
         """The dense baseline's top-1 on this stage's test set (re-measured when it is a subset)."""
@@ -1351,7 +1389,8 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     lines += ["Produced by (stage by stage, in this order; each stage resumes and is reused by the next):", "", "```"]
     invocations: dict[tuple[str, str, str], list[str]] = {}
     for stage, record in records.items():
-        rows = [(f"{stage} {mode}", row) for mode, row in record["modes"].items() if "command" in row] if stage == "ablation" else []
+        # a row records its own invocation; one from before rows did is the record's
+        rows = [(f"{stage} {mode}", row if "command" in row else record) for mode, row in record["modes"].items()] if stage == "ablation" else []
         for label, source in rows or [(stage, record)]:
             invocations.setdefault((_shown(source["command"]), source["date"], source["code"]), []).append(label)
     for (command, date, code), stages in invocations.items():
@@ -1509,7 +1548,9 @@ def main(spec: NetworkSpec, argv: list[str] | None = None) -> int:
         if TUNE in args.stages:
             args.recipe = spec.recipe  # the report is the committed recipe's; the candidate's record lists its own
         if is_rank0():
-            path = write_report(spec, args)
+            lock = _exclusive(args.work_dir / ABLATION_RECORD_LOCK) if args.work_dir.is_dir() else contextlib.nullcontext()
+            with lock:  # read the records and write their report after any merge in flight
+                path = write_report(spec, args)
             run.log(f"wrote {path}" if path else "no table yet (no dense epoch has finished)")
         return 0
     except (TablesError, ValueError, FileNotFoundError) as error:

@@ -240,7 +240,7 @@ def compress(
     teacher = copy.deepcopy(model) if recipe.distills() else None
 
     def distillation(config: StageConfig) -> list[Any]:
-        return [Distillation(teacher, config.distill, config.distill_temperature, task)] if config.distill > 0 else []
+        return [Distillation(teacher, config.distill, config.distill_temperature, task)] if config.distilling else []
 
     regularizer = build_regularizer(model, recipe)
     if getattr(regularizer, "learnable", False):  # joint sparsity's learnable coefficients: record the resolved a

@@ -51,10 +51,6 @@ class StageConfig:
     distill: float = 0.0
     distill_temperature: float = 4.0
 
-    # Fields added after recipes were first fingerprinted: to_dict leaves them out while they hold
-    # their defaults, so work directories, stage records and tuning digests of runs that do not
-    # use them stay valid.
-    _omit_at_default = ("distill", "distill_temperature")
 
     _checks = {
         "distill": (lambda v: v >= 0 and math.isfinite(v), "must be a finite number >= 0"),
@@ -67,6 +63,18 @@ class StageConfig:
         "schedule": (lambda v: v in ("cosine", "step", "constant"), "must be 'cosine', 'step' or 'constant'"),
         "max_steps_per_epoch": (lambda v: v >= 0, "must be >= 0"),
     }
+
+    @property
+    def distilling(self) -> bool:
+        """Whether this stage trains against the teacher (a stage of 0 epochs trains not at all)."""
+        return self.distill > 0 and self.epochs > 0
+
+    def omitted_from_fingerprint(self) -> tuple[str, ...]:
+        """Keys added after recipes were first fingerprinted, left out of ``to_dict`` while
+        distillation is off, so work directories, stage records and tuning digests of runs that do
+        not distil stay valid. While it is on, both are in: a run's fingerprint then names its
+        temperature, even at the default."""
+        return ("distill", "distill_temperature") if self.distill == 0 else ()
 
     def train_config(self, *, seed: int, device: str, progress: bool) -> TrainConfig:
         """The trainer's settings for this stage (step lines off: the stage logs per epoch)."""
@@ -222,16 +230,13 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         for section in dataclasses.fields(self):
-            config = getattr(self, section.name)
-            defaults = type(config)()
-            for key in getattr(config, "_omit_at_default", ()):
-                if getattr(config, key) == getattr(defaults, key):
-                    del data[section.name][key]
+            for key in getattr(getattr(self, section.name), "omitted_from_fingerprint", tuple)():
+                del data[section.name][key]
         return data
 
     def distills(self) -> bool:
         """Whether any training stage distils from the dense model (a teacher is kept)."""
-        return any(stage.distill > 0 and stage.epochs > 0 for stage in (self.retrain, self.finetune, self.codebook))
+        return any(stage.distilling for stage in (self.retrain, self.finetune, self.codebook))
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .layers import prunable_layers, resolve_per_layer, winograd_layers
@@ -85,10 +86,13 @@ class _SmallSquareSum(torch.autograd.Function):
         large = torch.nn.functional.hardshrink(values, threshold)  # v where |v| > threshold, else 0
         small = torch.sub(values, large, out=large)  # reuses the buffer: a fresh 150 MB one costs its page faults
         ctx.save_for_backward(small)
-        dots = [torch.dot(block, block) for block in small.reshape(-1).split(1 << 16)]
+        # half-precision inputs are summed in float32, as the docstring says
+        wide = small if small.dtype in (torch.float32, torch.float64) else small.float()
+        dots = [torch.dot(block, block) for block in wide.reshape(-1).split(1 << 16)]
         return torch.stack(dots).double().sum().to(values.dtype) if dots else values.new_zeros(())
 
     @staticmethod
+    @once_differentiable  # the saved masked copy is no graph: a second derivative must fail, not read 0
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (small,) = ctx.saved_tensors
         return small * (2 * grad), None

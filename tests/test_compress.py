@@ -157,3 +157,9 @@ def test_distilling_finetune_reruns_from_the_finetune_with_the_teacher_hook(tmp_
     assert "Distillation" in hooks["finetune"] and "Distillation" not in hooks["codebook"]  # only the stage that asks distils
     distilled = torch.load(work / "finetune.done", weights_only=True)["model"]
     assert any(not torch.equal(plain[name], distilled[name]) for name in plain)  # the teacher term moved the weights
+
+
+def test_a_stage_of_no_epochs_asking_to_distil_runs_without_a_teacher(tmp_path):
+    # distills() keeps no teacher for a 0-epoch stage; the stage must not ask for one either
+    lines, _ = _run(tmp_path, {"codebook": {"epochs": 0, "distill": 1.0}}, resume=False)
+    assert any(line.startswith("[codebook] skipped (0 epochs)") for line in lines)

@@ -156,6 +156,30 @@ def test_a_missed_accuracy_target_says_where_the_points_went(tmp_path):
     assert "The rule's 0.1 pt is 6 of the 6,000 validation images; one standard error of a validation top-1 near 89% is 0.41 pt" in md
 
 
+def test_table_c_rows_of_another_dense_net_or_data_are_run_again(tmp_path, capsys):
+    from resnet18_tables import SPEC
+
+    work = tmp_path / "work"
+    args = paper_tables.parse_args(SPEC, ["--work-dir", str(work), "--out-dir", str(tmp_path / "out"), "--stages", "ablation"])
+    run = paper_tables.Run(SPEC, args)
+    key = run._ablation_key(7)
+    row = {"top1_spatial": 90.0}
+    (work / "ablation.json").write_text(json.dumps({**key, "modes": {"spatial": row}}))
+    assert run._ablation_record(7)["modes"] == {"spatial": row}
+    legacy = {name: value for name, value in key.items() if name not in ("dense_weights_digest", "data")}  # a record from before these keys
+    (work / "ablation.json").write_text(json.dumps({**legacy, "modes": {"spatial": row}}))
+    assert run._ablation_record(7)["modes"] == {"spatial": row}
+    (work / "ablation.json").write_text(json.dumps({**key, "dense_weights_digest": "0123456789abcdef", "modes": {"spatial": row}}))
+    assert run._ablation_record(7) == {"modes": {}}
+    assert "the recorded row(s) spatial were made with another dense_weights_digest; they are run again" in capsys.readouterr().out
+    (work / "ablation.json").write_text(json.dumps({**key, "data": {**key["data"], "seed": 1}, "modes": {"spatial": row}}))
+    assert run._ablation_record(7) == {"modes": {}} and run._ablation_record(8) == {"modes": {}}
+    # the per-row lock: a second holder is told at once, not made to wait
+    with paper_tables._exclusive(work / ".ablation-spatial.lock") as first:
+        with paper_tables._exclusive(work / ".ablation-spatial.lock", wait=False) as second:
+            assert first and not second
+
+
 def test_validation_is_carved_from_training_with_a_fixed_seed():
     import torch
 
@@ -322,6 +346,14 @@ def test_smoke_run_writes_every_table(tmp_path, name):
             assert run.returncode == 0, err[-2000:]
         merged = json.loads((work_b / f"{name}_tables.json").read_text())
         assert merged["ablation"] == payload["ablation"]
+        # one row run again (--no-resume) leaves the others' rows; a row another process holds is skipped
+        again = run_script(name, *common, "--no-resume", "--ablation-modes", "joint")
+        assert again.returncode == 0 and "ablation joint: 2 retraining steps" in again.stdout, again.stderr[-2000:]
+        assert set(json.loads((work_b / "ablation.json").read_text())["modes"]) == {"spatial", "winograd", "joint"}
+        with paper_tables._exclusive(work_b / ".ablation-spatial.lock") as held:
+            assert held
+            busy = run_script(name, *common, "--no-resume", "--ablation-modes", "spatial")
+        assert busy.returncode == 0 and "ablation spatial: another process is running this row; skipped" in busy.stdout
         # a candidate recipe that changes only the bits: scored on validation, kept beside the
         # report, and trained no further than its quantization (the joint stage's retrain and
         # fine-tune are reused)

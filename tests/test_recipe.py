@@ -33,8 +33,11 @@ def test_distillation_keys_appear_only_when_used():
     assert all("distill" not in plain[stage] and "distill_temperature" not in plain[stage] for stage in ("retrain", "finetune", "codebook"))
     assert not Recipe().distills()
     recipe = parse_recipe({"finetune": {"distill": 0.5}})
-    assert recipe.to_dict()["finetune"]["distill"] == 0.5 and "distill_temperature" not in recipe.to_dict()["finetune"]
+    # while a stage distils, its fingerprint names the temperature too, default or not
+    assert recipe.to_dict()["finetune"]["distill"] == 0.5 and recipe.to_dict()["finetune"]["distill_temperature"] == 4.0
     assert recipe.distills() and not parse_recipe({"finetune": {"distill": 0.5, "epochs": 0}}).distills()
+    # a temperature without distillation changes nothing
+    assert parse_recipe({"finetune": {"distill_temperature": 2.0}}).to_dict() == plain
     assert parse_recipe(recipe.to_dict()) == recipe
 
 

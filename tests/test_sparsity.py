@@ -301,3 +301,16 @@ def test_small_square_sum_keeps_float32_accuracy_over_large_tensors():
     values = torch.randn(3_000_000, generator=torch.Generator().manual_seed(2))
     exact = float(values.double().square().mul(values.double().abs() <= 1.0).sum())
     assert float(small_square_sum(values, 1.0)) == pytest.approx(exact, rel=1e-6)
+
+
+def test_small_square_sum_sums_half_precision_in_float32_and_refuses_a_second_derivative():
+    from jointsparse.sparsity import small_square_sum
+
+    values = (torch.randn(200_000, generator=torch.Generator().manual_seed(3)) * 0.5).to(torch.bfloat16)
+    exact = float(values.double().square().mul(values.double().abs() <= 1.0).sum())
+    result = small_square_sum(values, 1.0)
+    assert result.dtype == torch.bfloat16 and float(result) == pytest.approx(exact, rel=1e-2)  # one bfloat16 rounding, not 200K
+    weights = torch.randn(50, requires_grad=True)
+    (grad,) = torch.autograd.grad(small_square_sum(weights, 1.0), weights, create_graph=True)
+    with pytest.raises(RuntimeError):  # an error, never a silent zero second derivative
+        grad.sum().backward()

@@ -2,7 +2,8 @@
 
 Compression ratio = 32 x (every parameter of the original model: weights, biases, BatchNorm) /
 (8 x the file size on disk). The weights-only ratio, which papers quote, is
-32 x (compressed weight count) / (8 x (position + index stream bytes + 4 bytes per codebook entry)).
+32 x (compressed weight count) / (8 x (position + index stream bytes + the codebooks' bytes: each entry
+at its stored width, 4 bytes for float32 and 2 for version 4's float16)).
 """
 
 from __future__ import annotations
