@@ -11,7 +11,7 @@ CPU proxy, as committed (a 2-core machine: the dense stage on both cores, then t
 control stages side by side on one core each; the results file lists the exact invocations; the
 work directory is git-ignored, so an interrupted run resumes from it)::
 
-    python experiments/resnet18_tables.py --stages dense --threads 2 --dense-max-epochs 8 --work-dir experiments/work/resnet18
+    python experiments/resnet18_tables.py --stages dense --threads 2 --work-dir experiments/work/resnet18
     taskset -c 0 python experiments/resnet18_tables.py --stages joint --threads 1 --work-dir experiments/work/resnet18 &
     taskset -c 1 python experiments/resnet18_tables.py --stages control --threads 1 --work-dir experiments/work/resnet18
 
