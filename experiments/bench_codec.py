@@ -18,8 +18,12 @@ and cv2 are stubbed by experiments/nncodec_stubs, NNCodec imports them but this 
 
     python experiments/bench_codec.py                 # both models and ctsrcnn.jsz, 3 repeats
     python experiments/bench_codec.py --quick         # LeNet-5 only, 1 repeat
-    python experiments/bench_codec.py --jsz experiments/results/ctsrcnn.jsz demo-out/model.jsz \\
-        --nncodec /path/to/venv/bin/python --out experiments/results/bench_codec.md"""
+    python experiments/bench_codec.py --jsz experiments/results/ctsrcnn.jsz experiments/results/demo_vgg_small.jsz \\
+        experiments/results/alexnet_tables.jsz experiments/results/resnet18_tables.jsz \\
+        --nncodec /path/to/venv/bin/python --out experiments/results/bench_codec.md
+
+experiments/results/demo_vgg_small.jsz is the demo's file (``bash scripts/demo.sh OUT`` writes it as
+OUT/model.jsz), committed so that the benchmark's inputs are all in the repository."""
 
 from __future__ import annotations
 
