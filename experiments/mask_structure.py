@@ -15,6 +15,11 @@ since they pay nothing for their side information:
 A layer whose oracles sit near 1.0x has a near-i.i.d. map: no context model of these kinds can
 code it much below its order-0 bound.
 
+A second table does the same for the codebook indices: their order-0 bound against the oracle that
+codes each index with the empirical distribution of the indices that follow the same previous
+non-zero index of its row (the first of a row: its own context). Filters whose kept weights share
+a sign or a magnitude show it there.
+
     python experiments/mask_structure.py experiments/results/alexnet_tables.jsz --group fc6.weight=36
 """
 
@@ -28,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from jointsparse.codecs import FormatError
+from jointsparse.codecs.container import load
 from jointsparse.codecs.model_codec import decode_state
 from jointsparse.info import info_payload
 
@@ -57,6 +63,26 @@ def group_oracle_bits(matrix: np.ndarray, group: int) -> float:
     return float(count_bits + place_bits)
 
 
+def _count_bits(counts: np.ndarray) -> float:
+    """Bits of coding symbols with these counts by their own empirical distribution."""
+    counts = counts[counts > 0].astype(np.float64)
+    return float(-(counts * np.log2(counts / counts.sum())).sum())
+
+
+def previous_index_oracle_bits(indices: np.ndarray, rows: np.ndarray) -> tuple[float, float]:
+    """(order-0 bits, oracle bits given the previous non-zero index of the same row) of a layer's
+    codebook ``indices`` in coding order, ``rows`` each one's row (non-decreasing)."""
+    indices = indices.astype(np.int64)
+    if indices.size == 0:
+        return 0.0, 0.0
+    size = int(indices.max()) + 1
+    previous = np.empty_like(indices)
+    previous[0], previous[1:] = size, indices[:-1]
+    previous[np.r_[True, rows[1:] != rows[:-1]]] = size  # the first of its row
+    joint = np.bincount(previous * size + indices, minlength=(size + 1) * size).reshape(size + 1, size)
+    return _count_bits(np.bincount(indices, minlength=size)), sum(_count_bits(row) for row in joint)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("file", type=Path)
@@ -66,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         groups = {name: int(size) for name, size in (item.split("=", 1) for item in args.group)}
         _, state, _ = decode_state(args.file)
         layers = info_payload(str(args.file), None)["report"]["layers"]
+        stored = load(args.file).layers
     except (ValueError, OSError, FormatError) as error:
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -89,6 +116,19 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     print("\n".join(rows))
     print(f"| total | | | {totals[0]:,.0f} | {totals[1]:,.0f} | {totals[0] / totals[1]:.4f} | | | |")
+    print(f"\nCodebook indices of `{args.file}` (bytes; the oracle is a lower bound without side information)\n")
+    print("| layer | non-zeros | coded idx B | order-0 B | given the previous index in the row / order-0 |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    index_totals = np.zeros(3)
+    for layer in layers:
+        if layer["name"] not in stored:
+            continue
+        quantized = stored[layer["name"]].quantized
+        per_row = math.prod(quantized.shape[1:])
+        order0, given = (bits / 8 for bits in previous_index_oracle_bits(np.asarray(quantized.indices), np.asarray(quantized.positions) // per_row))
+        index_totals += (layer["index_bytes"], order0, given)
+        print(f"| {layer['name']} | {quantized.nnz:,} | {layer['index_bytes']:,} | {order0:,.0f} | {given / order0 if order0 else 1.0:.4f} |")
+    print(f"| total | | {index_totals[0]:,.0f} | {index_totals[1]:,.0f} | {index_totals[2] / max(index_totals[1], 1e-12):.4f} |")
     return 0
 
 

@@ -31,13 +31,28 @@ def test_dense_rows_and_whole_groups_are_found():
     assert mask_structure.group_oracle_bits(groups, 16) < 0.1 * mask_structure.order0_bits(groups)
 
 
+def test_index_oracle_sees_neighbours_that_share_values_and_nothing_in_iid_ones():
+    rng = np.random.default_rng(2)
+    rows = np.repeat(np.arange(500), 40)
+    iid = rng.integers(0, 32, rows.size)
+    order0, given = mask_structure.previous_index_oracle_bits(iid, rows)
+    assert 0.95 < given / order0 <= 1.0  # the oracle's own overfitting on 33 x 32 counts, nothing more
+    runs = np.repeat(rng.integers(0, 32, rows.size // 4), 4)  # each value four times in a row
+    order0, given = mask_structure.previous_index_oracle_bits(runs, rows)
+    assert given < 0.5 * order0
+    assert mask_structure.previous_index_oracle_bits(np.array([], dtype=np.int64), np.array([], dtype=np.int64)) == (0.0, 0.0)
+
+
 def test_the_script_totals_the_files_position_bytes(capsys):
     from jointsparse.info import info_payload
 
     path = ROOT / "experiments" / "results" / "ctsrcnn.jsz"
     assert mask_structure.main([str(path)]) == 0
     total = sum(layer["position_bytes"] for layer in info_payload(str(path), None)["report"]["layers"] if layer.get("position_bytes"))
-    assert f"| total | | | {total:,} |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"| total | | | {total:,} |" in out
+    indices = sum(layer["index_bytes"] for layer in info_payload(str(path), None)["report"]["layers"])
+    assert f"| total | | {indices:,} |" in out
 
 
 @pytest.mark.parametrize("args, message", [(["--group", "conv2.weight=7"], "not a multiple of --group 7"), (["--group", "conv2.weight"], "error:")])
