@@ -1519,7 +1519,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
                "dense_epochs": dense.get("epochs_total"), "dense_converged": dense.get("converged"), "dense_val_top1": dense.get("val_top1"),
                "dense_curve_val_top1": [point["val_top1"] for point in dense.get("curve", [])],
                "dense_control_epochs": control["epochs"] if control else None, "dense_weights_digest": digest,
-               "command": "; ".join(dict.fromkeys(_shown(record["command"]) for record in records.values())), "date": joint["date"], "machine": machine_summary()}
+               "command": "; ".join(command for command, _, _ in invocations), "date": joint["date"], "machine": machine_summary()}
     if pending_highres:
         payload["highres"] = {key: value for key, value in pending_highres.items() if key != "text"}
     if "highres" in records:
