@@ -34,6 +34,7 @@ import numpy as np
 
 from jointsparse.codecs import FormatError
 from jointsparse.codecs.container import load
+from jointsparse.codecs.entropy import order0_entropy_bits
 from jointsparse.codecs.model_codec import decode_state
 from jointsparse.info import info_payload
 
@@ -63,12 +64,6 @@ def group_oracle_bits(matrix: np.ndarray, group: int) -> float:
     return float(count_bits + place_bits)
 
 
-def _count_bits(counts: np.ndarray) -> float:
-    """Bits of coding symbols with these counts by their own empirical distribution."""
-    counts = counts[counts > 0].astype(np.float64)
-    return float(-(counts * np.log2(counts / counts.sum())).sum())
-
-
 def previous_index_oracle_bits(indices: np.ndarray, rows: np.ndarray) -> tuple[float, float]:
     """(order-0 bits, oracle bits given the previous non-zero index of the same row) of a layer's
     codebook ``indices`` in coding order, ``rows`` each one's row (non-decreasing)."""
@@ -80,7 +75,7 @@ def previous_index_oracle_bits(indices: np.ndarray, rows: np.ndarray) -> tuple[f
     previous[0], previous[1:] = size, indices[:-1]
     previous[np.r_[True, rows[1:] != rows[:-1]]] = size  # the first of its row
     joint = np.bincount(previous * size + indices, minlength=(size + 1) * size).reshape(size + 1, size)
-    return _count_bits(np.bincount(indices, minlength=size)), sum(_count_bits(row) for row in joint)
+    return order0_entropy_bits(np.bincount(indices, minlength=size)), sum(order0_entropy_bits(row) for row in joint)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,9 +147,9 @@ class NetworkSpec:
     # Deep Compression's kept fraction per layer for equal accuracy (Han et al.'s published figures); None: no such row
     deep_compression_density: dict[str, float] | None = None
     deep_compression_source: str = ""
-    # how the recipe's settings were chosen (what was tuned on what), for the report
     # said beside the accuracy target's verdict when the recipe was chosen with test figures in view
     accuracy_caveat: str = ""
+    # how the recipe's settings were chosen (what was tuned on what), for the report
     recipe_note: str = ("The recipe itself (the `a` values, the densities, the stage epochs and learning rates) is unchanged from the issue-7 run, "
                         "where it was set while looking at test figures; it was not re-tuned on validation here.")
 
@@ -989,9 +989,8 @@ def _rule_resolution(dense: dict[str, Any]) -> str:
     images = dense.get("validation_images")
     if not images:
         return ""
-    p = dense["val_top1"] / 100
     return (f" The rule's {dense['min_gain']:g} pt is {dense['min_gain'] / 100 * images:.0f} of the {images:,} validation images; one standard error of "
-            f"a validation top-1 near {dense['val_top1']:.0f}% is {100 * math.sqrt(p * (1 - p) / images):.2f} pt, so the rule stops on a flat curve, "
+            f"a validation top-1 near {dense['val_top1']:.0f}% is {_standard_error_points(dense['val_top1'], images):.2f} pt, so the rule stops on a flat curve, "
             "not on a proven optimum; the equal-epoch control below measures what more training gives.")
 
 
@@ -1162,18 +1161,17 @@ def _ablation_verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
         return []
     text = []
     for key, domain in (("density", "spatial"), ("winograd_density", "Winograd")):
-        values = {mode: row[key] for mode, row in rows.items() if row.get(key) is not None}
-        if len(values) < 2:
+        spread = _density_spread(rows, key)
+        if spread is None:
             continue
-        low, high = min(values, key=values.get), max(values, key=values.get)
-        spread = values[high] - values[low]
-        if spread > DENSITY_TOLERANCE * values[high]:
+        low, high, low_value, gap, equal = spread
+        if not equal:
             why = (" (Winograd pruning keeps at most its target; where the spatially pruned weights have fewer non-zero Winograd coefficients "
                    "than the target keeps, a row lands lower)" if key == "winograd_density" else "")
-            text.append(f"The rows are **not** at equal {domain} density: the {low} row lands at {values[low]:.3f}, {spread:.3f} below the "
+            text.append(f"The rows are **not** at equal {domain} density: the {low} row lands at {low_value:.3f}, {gap:.3f} below the "
                         f"{high} row{why}.")
         else:
-            text.append(f"The rows are at equal {domain} density (within {spread:.3f}).")
+            text.append(f"The rows are at equal {domain} density (within {gap:.3f}).")
     # What decode-time Winograd pruning costs each row, apart from how well its spatial model does:
     # the part of the Winograd top-1 that the regularizer's Winograd term is there to protect.
     costs = {mode: row["top1_spatial"] - row["top1_winograd"] for mode, row in rows.items()}
@@ -1202,6 +1200,18 @@ def _ablation_verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
     return ["", " ".join(text)]
 
 
+def _density_spread(rows: dict[str, dict[str, Any]], key: str) -> tuple[str, str, float, float, bool] | None:
+    """(sparsest row, densest row, the sparsest's density, the gap, whether the gap is within
+    DENSITY_TOLERANCE of the densest) of the rows' ``key`` density; None with fewer than two rows
+    that have it."""
+    values = {mode: row[key] for mode, row in rows.items() if row.get(key) is not None}
+    if len(values) < 2:
+        return None
+    low, high = min(values, key=values.get), max(values, key=values.get)
+    gap = values[high] - values[low]
+    return low, high, values[low], gap, gap <= DENSITY_TOLERANCE * values[high]
+
+
 def _against_winograd_only(joint: dict[str, Any], winograd: dict[str, Any], images: int | None) -> str:
     """Whether the spatial term earns its place: joint against Winograd-only regularization."""
     ours, theirs = joint["top1_winograd"], winograd["top1_winograd"]
@@ -1222,8 +1232,13 @@ def _noise_points(a: float, b: float, images: int | None) -> float:
     errors); at least VERDICT_MARGIN_POINTS, and that alone when the count is unknown."""
     if not images:
         return VERDICT_MARGIN_POINTS
-    p, q = a / 100, b / 100
-    return max(VERDICT_MARGIN_POINTS, 200 * math.sqrt((p * (1 - p) + q * (1 - q)) / images))
+    return max(VERDICT_MARGIN_POINTS, 2 * math.hypot(_standard_error_points(a, images), _standard_error_points(b, images)))
+
+
+def _standard_error_points(top1: float, images: int) -> float:
+    """The binomial standard error, in points, of a top-1 of ``top1`` percent measured on ``images`` images."""
+    p = top1 / 100
+    return 100 * math.sqrt(p * (1 - p) / images)
 
 
 def _margin_meaning(images: int | None) -> str:
