@@ -1,4 +1,5 @@
-"""Build of the optional C extension ``jointsparse.nn._csparse`` (the sparse CPU kernels).
+"""Build of the optional C extensions: ``jointsparse.nn._csparse`` (the sparse CPU kernels) and
+``jointsparse.codecs._interleave`` (one step of decoding context-coded indices).
 
 Everything else about the package is in pyproject.toml. The extension is optional: if it does not
 compile (no C compiler, no Python headers), the package installs without it and the runtime layers
@@ -32,6 +33,9 @@ setup(
             extra_compile_args=compile_args,
             extra_link_args=link_args,
             optional=True,
-        )
+        ),
+        # The sequential step of decoding context-coded indices (jointsparse/codecs/index_context.py);
+        # without it that step runs in Python, ~100x slower.
+        Extension("jointsparse.codecs._interleave", sources=["jointsparse/codecs/_interleave.c"], extra_compile_args=["-O3", "-std=c11"], optional=True),
     ]
 )

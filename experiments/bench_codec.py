@@ -1,4 +1,4 @@
-"""Codec benchmark: context-modelled positions (ans+ctx) vs order-0 ANS vs zstd vs NNCodec.
+"""Codec benchmark: context-modelled positions and indices (ans+ctx) vs order-0 ANS vs zstd vs NNCodec.
 
 Three sets of tensors. LeNet-5- and AlexNet-shaped random Gaussian weights at 90% spatial
 sparsity, k-means with 5 bits in every layer (real shapes, i.i.d. masks: no context can help
@@ -6,11 +6,12 @@ there, by construction). Then trained, pruned files (default: the committed
 experiments/results/ctsrcnn.jsz; pass more with --jsz, e.g. the demo's vgg_small model.jsz), whose
 quantized layers are re-coded (raw tensors left out, so every coder codes the same tensors).
 
-For each variant (ans with the ctx position coding, the default; ans with the order-0 codings of
-format version 1; zstd) it prints the code-and-write time, the decode time (load + dequantize,
+For each variant (ans with the ctx position and index codings, the default; ans with the order-0
+codings; zstd) it prints the code-and-write time, the decode time (load + dequantize,
 medians over repeats, one thread), the bytes of the position streams against their order-0 bound
 ``N H(nnz/N) / 8`` and against the context bound (the map's conditional entropy under the contexts
-the ctx coder picks), and the index streams against their order-0 bound. With ``--nncodec
+the ctx coder picks), and the index streams against their order-0 bound and their context bound
+(the indices' conditional entropy given the context the ctx index coder picks). With ``--nncodec
 PYTHON`` (a Python where ``pip install --no-deps nncodec==2.1.3`` was built, with numpy < 2, pybind11,
 scikit-learn, h5py, pandas and tqdm) it
 also codes the same integer level tensors with NNCodec (experiments/nncodec_run.py; torchvision
@@ -69,6 +70,7 @@ if str(ROOT) not in sys.path:
 from jointsparse.codecs import load, quantize_weight, save  # noqa: E402
 from jointsparse.codecs.context import context_entropy_bytes  # noqa: E402
 from jointsparse.codecs.entropy import bitmap_entropy_bytes  # noqa: E402
+from jointsparse.codecs.index_context import encode_context_indices, supports as supports_index_contexts  # noqa: E402
 from jointsparse.utils import atomic_write_text  # noqa: E402
 from jointsparse.provenance import machine_summary  # noqa: E402
 
@@ -171,6 +173,15 @@ def _context_bound(stored) -> float:
     return context_entropy_bytes(q.positions, q.shape) if q.numel else 0.0
 
 
+def _index_bound(stored) -> float:
+    """The indices' conditional empirical entropy under the contexts the ctx index coder picks
+    (bytes; their order-0 bound where it cannot run)."""
+    q = stored.quantized
+    if not supports_index_contexts(len(q.codebook), q.nnz):
+        return stored.indices.entropy_bytes
+    return encode_context_indices(q.indices, q.positions, q.shape, len(q.codebook))[2]
+
+
 VARIANTS = (("ans+ctx", "ans", True), ("ans order-0", "ans", False), ("zstd", "zstd", False))
 
 
@@ -182,8 +193,8 @@ def bench_layers(title: str, layers: dict, repeats: int, workdir: Path, nncodec:
     if note:
         lines += [note, ""]
     summary = [
-        "| variant | file bytes | code+write s wall / CPU | decode s wall / CPU | position B | pos / H0 | pos / H_ctx | index B / H0 (with model) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | file bytes | code+write s wall / CPU | decode s wall / CPU | position B | pos / H0 | pos / H_ctx | index B / H0 (with model) | idx / H_ctx |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     results = {}
     for label, coder, contexts in VARIANTS:
@@ -203,6 +214,7 @@ def bench_layers(title: str, layers: dict, repeats: int, workdir: Path, nncodec:
         stats = list(contents.layers.values())
         if label == VARIANTS[0][0]:
             bounds = {s.name: _context_bound(s) for s in stats}
+            index_bounds = {s.name: _index_bound(s) for s in stats}
         pos_b = sum(s.positions.nbytes for s in stats)
         pos_h = sum(bitmap_entropy_bytes(s.quantized.numel, s.quantized.nnz) for s in stats)
         pos_c = sum(bounds.values())
@@ -212,14 +224,15 @@ def bench_layers(title: str, layers: dict, repeats: int, workdir: Path, nncodec:
             streams = pos_b + idx_b  # the coded weights without codebooks or headers, for the NNCodec comparison
         summary.append(
             f"| {label} | {results[label][0]:,} | {encode_s:.2f} / {encode_cpu:.2f} | {decode_s:.2f} / {decode_cpu:.2f} | "
-            f"{pos_b:,} | {pos_b / pos_h:.4f} | {pos_b / pos_c:.4f} | {idx_b:,} / {idx_h:,.0f} = {idx_b / idx_h:.4f} |"
+            f"{pos_b:,} | {pos_b / pos_h:.4f} | {pos_b / pos_c:.4f} | {idx_b:,} / {idx_h:,.0f} = {idx_b / idx_h:.4f} | "
+            f"{idx_b / sum(index_bounds.values()):.4f} |"
         )
     nnc = _nncodec_bytes(layers, nncodec, workdir)
     ours = results[VARIANTS[0][0]][0]
     if nnc is not None:
         stream, codebooks = nnc
         summary.append(
-            f"| NNCodec 2.1.3 (DeepCABAC) | {stream:,} + {codebooks:,} codebook B = {stream + codebooks:,} | | | | | | |"
+            f"| NNCodec 2.1.3 (DeepCABAC) | {stream:,} + {codebooks:,} codebook B = {stream + codebooks:,} | | | | | | | |"
         )
         half = save(workdir / "half.jsz", layers, codebook_dtype="float16").stat().st_size  # format version 4's option
         summary += ["", f"Whole file (ans+ctx) / NNCodec (bitstream + float32 codebooks): {ours / (stream + codebooks):.4f}; "
@@ -233,18 +246,21 @@ def bench_layers(title: str, layers: dict, repeats: int, workdir: Path, nncodec:
     lines += [
         "Per stream, ans+ctx (bytes; H0 = the map's order-0 bound `N H(nnz/N) / 8`; H_ctx = its conditional "
         "entropy under the contexts the ctx coder picks, without side information and counts; order-0 = "
-        "the best of bitmap and gaps, as version 1 wrote it):",
+        "the best of bitmap and gaps, as version 1 wrote it; idx H_ctx = the indices' conditional entropy given "
+        "the context the ctx index coder picks, without its header and what its models learn; idx coding: ctx, or "
+        "ord0 where the order-0 stream was smaller):",
         "",
-        "| layer | non-zeros | coding | pos B | order-0 pos B | pos H0 | pos H_ctx | pos / H0 | pos / H_ctx | idx B | idx H0 | idx / H0 |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| layer | non-zeros | coding | pos B | order-0 pos B | pos H0 | pos H_ctx | pos / H0 | pos / H_ctx | idx coding | idx B | order-0 idx B | idx H0 | idx H_ctx | idx / H0 | idx / H_ctx |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, s in ctx_stats.items():
         p, i, q = s.positions, s.indices, s.quantized
         h0 = bitmap_entropy_bytes(q.numel, q.nnz)
         lines.append(
             f"| {name} | {q.nnz:,} of {q.numel:,} | {p.coding} | {p.nbytes:,} | {order0[name].positions.nbytes:,} | {h0:,.0f} | "
-            f"{bounds[name]:,.0f} | {p.nbytes / h0:.4f} | {p.nbytes / bounds[name]:.4f} | {i.nbytes:,} | {i.entropy_bytes:,.0f} | "
-            f"{i.nbytes / i.entropy_bytes:.4f} |"
+            f"{bounds[name]:,.0f} | {p.nbytes / h0:.4f} | {p.nbytes / bounds[name]:.4f} | {i.coding or 'ord0'} | {i.nbytes:,} | "
+            f"{order0[name].indices.nbytes:,} | {i.entropy_bytes:,.0f} | {index_bounds[name]:,.0f} | {i.nbytes / i.entropy_bytes:.4f} | "
+            f"{i.nbytes / index_bounds[name]:.4f} |"
         )
     return lines + [""]
 
@@ -291,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python experiments/bench_codec.py " + " ".join(argv if argv is not None else sys.argv[1:])
     command = re.sub(r"(--nncodec[ =])\S+", r"\1NNCODEC_PYTHON", command)  # a venv of this machine, not part of the figures
     header = [
-        "# Codec benchmark: context-modelled positions (ans+ctx) vs order-0 ANS vs zstd vs NNCodec",
+        "# Codec benchmark: context-modelled positions and indices (ans+ctx) vs order-0 ANS vs zstd vs NNCodec",
         "",
         f"Command: `{command.strip()}`",
         *(["", "NNCODEC_PYTHON: the interpreter of a venv with NNCodec 2.1.3 (`python -m venv V; V/bin/pip install \"numpy<2\" pybind11 "

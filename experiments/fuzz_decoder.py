@@ -76,7 +76,7 @@ WORKER_ADDRESS_SPACE = 12 << 30
 def seed_files() -> dict[str, bytes]:
     """Real files from the encoder: three architectures, both quantizers and coders, tiles 2 and 4,
     with and without Winograd pruning, float32 and (format version 4's options) float16 codebooks
-    and raw tensors."""
+    and raw tensors, order-0 and (format version 5, ``lenet5_ctx``) context-coded indices."""
     import torch
 
     from jointsparse.codecs import encode
@@ -93,6 +93,9 @@ def seed_files() -> dict[str, bytes]:
                          winograd=0.3),
         "vgg_small_half": dict(model=("vgg_small", {"width": 0.25, "hidden": 16}), size=[1, 16, 16], density=0.2,
                                quantizer="kmeans", bits=6, coder="ans", m=2, winograd=0.5, half=True),
+        # weights that wander along each row, so the ctx index coding (format version 5) wins
+        "lenet5_ctx": dict(model=("lenet5", {}), size=[1, 28, 28], density=0.3, quantizer="kmeans", bits=5, coder="ans", m=2,
+                           winograd=0.5, smooth=True),
     }
     files = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,6 +105,9 @@ def seed_files() -> dict[str, bytes]:
             with torch.no_grad():
                 for module in model.modules():
                     if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                        if spec.get("smooth"):
+                            walk = torch.randn(module.weight.shape[0], module.weight[0].numel()).cumsum(1)
+                            module.weight.copy_(walk.reshape(module.weight.shape) * module.weight.abs().mean())
                         keep = module.weight.abs() > module.weight.abs().flatten().quantile(1 - spec["density"])
                         module.weight.mul_(keep)
             path = Path(tmp) / f"{name}.jsz"

@@ -80,6 +80,11 @@ from jointsparse.utils import atomic_torch_save, atomic_write_text
 
 from tuning import TUNE, already_tried, load_records, record_path, reuse_trained_stages, tuning_lines, write_record  # a sibling script: its directory is on sys.path
 
+#: What a "+modified" code stamp means; the stamp cannot say which edits they were.
+MODIFIED_NOTE = ("`+modified`: the invocation started with uncommitted edits to the code it runs (jointsparse/ and "
+                 "experiments/ minus experiments/results since 1345d9a; before it, jointsparse/ only). They were committed "
+                 "later, but the stamp does not record which commit holds them.")
+
 STAGES = ("dense", "control", "joint", "ablation", "deepcomp", "highres-dense", "highres-control", "highres")
 HIGHRES_STAGES = ("highres-dense", "highres-control", "highres")
 ABLATION_MODES = ("spatial", "winograd", "joint")
@@ -1411,6 +1416,8 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     for (command, date, code), stages in invocations.items():
         lines.append(f"{command}    # {', '.join(stages)}: {date}, code {code}")
     lines += ["```", ""]
+    if any("+modified" in code for _, _, code in invocations):
+        lines += [MODIFIED_NOTE, ""]
     for stage in records:  # a stage that ran over several sittings: each resumed from the last one's checkpoints
         started = args.work_dir / f"{stage}.started.json"
         history = json.loads(started.read_text()) if started.is_file() else []

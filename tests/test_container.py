@@ -386,11 +386,11 @@ def _v3_frame(table: bytes, count: int, manifest_stored: bytes, body: bytes, man
 
 
 def test_version_3_frame_is_a_varint_table_without_section_crcs(small_file):
-    """Version 4 kept version 3's frame (it added only the manifest's codebook_dtype)."""
+    """Versions 4 and 5 kept version 3's frame (they added the manifest's codebook_dtype and the ctx index coding)."""
     from jointsparse.codecs.varint import get_varint
 
     data = small_file.read_bytes()
-    assert struct.unpack_from("<H", data, 8)[0] == 4
+    assert struct.unpack_from("<H", data, 8)[0] == 5
     count = struct.unpack_from("<I", data, 12)[0]
     manifest, sections = unpack(data)
     assert count == len(sections) == 1 + 2 * len(manifest["layers"]) + len(manifest["raw"])

@@ -110,7 +110,7 @@ def test_the_file_records_the_choice_and_decodes(tmp_path):
     order0 = save(tmp_path / "order0.jsz", layers, raw={"fc.bias": torch.arange(4.0)}, contexts=False)
     assert path.stat().st_size < order0.stat().st_size
     contents = load(path)
-    assert contents.manifest["version"] == VERSION == 4
+    assert contents.manifest["version"] == VERSION == 5
     codings = {name: entry["positions"]["coding"] for name, entry in ((e["name"], e) for e in contents.manifest["layers"])}
     assert codings["conv.weight"] == "ctx" and codings["fc.weight"] == "ctx"
     assert all(contents.layers[n].positions.coding != "ctx" for n in ("small.weight",))
@@ -189,7 +189,7 @@ def test_float16_codebooks_halve_the_section_and_decode_to_the_rounded_values(tm
     half = save(tmp_path / "half.jsz", layers, codebook_dtype="float16")
     values = sum(len(layer.codebook) for layer in layers.values())
     manifest, sections = unpack(half.read_bytes())
-    assert manifest["version"] == 4 and manifest["codebook_dtype"] == "float16"
+    assert manifest["version"] == VERSION and manifest["codebook_dtype"] == "float16"
     assert len(sections[0]) <= 2 * values < len(unpack(exact.read_bytes())[1][0]) + 2 * values
     assert half.stat().st_size < exact.stat().st_size
     contents = load(half)
@@ -223,8 +223,8 @@ def test_codebook_dtype_rules(tmp_path):
 def test_version_rules():
     data = FIXTURE_V1.read_bytes()
     manifest, sections = unpack(data)
-    for version in (0, 5, 7, 65535):
-        with pytest.raises(FormatError, match=f"^unknown .jsz version {version} \\(this reader knows versions 1, 2, 3 and 4\\)$"):
+    for version in (0, 6, 7, 65535):
+        with pytest.raises(FormatError, match=f"^unknown .jsz version {version} \\(this reader knows versions 1, 2, 3, 4 and 5\\)$"):
             loads(pack_text(b"{}", [], version=version))
     # the header and the manifest must agree
     import json

@@ -32,6 +32,13 @@ def test_the_memory_measurement_sees_torch_tensors(fuzz):
     assert size <= result["peak"] <= size + (8 << 20), result
 
 
+def test_the_seed_files_hold_every_coding(fuzz):
+    from jointsparse.codecs.framing import unpack
+
+    codings = {name: [layer["indices"].get("coding") for layer in unpack(data)[0]["layers"]] for name, data in fuzz.seed_files().items()}
+    assert "ctx" in codings["lenet5_ctx"] and "ctx" not in codings["vgg_small"]
+
+
 def test_cases_are_deterministic_and_pass_the_checksums(fuzz):
     seeds = fuzz.seed_files()
     first = [fuzz.make_case(seeds, 7, index) for index in range(20)]
@@ -48,11 +55,12 @@ def test_cases_are_deterministic_and_pass_the_checksums(fuzz):
 
 def test_a_short_campaign_finds_only_format_errors_within_the_budget(fuzz):
     # vgg_small: zstd streams; vgg_small_ans: ANS streams, its fc2 positions in the context coding;
-    # vgg_small_half: float16 codebooks and raw tensors (format version 4)
-    summary = fuzz.run_campaign(150, campaign_seed=1, seed_names=("vgg_small", "vgg_small_ans", "vgg_small_half"))
+    # vgg_small_half: float16 codebooks and raw tensors (format version 4); lenet5_ctx: context-coded
+    # indices (format version 5)
+    summary = fuzz.run_campaign(200, campaign_seed=1, seed_names=("vgg_small", "vgg_small_ans", "vgg_small_half", "lenet5_ctx"))
     assert summary["failures"] == []
     counts = summary["counts"]
-    assert sum(row.get("FormatError", 0) for row in counts.values()) > 150  # the mutations reach the checks
+    assert sum(row.get("FormatError", 0) for row in counts.values()) > 200  # the mutations reach the checks
     assert sum(row.get("ok", 0) for row in counts.values()) > 50  # and some files still decode
 
 

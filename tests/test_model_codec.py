@@ -397,7 +397,7 @@ def test_float16_codebooks_through_encode_decode_the_rounded_weights(tmp_path):
     path = tmp_path / "half.jsz"
     encode(model, path, quantized=quantized, winograd_sparsity=0.3, codebook_dtype="float16")
     _, state, manifest = decode_state(path)
-    assert manifest["version"] == 4 and manifest["codebook_dtype"] == "float16"
+    assert manifest["version"] == 5 and manifest["codebook_dtype"] == "float16"
     for name, layer in quantized.items():
         rounded = dataclasses.replace(layer, codebook=layer.codebook.astype(np.float16).astype(np.float32))
         assert torch.equal(state[name], rounded.dequantize()), name

@@ -506,6 +506,10 @@ def test_report_names_a_stage_that_ran_over_several_invocations(tmp_path):
     md = paper_tables.write_report(SPEC, paper_tables.parse_args(SPEC, ["--work-dir", str(work), "--out-dir", str(out)])).read_text()
     assert "The dense stage ran over 3 invocations (2026-12-01 to 2026-12-01; code aaa, bbb, ccc)" in md
     assert "The joint stage ran over" not in md
+    assert "`+modified`" not in md  # every stamp clean: no note
+    (work / "dense.json").write_text(json.dumps({"command": "python x.py", "date": "2026-12-02", "code": "ccc+modified", "seconds": 5.0, "epochs": 1, "lr": 0.01, "top1": 90.0}))
+    md = paper_tables.write_report(SPEC, paper_tables.parse_args(SPEC, ["--work-dir", str(work), "--out-dir", str(out)])).read_text()
+    assert "code ccc+modified" in md and paper_tables.MODIFIED_NOTE in md
 
 
 def test_torch_threads_come_from_the_stages_commands():

@@ -36,6 +36,9 @@ from .varint import get_varint, put_varint
 __all__ = [
     "CODERS",
     "adaptive_blocks",
+    "adaptive_pieces",
+    "ans_encode_pieces",
+    "decode_adaptive",
     "DEFAULT_CODER",
     "POSITION_CODINGS",
     "CONTEXT_CODING",
@@ -122,9 +125,7 @@ def _categorical(counts: np.ndarray):
 
 
 def _ans_payload(symbols: np.ndarray, model) -> bytes:
-    coder = constriction.stream.stack.AnsCoder()
-    coder.encode_reverse(symbols.astype(np.int32, copy=False), model)
-    return coder.get_compressed().astype("<u4").tobytes()
+    return ans_encode_pieces([(symbols, model)])
 
 
 def adaptive_blocks(count: int) -> list[tuple[int, int]]:
@@ -144,15 +145,41 @@ def _adaptive_model(seen: np.ndarray):
     return constriction.stream.model.Categorical(weights / weights.sum(), perfect=False)
 
 
-def _encode_adaptive(symbols: np.ndarray, alphabet: int) -> bytes:
-    blocks, seen = [], np.zeros(alphabet, dtype=np.int64)
+def adaptive_pieces(symbols: np.ndarray, alphabet: int) -> list[tuple[np.ndarray, object]]:
+    """The (block, model) pieces that code ``symbols`` under the adaptive model, in decoding order."""
+    pieces, seen = [], np.zeros(alphabet, dtype=np.int64)
     for start, stop in adaptive_blocks(symbols.size):
-        blocks.append((symbols[start:stop], _adaptive_model(seen)))
+        pieces.append((symbols[start:stop], _adaptive_model(seen)))
         seen += np.bincount(symbols[start:stop], minlength=alphabet)
+    return pieces
+
+
+def ans_encode_pieces(pieces: list[tuple[np.ndarray, object]]) -> bytes:
+    """One ANS payload (little-endian u32 words) coding ``pieces`` so that they decode in order."""
     coder = constriction.stream.stack.AnsCoder()
-    for block, model in reversed(blocks):  # a stack: the last block first, so the first decodes first
+    for block, model in reversed(pieces):  # a stack: the last piece first, so the first decodes first
         coder.encode_reverse(block.astype(np.int32, copy=False), model)
-    return bytes([_MODEL_ADAPTIVE]) + coder.get_compressed().astype("<u4").tobytes()
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def decode_adaptive(decoder, count: int, alphabet: int, out: np.ndarray) -> None:
+    """Decode ``count`` symbols of the adaptive model from ``decoder`` into ``out`` (the caller
+    turns constriction's errors into :class:`FormatError`)."""
+    seen = np.zeros(alphabet, dtype=np.int64)
+    for block_start, block_stop in adaptive_blocks(count):
+        _decode_chunks(decoder, _adaptive_model(seen), out, block_start, block_stop)
+        seen += np.bincount(out[block_start:block_stop], minlength=alphabet)
+
+
+def _decode_chunks(decoder, model, out: np.ndarray, start: int, stop: int) -> None:
+    # in chunks, so a long block never needs more than one chunk of int32 at a time
+    for chunk in range(start, stop, _DECODE_CHUNK):
+        end = min(stop, chunk + _DECODE_CHUNK)
+        out[chunk:end] = decoder.decode(model, end - chunk)
+
+
+def _encode_adaptive(symbols: np.ndarray, alphabet: int) -> bytes:
+    return bytes([_MODEL_ADAPTIVE]) + ans_encode_pieces(adaptive_pieces(symbols, alphabet))
 
 
 def _encode_ans(symbols: np.ndarray, alphabet: int, counts: np.ndarray, adaptive: bool = True) -> tuple[bytes, int]:
@@ -226,18 +253,12 @@ def _decode_ans(data: bytes, count: int, alphabet: int, dtype: np.dtype, adaptiv
         raise FormatError(f"ANS payload length {len(payload)} is not a multiple of 4")
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     out = np.empty(count, dtype=dtype)
-    blocks = [(0, count)] if model is not None else adaptive_blocks(count)
-    seen = np.zeros(alphabet, dtype=np.int64)
     try:
         decoder = constriction.stream.stack.AnsCoder(words)
-        for block_start, block_stop in blocks:
-            block_model = model if model is not None else _adaptive_model(seen)
-            # in chunks, so a long block never needs more than one chunk of int32 at a time
-            for start in range(block_start, block_stop, _DECODE_CHUNK):
-                stop = min(block_stop, start + _DECODE_CHUNK)
-                out[start:stop] = decoder.decode(block_model, stop - start)
-            if model is None:
-                seen += np.bincount(out[block_start:block_stop], minlength=alphabet)
+        if model is not None:
+            _decode_chunks(decoder, model, out, 0, count)
+        else:
+            decode_adaptive(decoder, count, alphabet, out)
         exhausted = decoder.is_empty()
     except FormatError:
         raise

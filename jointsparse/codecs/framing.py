@@ -31,10 +31,10 @@ MAGIC = b"\x89JSZ\r\n\x1a\n"
 END_MARKER = b"JSZE"
 #: The version this writer writes. Version 2 added the "ctx" position coding; version 3 the compact
 #: section table, the codebook section, the adaptive ANS model and a manifest without derivable
-#: fields; version 4 the manifest's ``codebook_dtype`` (float16 codebooks) (docs/format.md
-#: section 6). Files of every known version read as they always did.
-VERSION = 4
-KNOWN_VERSIONS = (1, 2, 3, 4)
+#: fields; version 4 the manifest's ``codebook_dtype`` (float16 codebooks); version 5 the "ctx"
+#: index coding (docs/format.md section 6). Files of every known version read as they always did.
+VERSION = 5
+KNOWN_VERSIONS = (1, 2, 3, 4, 5)
 FLAG_ZSTD_MANIFEST = 1
 _HEADER = struct.Struct("<8sHHIIIQ")
 _SECTION = struct.Struct("<QII")  # versions 1 and 2: length, CRC32, reserved zero

@@ -252,6 +252,13 @@ def validate_layer(
         streams[key] = {"coder": coder, "section": section, "symbols": symbols}
     if coding == CONTEXT_CODING and streams["positions"]["coder"] != "ans":
         raise FormatError(f"{where}: ctx position coding needs the ans coder")
+    index_coding = entry["indices"].get("coding")
+    if index_coding is not None:  # version 5: "ctx"; absent means order-0
+        if version < 5 or index_coding != CONTEXT_CODING:
+            raise FormatError(f"{where}: unknown index coding {index_coding!r} (in a version-{version} file; ctx is version 5)")
+        if streams["indices"]["coder"] != "ans":
+            raise FormatError(f"{where}: ctx index coding needs the ans coder")
+        streams["indices"]["coding"] = index_coding
     streams["positions"]["coding"] = coding
     position_symbol_count(coding, numel, nnz, streams["positions"]["symbols"])
     if streams["indices"]["symbols"] != nnz:

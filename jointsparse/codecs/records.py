@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .entropy import (
+    CONTEXT_CODING,
     GAP_ALPHABET,
     bitmap_entropy_bytes,
     decode_positions,
@@ -21,6 +22,8 @@ from .entropy import (
 )
 from .errors import FormatError
 from .framing import VERSION
+from .index_context import decode_context_indices, encode_context_indices
+from .index_context import supports as supports_index_contexts
 from .manifest import RAW_DTYPES
 from .quantize import MAX_BITS, QUANTIZERS, QuantizedLayer, index_dtype
 
@@ -39,7 +42,7 @@ class StreamStats:
     symbols: int
     alphabet: int
     entropy_bytes: float
-    coding: Optional[str] = None  # position streams: "bitmap", "gaps" or "ctx"
+    coding: Optional[str] = None  # positions: "bitmap", "gaps" or "ctx"; indices: "ctx" or None (order-0)
 
 
 @dataclass
@@ -94,7 +97,7 @@ def layer_record(
     name: str, layer: QuantizedLayer, coder: str, winograd: Optional[Mapping], sections: list[bytes], contexts: bool = True
 ) -> dict:
     """Code ``layer``'s two streams onto ``sections`` and return its version-3 manifest record.
-    ``contexts=False`` leaves out the ctx position coding (order-0 codings only).
+    ``contexts=False`` leaves out the ctx codings of positions and indices (order-0 codings only).
 
     The record names no section and leaves out what follows from other fields (docs/format.md
     section 2): ``sections`` must already hold the codebook section (the caller fills it with
@@ -103,8 +106,14 @@ def layer_record(
     _check_layer(name, layer)
     shape = tuple(layer.shape) if contexts else None
     coding, position_stream = encode_positions(layer.positions, layer.numel, coder, shape=shape)
-    index_stream = encode_symbols(layer.indices, max(1, len(layer.codebook)), coder)
-    sections += [position_stream.data, index_stream.data]
+    alphabet = max(1, len(layer.codebook))
+    index_data = encode_symbols(layer.indices, alphabet, coder).data
+    indices = {"coder": coder}
+    if contexts and coder == "ans" and supports_index_contexts(alphabet, layer.nnz):
+        context_data = encode_context_indices(layer.indices, layer.positions, layer.shape, alphabet)[0]
+        if len(context_data) < len(index_data):  # kept only where it wins (format version 5)
+            index_data, indices = context_data, {"coder": coder, "coding": CONTEXT_CODING}
+    sections += [position_stream.data, index_data]
     positions = {"coding": coding, "coder": coder}
     if coding == "gaps":  # escapes make its length something the decoder cannot work out
         positions["symbols"] = position_stream.count
@@ -118,7 +127,7 @@ def layer_record(
         "dither": None if layer.quantizer != "universal" else {"seed": int(layer.dither_seed), "step": _shortest_float32(layer.dither_step)},
         "nnz": layer.nnz,
         "positions": positions,
-        "indices": {"coder": coder},
+        "indices": indices,
         "winograd": _winograd_entry(winograd),
     }
 
@@ -169,7 +178,10 @@ def decode_layer(entry: dict, sections: list[memoryview], version: int = VERSION
             sections[pos["section"]], pos["coding"], pos["symbols"], numel, nnz, pos["coder"], tuple(entry["shape"]), adaptive=adaptive
         )
         alphabet = max(1, len(entry["codebook"]))
-        indices, index_model = decode_symbols(sections[idx["section"]], nnz, alphabet, idx["coder"], adaptive=adaptive)
+        if idx.get("coding") == CONTEXT_CODING:
+            indices, index_model = decode_context_indices(sections[idx["section"]], positions, entry["shape"], nnz, alphabet)
+        else:
+            indices, index_model = decode_symbols(sections[idx["section"]], nnz, alphabet, idx["coder"], adaptive=adaptive)
     except FormatError as error:
         raise FormatError(f"layer {name!r}: {error}") from None
     position_alphabet = GAP_ALPHABET if pos["coding"] == "gaps" else 2
@@ -195,7 +207,7 @@ def decode_layer(entry: dict, sections: list[memoryview], version: int = VERSION
     )
     index_stats = StreamStats(
         idx["coder"], len(sections[idx["section"]]), index_model, nnz, alphabet,
-        order0_entropy_bits(np.bincount(indices, minlength=alphabet)) / 8 if nnz else 0.0,
+        order0_entropy_bits(np.bincount(indices, minlength=alphabet)) / 8 if nnz else 0.0, idx.get("coding"),
     )
     return StoredLayer(name, entry["module"], entry["kind"], quantized, position_stats, index_stats, entry["winograd"])
 

@@ -56,6 +56,7 @@ def report(path: Union[str, os.PathLike], *, max_expansion: Optional[float] = DE
             "position_coding": stored.positions.coding,
             "position_coder": stored.positions.coder,
             "index_coder": stored.indices.coder,
+            "index_coding": stored.indices.coding or "ord0",  # ord0: order-0
             "position_bytes": stored.positions.nbytes,
             "position_model_bytes": stored.positions.model_bytes,
             "position_entropy_bytes": stored.positions.entropy_bytes,
@@ -123,20 +124,20 @@ def _fmt(value, spec: str = "") -> str:
 
 def format_report(rep: dict) -> str:
     """A fixed-width text table of :func:`report`'s result."""
-    header = f"{'layer':<24} {'params':>10} {'nnz':>9} {'dens':>6} {'W dens':>6} {'b':>2} {'pos':>4} {'pos B':>9} {'(H0)':>9} {'idx B':>9} {'(H0)':>9} {'bits/nz':>7}"
+    header = f"{'layer':<24} {'params':>10} {'nnz':>9} {'dens':>6} {'W dens':>6} {'b':>2} {'pos':>4} {'pos B':>9} {'(H0)':>9} {'idx':>4} {'idx B':>9} {'(H0)':>9} {'bits/nz':>7}"
     lines = [header, "-" * len(header)]
     for row in rep["layers"]:
         lines.append(
             f"{row['name'][:24]:<24} {row['params']:>10} {row['nnz']:>9} {_fmt(row['density'], '.3f'):>6} "
             f"{_fmt(row['winograd_density'], '.3f'):>6} {row['bits']:>2} {row['position_coding'][:4]:>4} "
-            f"{row['position_bytes']:>9} {row['position_entropy_bytes']:>9.0f} {row['index_bytes']:>9} "
+            f"{row['position_bytes']:>9} {row['position_entropy_bytes']:>9.0f} {row['index_coding'][:4]:>4} {row['index_bytes']:>9} "
             f"{row['index_entropy_bytes']:>9.0f} {_fmt(row['bits_per_nonzero'], '.2f'):>7}"
         )
     t = rep["total"]
     lines.append("-" * len(header))
     lines.append(
         f"{'total':<24} {t['params']:>10} {t['nnz']:>9} {_fmt(t['density'], '.3f'):>6} {_fmt(t['winograd_density'], '.3f'):>6} "
-        f"{'':>2} {'':>4} {t['position_bytes']:>9} {t['position_entropy_bytes']:>9.0f} {t['index_bytes']:>9} "
+        f"{'':>2} {'':>4} {t['position_bytes']:>9} {t['position_entropy_bytes']:>9.0f} {'':>4} {t['index_bytes']:>9} "
         f"{t['index_entropy_bytes']:>9.0f} {_fmt(t['bits_per_nonzero'], '.2f'):>7}"
     )
     lines.append(
