@@ -445,7 +445,7 @@ MUTATORS: dict[str, Callable[[Case, random.Random], None]] = {
     "text": mutate_text,
 }
 #: How often each seed file is the starting point (resnet20 is the slowest to decode).
-SEED_WEIGHTS = {"lenet5": 3, "vgg_small": 4, "vgg_small_ans": 3, "resnet20": 1, "vgg_small_half": 2}
+SEED_WEIGHTS = {"lenet5": 3, "vgg_small": 4, "vgg_small_ans": 3, "resnet20": 1, "vgg_small_half": 2, "lenet5_ctx": 3}
 #: Relative frequency of each mutator; a case applies one, or with some probability two or three.
 WEIGHTS = {"value": 3, "number": 4, "delete": 1, "winograd": 3, "shape": 4, "counts": 2, "stream": 4, "raw": 1, "arch": 1,
            "input_size": 1, "text": 1}

@@ -36,7 +36,7 @@ def test_the_seed_files_hold_every_coding(fuzz):
     from jointsparse.codecs.framing import unpack
 
     codings = {name: [layer["indices"].get("coding") for layer in unpack(data)[0]["layers"]] for name, data in fuzz.seed_files().items()}
-    assert "ctx" in codings["lenet5_ctx"] and "ctx" not in codings["vgg_small"]
+    assert "ctx" in codings["lenet5_ctx"] and "ctx" not in codings["vgg_small_ans"]
 
 
 def test_cases_are_deterministic_and_pass_the_checksums(fuzz):

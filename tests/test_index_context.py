@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from jointsparse.codecs import FormatError, QuantizedLayer, load, loads, save
+from jointsparse.codecs import FormatError, QuantizedLayer, load, loads, read_manifest, save
 from jointsparse.codecs import index_context
 from jointsparse.codecs.entropy import encode_symbols
 from jointsparse.codecs.framing import pack, unpack
+from jointsparse.codecs.report import report
+from jointsparse.codecs.varint import get_varint
 from jointsparse.codecs.index_context import decode_context_indices, encode_context_indices, first_in_row
 
 FIXTURE_V4 = Path(__file__).parent / "data" / "format_v4.jsz"
@@ -65,7 +67,7 @@ def test_round_trip_on_awkward_layers(shape, density, alphabet, compiled, monkey
     data, header, bound = encode_context_indices(layer.indices, layer.positions, shape, alphabet)
     decoded, decoded_header = decode_context_indices(data, layer.positions, shape, layer.nnz, alphabet)
     assert decoded.dtype == np.uint8 and np.array_equal(decoded, layer.indices)
-    assert decoded_header == header and 1 <= data[0] <= alphabet and 0 <= bound <= len(data)
+    assert decoded_header == header and 1 <= get_varint(data, 0)[0] <= alphabet and 0 <= bound <= len(data)
 
 
 def test_correlated_indices_code_below_the_order_0_stream():
@@ -104,6 +106,8 @@ def test_the_record_keeps_ctx_only_where_it_wins(tmp_path):
     assert contents.layers["walk.weight"].indices.coding == "ctx" and contents.layers["iid.weight"].indices.coding is None
     assert contents.layers["walk.weight"].indices.nbytes < contents.layers["walk.weight"].indices.entropy_bytes  # below order 0
     assert load(save(tmp_path / "zstd.jsz", layers, coder="zstd")).layers["walk.weight"].indices.coding is None
+    codings = {row["name"]: row["index_coding"] for row in report(path)["layers"]}  # what info shows
+    assert codings == {"walk.weight": "ctx", "iid.weight": "ord0"}
 
 
 def test_a_version_4_file_still_decodes():
@@ -135,14 +139,22 @@ def _ctx_file(tmp_path) -> tuple[dict, list[bytes]]:
         (4, {"coder": "ans", "coding": "ctx"}, r"unknown index coding 'ctx' \(in a version-4 file; ctx is version 5\)"),
         (5, {"coder": "ans", "coding": "bitmap"}, r"unknown index coding 'bitmap'"),
         (5, {"coder": "zstd", "coding": "ctx"}, r"ctx index coding needs the ans coder"),
+        (5, {"coder": "ans", "coding": None}, r"unknown index coding None"),  # absent means order-0; null is not a second spelling
+        (5, {"coder": "ans", "coding": "ctx", "codebook": 1}, r"ctx index coding needs 2\.\.255 codebook entries"),
     ],
 )
 def test_manifest_rules(tmp_path, version, indices, message):
+    """Refused from the manifest alone (read_manifest, as info reads it), before any stream."""
     manifest, sections = _ctx_file(tmp_path)
     edited = json.loads(json.dumps(manifest))
-    edited["version"], edited["layers"][0]["indices"] = version, indices
+    edited["version"], edited["layers"][0]["indices"] = version, {k: v for k, v in indices.items() if k != "codebook"}
+    if "codebook" in indices:
+        edited["layers"][0]["codebook"] = indices["codebook"]
+        sections[0] = sections[0][:4]  # the codebook section holds that one float32 value
+    path = tmp_path / "edited.jsz"
+    path.write_bytes(pack(edited, sections))
     with pytest.raises(FormatError, match=message):
-        loads(pack(edited, sections))
+        read_manifest(path)
 
 
 def _decode(data: bytes, layer: QuantizedLayer, alphabet: int = 15):
@@ -210,7 +222,16 @@ def test_the_c_helper_checks_its_inputs():
         "not an ascending split ": (symbols, np.array([0, 1, 1, 2], np.int64), first, context_of),
         "symbol 1 outside an alphabet of 1": (symbols, starts, first, np.array([1], np.uint8)),
         "buffer sizes disagree": (symbols, starts, first[:2], context_of),
+        "not an ascending split  ": (symbols, np.array([1, 1, 1, 3], np.int64), first, context_of),
     }
     for message, arguments in refused.items():
         with pytest.raises(ValueError, match=message.strip()):
             interleave(*arguments, np.empty(3, np.uint8))
+    # a wrong dtype is refused, never read as other memory
+    for arguments, name in (((symbols, starts.astype(np.int32), first, context_of, out), "starts must be int64"),
+                            ((symbols.astype(np.int16), starts, first, context_of, out), "by_context must be uint8"),
+                            ((symbols, starts, first.astype(bool), context_of, out), "first_in_row must be uint8")):
+        with pytest.raises(TypeError, match=name):
+            interleave(*arguments)
+    with pytest.raises(BufferError):
+        interleave(symbols, starts, first, context_of, b"abc")  # out must be writable

@@ -18,14 +18,38 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+
+/* A C-contiguous buffer of items of `itemsize` bytes whose format ends in one of `formats`
+ * ("B": uint8; "lq": int64), so a caller's wrong dtype is an error, never misread memory. */
+static int get_buffer(PyObject *object, Py_buffer *view, Py_ssize_t itemsize, const char *formats, int writable, const char *name) {
+    if (PyObject_GetBuffer(object, view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
+    const char *format = view->format ? view->format : "B";
+    char code = format[0] ? format[strlen(format) - 1] : 0;
+    if (view->itemsize != itemsize || !code || !strchr(formats, code)) {
+        PyErr_Format(PyExc_TypeError, "interleave: %s must be %s", name, itemsize == 1 ? "uint8" : "int64");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
 
 static PyObject *interleave(PyObject *self, PyObject *args) {
+    PyObject *objects[5];
+    if (!PyArg_ParseTuple(args, "OOOOO", &objects[0], &objects[1], &objects[2], &objects[3], &objects[4])) return NULL;
     Py_buffer by_context, starts, first, context_of, out;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*w*", &by_context, &starts, &first, &context_of, &out)) return NULL;
+    Py_buffer *views[5] = {&by_context, &starts, &first, &context_of, &out};
+    static const char *names[5] = {"by_context", "starts", "first_in_row", "context_of", "out"};
+    for (int k = 0; k < 5; k++) {
+        if (get_buffer(objects[k], views[k], k == 1 ? 8 : 1, k == 1 ? "lq" : "B", k == 4, names[k]) < 0) {
+            while (k--) PyBuffer_Release(views[k]);
+            return NULL;
+        }
+    }
     PyObject *result = NULL;
-    Py_ssize_t n = by_context.len, contexts = starts.len / (Py_ssize_t)sizeof(int64_t) - 1, alphabet = context_of.len;
+    Py_ssize_t n = by_context.len, contexts = starts.len / 8 - 1, alphabet = context_of.len;
     int64_t *next = NULL;
-    if (first.len != n || out.len != n || contexts < 1 || starts.len % (Py_ssize_t)sizeof(int64_t)) {
+    if (first.len != n || out.len != n || contexts < 1) {
         PyErr_SetString(PyExc_ValueError, "interleave: buffer sizes disagree");
         goto done;
     }
@@ -36,7 +60,7 @@ static PyObject *interleave(PyObject *self, PyObject *args) {
         goto done;
     }
     for (Py_ssize_t c = 0; c < contexts; c++) {
-        if (bounds[c] < (c ? bounds[c - 1] : 0) || bounds[c + 1] < bounds[c] || bounds[contexts] != n) {
+        if (bounds[0] != 0 || bounds[c + 1] < bounds[c] || bounds[contexts] != n) {
             PyErr_SetString(PyExc_ValueError, "interleave: context bounds are not an ascending split of the symbols");
             goto done;
         }

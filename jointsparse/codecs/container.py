@@ -76,8 +76,8 @@ def save(
     ``recipe`` and ``provenance`` (e.g. the data set and command line) are stored as given; both
     must be plain JSON values. ``input_size`` ([C, H, W]) and ``maps`` (per layer name,
     ``{"output_size": [H, W], "groups": g}``) record the shapes MAC counts need (optional keys).
-    ``contexts``: with the ans coder, also try the context-modelled position coding per layer
-    (kept where it is smaller); False writes order-0 position codings only. ``codebook_dtype``:
+    ``contexts``: with the ans coder, also try the context-modelled position and index codings per
+    layer (each kept where it is smaller); False writes order-0 codings only. ``codebook_dtype``:
     ``"float32"`` (exact) or ``"float16"`` (half the codebook bytes; every value rounded, refused
     where that overflows).
     """

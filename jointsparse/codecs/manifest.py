@@ -14,6 +14,8 @@ from .codebooks import CODEBOOK_DTYPES, unpack_codebooks
 from .entropy import CODERS, CONTEXT_CODING, POSITION_CODINGS, position_symbol_count
 from .errors import FormatError
 from .framing import KNOWN_VERSIONS
+from .index_context import MAX_ALPHABET as INDEX_CONTEXT_MAX_ALPHABET
+from .index_context import supports as supports_index_contexts
 from .quantize import MAX_BITS, QUANTIZERS
 
 __all__ = ["RAW_DTYPES", "MAX_NDIM", "MAX_WINOGRAD_OUTPUT", "MAX_WINOGRAD_TILE", "CODEBOOK_SECTION", "validate_manifest", "planned_bytes"]
@@ -252,12 +254,14 @@ def validate_layer(
         streams[key] = {"coder": coder, "section": section, "symbols": symbols}
     if coding == CONTEXT_CODING and streams["positions"]["coder"] != "ans":
         raise FormatError(f"{where}: ctx position coding needs the ans coder")
-    index_coding = entry["indices"].get("coding")
-    if index_coding is not None:  # version 5: "ctx"; absent means order-0
+    if "coding" in entry["indices"]:  # version 5: "ctx"; absent (never null) means order-0
+        index_coding = entry["indices"]["coding"]
         if version < 5 or index_coding != CONTEXT_CODING:
             raise FormatError(f"{where}: unknown index coding {index_coding!r} (in a version-{version} file; ctx is version 5)")
         if streams["indices"]["coder"] != "ans":
             raise FormatError(f"{where}: ctx index coding needs the ans coder")
+        if not supports_index_contexts(len(codebook), nnz):
+            raise FormatError(f"{where}: ctx index coding needs 2..{INDEX_CONTEXT_MAX_ALPHABET} codebook entries and a non-zero")
         streams["indices"]["coding"] = index_coding
     streams["positions"]["coding"] = coding
     position_symbol_count(coding, numel, nnz, streams["positions"]["symbols"])
