@@ -70,6 +70,7 @@ if str(ROOT) not in sys.path:
 from jointsparse.codecs import load, quantize_weight, save  # noqa: E402
 from jointsparse.codecs.context import context_entropy_bytes  # noqa: E402
 from jointsparse.codecs.entropy import bitmap_entropy_bytes  # noqa: E402
+from jointsparse.codecs import index_context  # noqa: E402
 from jointsparse.codecs.index_context import encode_context_indices, supports as supports_index_contexts  # noqa: E402
 from jointsparse.utils import atomic_write_text  # noqa: E402
 from jointsparse.provenance import machine_summary  # noqa: E402
@@ -318,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         f"constriction {importlib.metadata.version('constriction')}, "
         f"Python {platform.python_version()}. Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}.",
         "",
-        f"Times are medians of {repeats} repeats (wall / process CPU); decode = load (validate, entropy-decode) + dequantize every layer.",
+        f"Times are medians of {repeats} repeats (wall / process CPU); decode = load (validate, entropy-decode) + dequantize every layer; "
+        f"the ctx index decoder's sequential step in {'the C helper jointsparse.codecs._interleave' if index_context._interleave else 'Python (the C helper is not built)'}.",
         "",
     ]
     body: list[str] = []
