@@ -235,3 +235,13 @@ def test_the_c_helper_checks_its_inputs():
             interleave(*arguments)
     with pytest.raises(BufferError):
         interleave(symbols, starts, first, context_of, b"abc")  # out must be writable
+
+
+def test_the_c_helper_is_built_where_required():
+    """CI sets JOINTSPARSE_REQUIRE_COMPILED=1: there, a failed build of the C helper is an error
+    instead of silently skipping its tests (and leaving the slower Python step to users)."""
+    import os
+
+    if os.environ.get("JOINTSPARSE_REQUIRE_COMPILED") != "1":
+        pytest.skip("JOINTSPARSE_REQUIRE_COMPILED is not set")
+    assert index_context._interleave is not None, "jointsparse.codecs._interleave is not built"
