@@ -7,6 +7,9 @@ since they pay nothing for their side information:
 - ``row x col``: each bit coded with ``P = clip(d_row * d_col / d)`` (``d_row``, ``d_col`` the exact
   densities of its row and column, ``d`` the layer's): what any coder of per-row and per-column
   densities could at best achieve (the ctx coder's buckets are a coarse version of it);
+- ``neighbours``: each bit coded given the bit before it in its row and the bit above it (same
+  column, previous row), four contexts with their exact empirical frequencies: what the map's
+  local correlations (runs along a row, filters that prune alike) could at best save;
 - ``group``: for a layer whose columns come in groups of ``g`` (``--group fc6.weight=36``: fc6 sees
   each pool5 value 36 times at the AlexNet proxy's 67 px, SPEC section 10), the count of ones per
   (row, group) coded with its exact empirical distribution, then which of the ``g`` bits, uniform.
@@ -52,6 +55,18 @@ def row_col_oracle_bits(matrix: np.ndarray) -> float:
     """Bits under the per-row x per-column density product model (side information free)."""
     rows, cols = matrix.mean(1, keepdims=True), matrix.mean(0, keepdims=True)
     return _entropy_bits(matrix, rows * cols / max(matrix.mean(), 1e-12))
+
+
+def neighbour_oracle_bits(matrix: np.ndarray) -> float:
+    """Bits of coding each bit given (the bit before it in its row, the bit above it), the first
+    column and the first row taking 0 for what they lack, with each context's exact frequency."""
+    bits = matrix.astype(np.int64)
+    left = np.zeros_like(bits)
+    left[:, 1:] = bits[:, :-1]
+    above = np.zeros_like(bits)
+    above[1:] = bits[:-1]
+    joint = np.bincount(((left * 2 + above) * 2 + bits).ravel(), minlength=8).reshape(4, 2)
+    return sum(order0_entropy_bits(row) for row in joint)
 
 
 def group_oracle_bits(matrix: np.ndarray, group: int) -> float:
@@ -105,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         grouped = "-" if group == 1 else f"{group_oracle_bits(matrix, group) / 8 / order0:.4f}"
         totals += (layer["position_bytes"], order0)
         rows.append(f"| {layer['name']} | {'x'.join(map(str, weight.shape))} | {matrix.mean():.3f} | {layer['position_bytes']:,} | {order0:,.0f} | "
-                    f"{layer['position_bytes'] / order0:.4f} | {row_col_oracle_bits(matrix) / 8 / order0:.4f} | {group} | {grouped} |")
+                    f"{layer['position_bytes'] / order0:.4f} | {row_col_oracle_bits(matrix) / 8 / order0:.4f} | "
+                    f"{neighbour_oracle_bits(matrix) / 8 / order0:.4f} | {group} | {grouped} |")
     print(f"Significance-map structure of `{args.file}` (bytes; oracles are lower bounds without side information)\n")
-    print("| layer | shape | density | coded pos B | order-0 B | coded / order-0 | row x col oracle / order-0 | group | group oracle / order-0 |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| layer | shape | density | coded pos B | order-0 B | coded / order-0 | row x col oracle / order-0 | neighbours oracle / order-0 | group | group oracle / order-0 |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     print("\n".join(rows))
-    print(f"| total | | | {totals[0]:,.0f} | {totals[1]:,.0f} | {totals[0] / totals[1]:.4f} | | | |")
+    print(f"| total | | | {totals[0]:,.0f} | {totals[1]:,.0f} | {totals[0] / totals[1]:.4f} | | | | |")
     print(f"\nCodebook indices of `{args.file}` (bytes; the oracle is a lower bound without side information)\n")
     print("| layer | non-zeros | coded idx B | order-0 B | given the previous index in the row / order-0 |")
     print("| --- | ---: | ---: | ---: | ---: |")

@@ -21,6 +21,7 @@ def test_an_iid_map_has_no_structure_to_exploit():
     order0 = mask_structure.order0_bits(matrix)
     assert 0.97 < mask_structure.row_col_oracle_bits(matrix) / order0 <= 1.0
     assert 0.97 < mask_structure.group_oracle_bits(matrix, 16) / order0 < 1.03
+    assert 0.999 < mask_structure.neighbour_oracle_bits(matrix) / order0 <= 1.0
 
 
 def test_dense_rows_and_whole_groups_are_found():
@@ -29,6 +30,10 @@ def test_dense_rows_and_whole_groups_are_found():
     assert mask_structure.row_col_oracle_bits(rows.astype(np.float64)) < 0.75 * mask_structure.order0_bits(rows.astype(np.float64))
     groups = np.repeat(rng.random((256, 32)) < 0.05, 16, axis=1).astype(np.float64)  # each group all ones or all zeros
     assert mask_structure.group_oracle_bits(groups, 16) < 0.1 * mask_structure.order0_bits(groups)
+    # runs along the rows and filters that prune alike: the neighbours see both
+    assert mask_structure.neighbour_oracle_bits(groups) < 0.5 * mask_structure.order0_bits(groups)
+    alike = np.repeat(rng.random((32, 512)) < 0.05, 8, axis=0).astype(np.float64)  # each row repeated 8 times
+    assert mask_structure.neighbour_oracle_bits(alike) < 0.3 * mask_structure.order0_bits(alike)
 
 
 def test_index_oracle_sees_neighbours_that_share_values_and_nothing_in_iid_ones():
