@@ -34,7 +34,7 @@ import torch
 
 from .entropy import adaptive_pieces, ans_encode_pieces, decode_adaptive, order0_entropy_bits
 from .errors import FormatError
-from .varint import get_varint, put_varint
+from .varint import get_varint, put_varint, varint_bytes
 
 try:
     from . import _interleave
@@ -93,14 +93,8 @@ def _estimated_bits(joint: np.ndarray, buckets: int) -> float:
     totals = counts.sum(1)
     half_alphabet = joint.shape[1] / 2
     nats = torch.lgamma(totals + half_alphabet) - math.lgamma(half_alphabet) - (torch.lgamma(counts + 0.5) - math.lgamma(0.5)).sum(1)
-    header = 8 * sum(len(_varint(int(n))) for n in [buckets] + totals[1:].tolist())
+    header = 8 * sum(len(varint_bytes(int(n))) for n in [buckets] + totals[1:].tolist())
     return float(nats[totals > 0].sum()) / math.log(2) + header
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    put_varint(out, value)
-    return bytes(out)
 
 
 def encode_context_indices(indices: np.ndarray, positions: np.ndarray, shape: Sequence[int], alphabet: int) -> tuple[bytes, int, float]:
