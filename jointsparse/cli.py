@@ -5,7 +5,7 @@ does not fit the model, a bad recipe value, an unknown dataset, an output anothe
 a file system that refuses an output: full, read-only, no permission); 1 an internal failure.
 Errors print one line; ``--debug`` shows the traceback.
 
-``train``, ``compress`` and ``decode`` lock their output (and ``compress`` its work directory)
+``train``, ``compress``, ``decode`` and ``recode`` lock their output (and ``compress`` its work directory)
 for the whole run, see :mod:`jointsparse.output_lock`.
 """
 
@@ -26,12 +26,16 @@ from . import __version__
 from .bench import bench_file, bench_model, format_bench
 from .checkpoint import ModelCheckpointError, load_model, save_model
 from .codecs import (
+    CODERS,
+    DEFAULT_CODER,
     FormatError,
     decode,
     decode_state,
     format_report,
+    recode,
     winograd_weights,
 )
+from .codecs.framing import VERSION
 from .compress import PipelineError, compress
 from .data import DataError, make_loaders
 from .data import canonical_name as canonical
@@ -76,7 +80,7 @@ def _outputs_of(args: argparse.Namespace) -> dict[str, Any]:
         return {"outputs": [args.output], "side_files": (".ckpt", ".jsonl")}
     if args.command == "compress":
         return {"outputs": [args.output], "work_dirs": [args.workdir or f"{args.output}.work"]}
-    if args.command == "decode":
+    if args.command in ("decode", "recode"):
         return {"outputs": [args.output]}
     return {"outputs": []}
 
@@ -549,6 +553,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_recode(args: argparse.Namespace) -> int:
+    out = _check_output(args.output, ".jsz")
+    _not_input(out, args.input)
+    before, after = recode(args.input, out, coder=args.coder, contexts=not args.order0)
+    print(f"wrote {out}: {before:,} -> {after:,} bytes ({after / before:.4f}x), format version {VERSION}, the same weights")
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if min(args.batch, args.repeats, args.threads) < 1:
         raise UsageError("--batch, --repeats and --threads must be >= 1")
@@ -725,6 +737,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", default=None, metavar="C,H,W", help="input size (default: recorded in the file)")
     _add_trust(p)
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+    p = command("recode", "write a .jsz file again in this version's format and coders: the same weights, usually fewer bytes",
+                "jointsparse recode old.jsz -o new.jsz", cmd_recode)
+    p.add_argument("input", help="the .jsz file (any format version this tool reads)")
+    p.add_argument("-o", "--output", required=True, help="the .jsz file to write (not the input; its directory must exist)")
+    p.add_argument("--coder", choices=CODERS, default=DEFAULT_CODER, help="entropy coder of the streams")
+    p.add_argument("--order0", action="store_true", help="order-0 codings only (no context-modelled positions or indices)")
 
     p = command("export", "export a .jsz file as ONNX (spatial deployment) or safetensors (state_dict + CSR Winograd weights)",
                 "jointsparse export model.jsz --format onnx -o model.onnx", cmd_export)

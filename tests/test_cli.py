@@ -399,3 +399,25 @@ def test_a_resumed_compress_writes_the_bytes_of_an_uninterrupted_one(tmp_path, m
     assert resumed.read_bytes() == uninterrupted.read_bytes()
     command = read_manifest(resumed)["provenance"]["command"]
     assert "--resume" not in command and "--output model.jsz" in command and " ../dense.pt " in command, command
+
+
+def test_recode_writes_an_older_file_in_this_version_and_refuses_bad_input(tmp_path, capsys):
+    from jointsparse import cli
+    from jointsparse.codecs import decode_state, load
+    from jointsparse.codecs.framing import VERSION
+
+    source = Path(__file__).parent / "data" / "format_v4.jsz"
+    out = tmp_path / "recoded.jsz"
+    assert cli.main(["recode", str(source), "-o", str(out)]) == 0
+    assert f"-> {out.stat().st_size:,} bytes" in capsys.readouterr().out
+    assert load(out).manifest["version"] == VERSION
+    old, new = decode_state(source)[1], decode_state(out)[1]
+    assert all(torch.equal(old[name], new[name]) for name in old)
+    truncated = tmp_path / "cut.jsz"
+    truncated.write_bytes(source.read_bytes()[:100])
+    for argv, message in (([str(truncated), "-o", str(tmp_path / "a.jsz")], "truncated"),
+                          ([str(out), "-o", str(out)], "is the input"),
+                          ([str(source), "-o", str(tmp_path / "a.pt")], "should end in .jsz")):
+        code, lines = cli_error(capsys, "recode", *argv)
+        assert code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "a.jsz").exists()

@@ -504,3 +504,41 @@ def test_the_codebook_section_round_trips_and_is_checked(small_file):
     for mutate, message in [(longer, "codebook section"), (not_finite, "finite float32")]:
         with pytest.raises(FormatError, match=message):
             loads(_reframed(small_file, mutate))
+
+
+@pytest.mark.parametrize("fixture", ["format_v1.jsz", "format_v2.jsz", "format_v3.jsz", "format_v4.jsz"])
+def test_recode_writes_the_same_weights_in_this_version(tmp_path, fixture):
+    from pathlib import Path
+
+    from jointsparse.codecs import decode_state, recode, winograd_weights
+    from jointsparse.codecs.container import VERSION
+
+    source = Path(__file__).parent / "data" / fixture
+    target = tmp_path / "recoded.jsz"
+    before, after = recode(source, target)
+    assert (before, after) == (source.stat().st_size, target.stat().st_size)
+    old, new = load(source), load(target)
+    assert new.manifest["version"] == VERSION and new.manifest["provenance"]["recoded"]["from_version"] == old.manifest["version"]
+    for key in ("arch", "recipe", "original_parameter_count", "input_size"):
+        assert new.manifest.get(key) == old.manifest.get(key)
+    for entry_old, entry_new in zip(old.manifest["layers"], new.manifest["layers"]):
+        assert {k: v for k, v in entry_old.items() if k not in ("positions", "indices")} == \
+               {k: v for k, v in entry_new.items() if k not in ("positions", "indices")}
+    (arch_old, state_old, _), (arch_new, state_new, _) = decode_state(source), decode_state(target)
+    assert arch_old == arch_new and state_old.keys() == state_new.keys()
+    assert all(torch.equal(state_old[name], state_new[name]) and state_old[name].dtype == state_new[name].dtype for name in state_old)
+    wino_old, wino_new = winograd_weights(source), winograd_weights(target)
+    assert wino_old.keys() == wino_new.keys() and all(torch.equal(wino_old[k]["weight"], wino_new[k]["weight"]) for k in wino_old)
+    again = tmp_path / "again.jsz"
+    recode(target, again)  # recoding a current file changes nothing but the provenance
+    assert load(again).manifest["layers"] == new.manifest["layers"]
+
+
+def test_recode_refuses_a_damaged_file_and_leaves_no_output(small_file, tmp_path):
+    from jointsparse.codecs import recode
+
+    damaged = tmp_path / "damaged.jsz"
+    damaged.write_bytes(small_file.read_bytes()[:-7])
+    with pytest.raises(FormatError):
+        recode(damaged, tmp_path / "out.jsz")
+    assert not (tmp_path / "out.jsz").exists()

@@ -2,11 +2,11 @@
 
 Public API: :func:`quantize_model` / :class:`QuantizedLayer`, :class:`CodebookFinetuner`,
 :func:`encode` / :func:`decode` / :func:`decode_state` / :func:`winograd_weights`,
-:func:`save` / :func:`load` / :func:`read_manifest`,
+:func:`save` / :func:`load` / :func:`read_manifest` / :func:`recode`,
 :func:`report` / :func:`format_report`, and :class:`FormatError` for bad files.
 """
 
-from .container import DEFAULT_MAX_EXPANSION, JszContents, load, loads, read_manifest, save
+from .container import DEFAULT_MAX_EXPANSION, JszContents, load, loads, read_manifest, recode, save
 from .entropy import CODERS, DEFAULT_CODER
 from .errors import FormatError
 from .finetune import CodebookFinetuner
@@ -33,6 +33,7 @@ __all__ = [
     "quantize_model",
     "quantize_weight",
     "read_manifest",
+    "recode",
     "report",
     "save",
     "winograd_weights",

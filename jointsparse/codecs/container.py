@@ -39,6 +39,7 @@ __all__ = [
     "pack",
     "unpack",
     "save",
+    "recode",
     "load",
     "loads",
     "read_manifest",
@@ -120,6 +121,43 @@ def save(
     if input_size is not None:
         manifest["input_size"] = [int(v) for v in input_size]
     return atomic_write_bytes(path, pack(manifest, sections))
+
+
+def recode(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    *,
+    coder: str = DEFAULT_CODER,
+    contexts: bool = True,
+    max_expansion: Optional[float] = DEFAULT_MAX_EXPANSION,
+) -> tuple[int, int]:
+    """Write ``source``'s weights again in this format version, with this version's coders: the
+    same quantized values (positions, indices, codebooks in their stored precision, dithers) and
+    the same raw tensors, architecture, recipe and map sizes; only the coding changes. The new
+    file's provenance adds ``recoded`` (the source's format version and tool). Returns
+    (source bytes, target bytes). Raises :class:`FormatError` for a bad source file."""
+    contents = load(source, max_expansion=max_expansion)
+    manifest = contents.manifest
+    entries = {entry["name"]: entry for entry in manifest["layers"]}
+    maps = {name: {"output_size": entry["output_size"], "groups": entry["groups"]} for name, entry in entries.items() if "output_size" in entry}
+    provenance = dict(manifest.get("provenance") or {})
+    provenance["recoded"] = {"from_version": manifest["version"], "from_tool": manifest["tool"]}
+    written = save(
+        target,
+        {name: stored.quantized for name, stored in contents.layers.items()},
+        contents.raw,
+        arch=manifest.get("arch"),
+        original_parameter_count=manifest["original_parameter_count"],
+        coder=coder,
+        winograd={name: stored.winograd for name, stored in contents.layers.items() if stored.winograd is not None},
+        recipe=manifest.get("recipe"),
+        provenance=provenance,
+        input_size=manifest.get("input_size"),
+        maps=maps or None,
+        contexts=contexts,
+        codebook_dtype=manifest.get("codebook_dtype", "float32"),
+    )
+    return contents.file_size, written.stat().st_size
 
 
 def _tool_version() -> str:
