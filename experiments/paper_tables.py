@@ -43,6 +43,14 @@ kept, each compression stage's per-epoch score) looks at validation; the test im
 once per reported figure.
 
 The tables land in ``--out-dir`` as ``<net>_tables.md`` and ``<net>_tables.json``.
+
+Every finished stage's record and invocation list is also copied to ``<out-dir>/<net>_stages/``
+(committed with the results). WORK's checkpoints go with the machine that ran them; the records
+are all the report needs, so a later sitting with a fresh WORK reports the stages an earlier one
+finished, as long as its dense model is the same (same weights digest; a different one sets the
+archived stages aside, since they started from other weights). A report that lacks results
+the finished tables in ``--out-dir`` hold (Tables A/B, Table C, the Deep Compression or the
+high-resolution row) goes to ``<net>_tables_pending.md`` / ``.json`` instead.
 """
 
 from __future__ import annotations
@@ -323,7 +331,9 @@ class Run:
     def save_record(self, stage: str, record: dict[str, Any]) -> None:
         record.update(self.provenance())
         if is_rank0():
-            atomic_write_text(self.args.work_dir / f"{stage}.json", json.dumps(record, indent=2, default=float) + "\n")
+            text = json.dumps(record, indent=2, default=float) + "\n"
+            atomic_write_text(self.args.work_dir / f"{stage}.json", text)
+            _archive_text(stage_archive(self.spec, self.args) / f"{stage}.json", text)
         _barrier()  # other ranks read rank 0's records and dense weights next
 
     def _done(self, stage: str, settings: dict[str, Any] | None = None, strict: bool = False) -> bool:
@@ -344,6 +354,7 @@ class Run:
             history = json.loads(started.read_text()) if started.is_file() else []
             history.append({"command": command_line(), "date": datetime.date.today().isoformat(), "code": self.code})
             atomic_write_text(started, json.dumps(history, indent=2) + "\n")
+            _archive_text(stage_archive(self.spec, self.args) / started.name, started.read_text())
         return done
 
     def new_model(self, num_classes: int) -> torch.nn.Module:
@@ -406,6 +417,7 @@ class Run:
             "min_gain": args.dense_min_gain, "lr": args.dense_lr, "polish_lr": args.dense_polish_lr, "num_classes": info.num_classes,
             "resolution": info.input_size, "train_images": info.train_size, "validation_images": len(val_loader.dataset),
             "test_images": info.test_size, "seconds": sum(point["seconds"] for point in curve) + time.perf_counter() - begin,
+            "weights_digest": _weights_digest(model),
         }
 
     def run_dense(self) -> None:
@@ -781,6 +793,84 @@ def _dense_digest(work: Path, stage: str = "dense") -> str | None:
     return _state_digest(torch.load(path, map_location="cpu", weights_only=True)) if path.is_file() else None
 
 
+def stage_archive(spec: NetworkSpec, args: argparse.Namespace) -> Path:
+    """Where finished stages' records and invocation lists are copied, beside the results."""
+    return args.out_dir / f"{spec.name}_stages"
+
+
+def _archive_text(path: Path, text: str) -> None:
+    if not (path.is_file() and path.read_text() == text):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+
+
+def _same_weights(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two records of a dense stage kept the same weights: by digest where both have one, else by
+    their test top-1 and validation curve (a record from before dense records kept a digest)."""
+    if a.get("weights_digest") and b.get("weights_digest"):
+        return a["weights_digest"] == b["weights_digest"]
+    curve = lambda record: [point["val_top1"] for point in record.get("curve", [])]  # noqa: E731
+    return a.get("top1") == b.get("top1") and curve(a) == curve(b)
+
+
+@dataclass
+class StageFiles:
+    """The finished stages' records and every stage's invocation list (``<stage>.started.json``),
+    from WORK, else from the archive (``from_archive``); ``set_aside`` names archived stages that
+    started from other dense weights than WORK's."""
+
+    records: dict[str, dict[str, Any]]
+    started: dict[str, list[dict[str, Any]]]
+    from_archive: list[str]
+    set_aside: list[str]
+
+    def lines(self, archive: Path) -> list[str]:
+        shown = os.path.relpath(archive)
+        lines = []
+        if self.from_archive:
+            lines.append(f"Read from the stage archive `{shown}/` (finished in an earlier sitting whose WORK is gone; the same dense weights): "
+                         f"{', '.join(self.from_archive)}.")
+        if self.set_aside:
+            lines.append(f"Set aside from the stage archive: {', '.join(self.set_aside)}, which started from other dense weights than this WORK's "
+                         "(git history keeps their records).")
+        return lines + [""] if lines else []
+
+
+def load_stage_files(spec: NetworkSpec, args: argparse.Namespace) -> StageFiles:
+    """WORK's stages, with the archive's for those WORK lacks; WORK's are copied into the archive.
+    A dense stage that WORK trained again with other weights sets aside the archived stages that
+    started from the old ones (``dense``: all of them; ``highres-dense``: the highres ones)."""
+    archive = stage_archive(spec, args)
+
+    def read(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        records = {stage: json.loads((directory / f"{stage}.json").read_text()) for stage in STAGES if (directory / f"{stage}.json").is_file()}
+        started = {stage: json.loads((directory / f"{stage}.started.json").read_text()) for stage in STAGES
+                   if (directory / f"{stage}.started.json").is_file()}
+        return records, started
+
+    work_records, work_started = read(args.work_dir)
+    old_records, old_started = read(archive) if archive.resolve() != args.work_dir.resolve() else ({}, {})
+    set_aside: list[str] = []
+    for base, descendants in (("dense", STAGES), ("highres-dense", HIGHRES_STAGES)):
+        if base in work_records and base in old_records and not _same_weights(work_records[base], old_records[base]):
+            set_aside += [stage for stage in descendants if stage in old_records and stage != base and stage not in set_aside]
+            for stage in descendants:
+                old_records.pop(stage, None)
+                old_started.pop(stage, None)
+    if is_rank0() and args.work_dir.is_dir():
+        for stage in set_aside:
+            (archive / f"{stage}.json").unlink(missing_ok=True)  # git history keeps them; the archive is WORK's lineage
+            (archive / f"{stage}.started.json").unlink(missing_ok=True)
+        for stage, record in work_records.items():
+            _archive_text(archive / f"{stage}.json", (args.work_dir / f"{stage}.json").read_text())
+        for stage in work_started:
+            _archive_text(archive / f"{stage}.started.json", (args.work_dir / f"{stage}.started.json").read_text())
+    records = {stage: work_records.get(stage, old_records.get(stage)) for stage in STAGES if stage in work_records or stage in old_records}
+    started = {stage: work_started.get(stage, old_started.get(stage)) for stage in STAGES if stage in work_started or stage in old_started}
+    from_archive = [stage for stage in records if stage not in work_records]
+    return StageFiles(records, started, from_archive, set_aside)
+
+
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -1088,13 +1178,13 @@ def _ablation_lines(args: argparse.Namespace, spec: NetworkSpec, records: dict[s
     return lines, payload
 
 
-def _highres_pending(spec: NetworkSpec, args: argparse.Namespace, records: dict[str, Any], resolution: int) -> dict[str, Any] | None:
+def _highres_pending(spec: NetworkSpec, records: dict[str, Any], started_stages: dict[str, Any], resolution: int) -> dict[str, Any] | None:
     """The no-copying row while it is not done: which of its stages have finished, said in Table B
     and in the JSON (``{"status": "pending", ...}``) rather than left out silently."""
     if not spec.highres_resolution or "highres" in records:
         return None
     done = [stage for stage in HIGHRES_STAGES if stage in records]
-    started = [stage for stage in HIGHRES_STAGES if stage not in records and (args.work_dir / f"{stage}.started.json").is_file()]
+    started = [stage for stage in HIGHRES_STAGES if stage not in records and stage in started_stages]
     state = "; ".join(part for part in (f"finished: {', '.join(done)}" if done else "", f"started: {', '.join(started)}" if started else "") if part) or "not started"
     text = (f"{spec.highres_resolution} px row (no copying): **pending** ({state}; `--stages {','.join(HIGHRES_STAGES)}` runs and resumes it). "
             f"Until it exists, every figure above is from the {resolution} px proxy, with the copying its proxy section describes.")
@@ -1308,9 +1398,10 @@ def _tuning_section(spec: NetworkSpec, args: argparse.Namespace, chosen: dict[st
     return lines, payload
 
 
-def _pending_report(spec: NetworkSpec, args: argparse.Namespace, records: dict[str, Any]) -> Path | None:
+def _pending_report(spec: NetworkSpec, args: argparse.Namespace, files: StageFiles) -> Path | None:
     """The report of a run whose joint stage has not finished: what has, what is pending, and the
     command that resumes it. None while no dense epoch has finished."""
+    records = files.records
     dense = records.get("dense")
     curve = dense["curve"] if dense else logged_dense_curve(args)
     if not curve:
@@ -1334,12 +1425,12 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, records: dict[s
         lines += ["Finished stages, produced by:", "", "```"]
         lines += [f"{_shown(record['command'])}    # {stage}: {record['date']}, code {record['code']}" for stage, record in finished]
         lines += ["```", ""]
-    started = [(stage, entry) for stage in pending if (args.work_dir / f"{stage}.started.json").is_file()
-               for entry in json.loads((args.work_dir / f"{stage}.started.json").read_text())]
+    started = [(stage, entry) for stage in pending for entry in files.started.get(stage, [])]
     if started:
         lines += ["Unfinished stages, started by (each invocation in turn):", "", "```"]
         lines += [f"{_shown(entry['command'])}    # {stage}: {entry['date']}, code {entry['code']}" for stage, entry in started]
         lines += ["```", ""]
+    lines += files.lines(stage_archive(spec, args))
     commands = [record["command"] for _, record in finished] + [entry["command"] for _, entry in started]
     lines += [f"Machine: {_machine()}, {_torch_threads(commands, args.threads)}. Recipe: `{os.path.relpath(args.recipe)}`. WORK: the run's work directory. "
               f"Report written {datetime.date.today().isoformat()} from WORK's state (`--report-only`).", "",
@@ -1373,9 +1464,6 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, records: dict[s
     ablation_lines, _ = _ablation_lines(args, spec, records)
     tuning, tuning_payload = _tuning_section(spec, args, None)
     lines += ablation_lines + tuning
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    md = args.out_dir / f"{spec.name}_tables.md"
-    atomic_write_text(md, "\n".join(lines) + "\n")
     payload = {key: None for key in ("compression_ratio", "weights_only_ratio", "macs_reduction_spatial", "macs_reduction_winograd",
                                      "macs_reduction_winograd_with_transforms", "top1_spatial", "top1_winograd", "file", "file_bytes")}
     payload.update(status="unfinished", pending=pending, resume=resume, top1_dense=dense["top1"] if dense else None,
@@ -1384,26 +1472,29 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, records: dict[s
                    train_images=dense["train_images"] if dense else _train_images(args), machine=machine_summary())
     if tuning_payload is not None:
         payload["tuning"] = tuning_payload
-    atomic_write_text(args.out_dir / f"{spec.name}_tables.json", json.dumps(payload, indent=2) + "\n")
-    return md
+    return _write_tables(spec, args, lines, payload, _lacking(spec, args, set()))
 
 
 def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
-    records = {stage: json.loads((args.work_dir / f"{stage}.json").read_text()) for stage in STAGES if (args.work_dir / f"{stage}.json").is_file()}
+    files = load_stage_files(spec, args)
+    records = files.records
     if "joint" not in records:
-        return _pending_report(spec, args, records)
+        return _pending_report(spec, args, files)
     joint, dense, control = records["joint"], records["dense"], records.get("control")
     for stage, control_stage in (("joint", "control"), ("deepcomp", "control"), ("highres", "highres-control")):
         if stage in records:  # a control finished after the row was compressed counts too
             records[stage]["dense_control_top1"] = records[control_stage]["top1"] if control_stage in records else None
     if "highres" in records and "settings" not in records["highres"]:
         del records["highres"]  # the capped, adapted row of the earlier code: the highres stage runs it again
-    joint["committed_file"] = commit_file(joint, args.out_dir / f"{spec.name}_tables.jsz")
+    holds = {"compression_ratio"} | {key for key, stage in (("deep_compression", "deepcomp"), ("ablation", "ablation"), ("highres", "highres")) if stage in records}
+    lacking = _lacking(spec, args, holds)
+    name = f"{spec.name}_tables" + ("_pending" if lacking else "")  # the finished tables, and their file, stay until a report holds all they hold
+    joint["committed_file"] = commit_file(joint, args.out_dir / f"{name}.jsz")
     for stage in ("joint", "highres", "deepcomp"):
         if stage in records:
             _fill_position_figures(records[stage], (3, spec.count_resolution, spec.count_resolution))
     if "highres" in records:
-        records["highres"]["committed_file"] = commit_file(records["highres"], args.out_dir / f"{spec.name}_tables_highres.jsz")
+        records["highres"]["committed_file"] = commit_file(records["highres"], args.out_dir / f"{name}_highres.jsz")
     resolution = joint["resolution"][0]
     lines = [f"# {spec.title}: the paper's compression tables, reproduced on {'ImageNet' if args.data.startswith('imagefolder:') else 'a CPU proxy'}", ""]
     lines += ["Produced by (stage by stage, in this order; each stage resumes and is reused by the next):", "", "```"]
@@ -1419,15 +1510,15 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     if any("+modified" in code for _, _, code in invocations):
         lines += [MODIFIED_NOTE, ""]
     for stage in records:  # a stage that ran over several sittings: each resumed from the last one's checkpoints
-        started = args.work_dir / f"{stage}.started.json"
-        history = json.loads(started.read_text()) if started.is_file() else []
+        history = files.started.get(stage, [])
         if len(history) > 1:
             codes = ", ".join(dict.fromkeys(entry["code"] for entry in history))
             lines.append(f"The {stage} stage ran over {len(history)} invocations ({history[0]['date']} to {history[-1]['date']}; code {codes}), each resuming "
-                         f"from the last one's per-epoch checkpoints; the line above is the one that finished it (`WORK/{stage}.started.json` lists them all).")
-    in_progress = [stage for stage in STAGES if stage not in records and (args.work_dir / f"{stage}.started.json").is_file()]
+                         f"from the last one's per-epoch checkpoints; the line above is the one that finished it (`WORK/{stage}.started.json` and its copy in the stage archive list them all).")
+    in_progress = [stage for stage in STAGES if stage not in records and stage in files.started]
     if in_progress:  # started in some sitting, not finished: their per-epoch checkpoints wait in WORK
         lines.append(f"Started, not finished (each resumes from its checkpoints when its `--stages` command is run again): {', '.join(in_progress)}.")
+    lines += [""] + files.lines(stage_archive(spec, args))
     lines += ["", "WORK: any scratch directory (checkpoints and stage records; the same one for every stage).", "",
               f"Machine: {_machine()}, {_torch_threads([r['command'] for r in records.values()], args.threads)}. Recipe: `{os.path.relpath(args.recipe)}`.", ""]
     lines += ["Wall time per stage (seconds):", ""]
@@ -1465,7 +1556,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
               "The compression ratio is 32-bit dense bytes of every parameter (the 10-class head and BatchNorm included) over the file's size on disk; "
               "weights only is the compressed layers' dense bytes over their coded streams and codebooks.", ""]
     lines += ["## Baselines", ""] + _dense_lines(dense)
-    digest = _dense_digest(args.work_dir)
+    digest = dense.get("weights_digest") or _dense_digest(args.work_dir)
     if digest:
         lines += [f"The kept dense weights' digest is `{digest}` (sha256 over the state dict's names and bytes, first 16 hex digits; "
                   "`dense_weights_digest` in the JSON). WORK is not kept, so a later sitting that trains the dense model again with the "
@@ -1511,7 +1602,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
                      f"{base - r['top1_spatial']:.2f} | {base - r['top1_winograd']:.2f} | {r['file_bytes']:,} | "
                      f"{r['compression_ratio']:.1f}x | {r['weights_only_ratio']:.1f}x | {r['macs_reduction_spatial']:.2f}x | {r['macs_reduction_winograd']:.2f}x | "
                      f"{_ratio(r.get('macs_reduction_winograd_with_transforms'))} |")
-    pending_highres = _highres_pending(spec, args, records, resolution)
+    pending_highres = _highres_pending(spec, records, files.started, resolution)
     if pending_highres:
         lines += ["", pending_highres["text"]]
     lines += ["", "Quoted from the papers (ImageNet, not measured here):", "", "| system | compression | computation reduction |", "| --- | ---: | ---: |"]
@@ -1533,10 +1624,6 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     ablation_lines, ablation_payload = _ablation_lines(args, spec, records)
     tuning, tuning_payload = _tuning_section(spec, args, joint.get("settings"))
     lines += ablation_lines + tuning
-    text = "\n".join(lines) + "\n"
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    md = args.out_dir / f"{spec.name}_tables.md"
-    atomic_write_text(md, text)
     payload = {**summary(joint), "targets_met": targets_met(spec, joint), "resolution": resolution,
                "dense_epochs": dense.get("epochs_total"), "dense_converged": dense.get("converged"), "dense_val_top1": dense.get("val_top1"),
                "dense_curve_val_top1": [point["val_top1"] for point in dense.get("curve", [])],
@@ -1555,7 +1642,44 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
         payload["ablation"] = ablation_payload
     if tuning_payload is not None:
         payload["tuning"] = tuning_payload
-    atomic_write_text(args.out_dir / f"{spec.name}_tables.json", json.dumps(payload, indent=2) + "\n")
+    return _write_tables(spec, args, lines, payload, lacking)
+
+
+#: What a finished report holds that a later one must hold too before it replaces it.
+REPORT_RESULTS = {"compression_ratio": "Tables A and B", "deep_compression": "the Deep Compression row", "ablation": "Table C",
+                  "highres": "the high-resolution row"}
+
+
+def _holds(payload: dict[str, Any], key: str) -> bool:
+    value = payload.get(key)
+    if isinstance(value, dict):
+        return value.get("status") != "pending" and not str(value.get("source", "")).startswith("earlier")
+    return value is not None
+
+
+def _lacking(spec: NetworkSpec, args: argparse.Namespace, holds: set[str]) -> list[str]:
+    """What the finished tables in --out-dir hold (of :data:`REPORT_RESULTS`) that a report
+    holding ``holds`` lacks."""
+    try:
+        finished = json.loads((args.out_dir / f"{spec.name}_tables.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [label for key, label in REPORT_RESULTS.items() if isinstance(finished, dict) and _holds(finished, key) and key not in holds]
+
+
+def _write_tables(spec: NetworkSpec, args: argparse.Namespace, lines: list[str], payload: dict[str, Any], lacking: list[str]) -> Path:
+    """``<net>_tables.md`` / ``.json`` in --out-dir, unless the finished tables there hold results
+    this report lacks (a run still under way, or one whose WORK lost stages): then
+    ``<net>_tables_pending.md`` / ``.json``, and the finished tables stay."""
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{spec.name}_tables"
+    if lacking:
+        name += "_pending"
+        lines = lines[:2] + [f"This report lacks {', '.join(lacking)} that `{spec.name}_tables.md` holds; that file keeps the last finished "
+                             "tables until a report holds them all (move it away to let this report replace it).", ""] + lines[2:]
+    md = args.out_dir / f"{name}.md"
+    atomic_write_text(md, "\n".join(lines) + "\n")
+    atomic_write_text(args.out_dir / f"{name}.json", json.dumps(payload, indent=2) + "\n")
     return md
 
 

@@ -111,11 +111,14 @@ def test_report_flags_each_missed_target(tmp_path):
     # the earlier code's highres record (capped recipe, no settings) is not shown as the new row
     high.pop("settings")
     (work / "highres.json").write_text(json.dumps(high))
-    md = paper_tables.write_report(SPEC, args).read_text()
+    path = paper_tables.write_report(SPEC, args)  # it lacks the row the finished tables hold: they stay
+    assert path.name == "alexnet_tables_pending.md" and json.loads((tmp_path / "out" / "alexnet_tables.json").read_text())["highres"]["resolution"] == 211
+    md = path.read_text()
+    assert "This report lacks the high-resolution row that `alexnet_tables.md` holds" in md
     assert "211 px, no copying" not in md and "Its compression is pending." in md
     assert ("211 px row (no copying): **pending** (finished: highres-dense, highres-control; `--stages highres-dense,highres-control,highres` "
             "runs and resumes it)") in md
-    pending = json.loads((tmp_path / "out" / "alexnet_tables.json").read_text())["highres"]
+    pending = json.loads((tmp_path / "out" / "alexnet_tables_pending.json").read_text())["highres"]
     assert pending["status"] == "pending" and pending["stages_finished"] == ["highres-dense", "highres-control"] and "text" not in pending
     # one invocation that ran two stages is listed once
     assert md.count("python x.py    #") == 1
@@ -272,6 +275,14 @@ def test_report_measures_drops_against_the_better_of_dense_and_control(tmp_path)
     assert "| joint | 91.00 | 90.00 | 1.00 | 2.00 | 0.100 | 0.200 | 30.0x |" in md and "Not at equal density." in md
     assert "equal Winograd density" not in md  # one row: no verdict
     assert json.loads((out / "resnet18_tables.json").read_text())["ablation"]["source"] == "earlier run (not re-run)"
+    # finished tables that hold a Table C of their own are not replaced by a report without one, nor their file
+    finished = json.loads((out / "resnet18_tables.json").read_text())
+    (out / "resnet18_tables.json").write_text(json.dumps({**finished, "ablation": {"modes": {}}}))
+    committed = (out / "resnet18_tables.jsz").read_bytes()
+    (work / "joint.jsz").write_bytes(b"NEW" * 10)
+    path = paper_tables.write_report(SPEC, args)
+    assert path.name == "resnet18_tables_pending.md" and "This report lacks Table C that `resnet18_tables.md` holds" in path.read_text()
+    assert (out / "resnet18_tables.jsz").read_bytes() == committed and (out / "resnet18_tables_pending.jsz").read_bytes() == b"NEW" * 10
 
 
 def test_unfinished_run_reports_its_logged_dense_epochs_and_how_to_resume(tmp_path):
@@ -376,7 +387,9 @@ def test_a_record_of_other_settings_is_run_again(tmp_path):
     from types import SimpleNamespace
 
     lines: list[str] = []
-    run = SimpleNamespace(args=SimpleNamespace(work_dir=tmp_path), code="test", log=lines.append)
+    from resnet18_tables import SPEC
+
+    run = SimpleNamespace(args=SimpleNamespace(work_dir=tmp_path, out_dir=tmp_path / "out"), spec=SPEC, code="test", log=lines.append)
     run.record = lambda stage: paper_tables.Run.record(run, stage)
     (tmp_path / "joint.json").write_text(json.dumps({"settings": {"quantize": {"conv_bits": 5}}}))
     (tmp_path / "control.json").write_text(json.dumps({"steps": 3}))  # written before records carried settings
@@ -384,6 +397,7 @@ def test_a_record_of_other_settings_is_run_again(tmp_path):
     assert not paper_tables.Run._done(run, "joint", {"quantize": {"conv_bits": 6}})
     assert "joint: the recipe changed since its record; running it again" in lines
     assert json.loads((tmp_path / "joint.started.json").read_text())[-1]["code"] == "test"
+    assert (tmp_path / "out" / "resnet18_stages" / "joint.started.json").read_text() == (tmp_path / "joint.started.json").read_text()
     assert paper_tables.Run._done(run, "control", {"finetune": {}}) and not paper_tables.Run._done(run, "highres")
 
 
@@ -536,3 +550,41 @@ def test_table_c_names_rows_still_to_run(tmp_path):
     text = "\n".join(lines)
     assert "**Pending:** the winograd row(s) (`--stages ablation --ablation-modes winograd`)." in text
     assert set(payload) == {"spatial", "joint"}
+
+
+def test_stage_archive_outlives_work_and_is_set_aside_for_other_dense_weights(tmp_path):
+    """A lost WORK: the next sitting's report takes the finished stages from the archive beside the
+    results when its dense model is the same one, and sets them aside when it is not."""
+    from resnet18_tables import SPEC
+
+    out = tmp_path / "out"
+    dense = {"command": "python x.py --stages dense", "date": "2026-12-02", "code": "aaa", "seconds": 30.0, "top1": 90.0, "val_top1": 90.6, "kept_epoch": 3,
+             "curve": [_point("first schedule", 88.0), _point("first schedule", 90.0), _point("cycle 1", 90.6)], "epochs": 2, "epochs_total": 3,
+             "converged": False, "max_epochs": 3, "min_gain": 0.1, "lr": 0.05, "polish_lr": 0.025, "train_images": 1340, "weights_digest": "d1"}
+    first = tmp_path / "work1"
+    first.mkdir()
+    (first / "dense.json").write_text(json.dumps(dense))
+    (first / "joint.json").write_text(json.dumps(_record(30.0, (89.9, 89.5), (8.0, 8.5))))
+    (first / "joint.started.json").write_text(json.dumps([{"command": "python x.py --stages joint", "date": "2026-12-02", "code": c} for c in ("b1", "b2")]))
+    report = lambda work: paper_tables.write_report(SPEC, paper_tables.parse_args(SPEC, ["--data", "digits", "--validation", "97", "--work-dir", str(work), "--out-dir", str(out)]))  # noqa: E731
+    tables = report(first).read_text()
+    assert (out / "resnet18_stages" / "joint.json").read_text() == (first / "joint.json").read_text()
+    assert "stage archive" not in tables.split("## Baselines")[0].replace("its copy in the stage archive", "")
+
+    same = tmp_path / "work2"  # a fresh WORK whose dense stage got the same weights
+    same.mkdir()
+    (same / "dense.json").write_text(json.dumps({**dense, "date": "2026-12-04", "code": "ccc"}))
+    md = report(same).read_text()
+    assert "Read from the stage archive" in md and ": joint." in md and "The joint stage ran over 2 invocations" in md
+    assert json.loads((out / "resnet18_tables.json").read_text())["compression_ratio"] == 30.0
+
+    other = tmp_path / "work3"  # one whose dense stage got other weights: its joint is still to run
+    other.mkdir()
+    (other / "dense.json").write_text(json.dumps({**dense, "weights_digest": "d2"}))
+    path = report(other)
+    assert path.name == "resnet18_tables_pending.md"
+    pending = path.read_text()
+    assert "Set aside from the stage archive: joint" in pending and "This report lacks Tables A and B that `resnet18_tables.md` holds" in pending
+    assert json.loads((out / "resnet18_tables.json").read_text())["compression_ratio"] == 30.0  # the finished tables stay
+    assert json.loads((out / "resnet18_tables_pending.json").read_text())["status"] == "unfinished"
+    assert not (out / "resnet18_stages" / "joint.json").exists() and json.loads((out / "resnet18_stages" / "dense.json").read_text())["weights_digest"] == "d2"
