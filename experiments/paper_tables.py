@@ -1439,7 +1439,7 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, files: StageFil
               "epochs and the dense model kept, on validation; the compression stages and the control score their epochs on validation. "
               + spec.recipe_note, ""]
     if dense:
-        lines += _dense_lines(dense)
+        lines += _dense_lines(dense) + _same_dense_lines(spec, args, dense.get("weights_digest") or _dense_digest(args.work_dir))
     else:
         seconds = sum(point["seconds"] for point in curve)
         lines += [f"Dense baseline, **unfinished**: {len(curve)} epoch(s) done in {seconds:.0f} s of wall time (validation after each), read from the "
@@ -1665,6 +1665,19 @@ def _lacking(spec: NetworkSpec, args: argparse.Namespace, holds: set[str]) -> li
     except (OSError, ValueError):
         return []
     return [label for key, label in REPORT_RESULTS.items() if isinstance(finished, dict) and _holds(finished, key) and key not in holds]
+
+
+def _same_dense_lines(spec: NetworkSpec, args: argparse.Namespace, digest: str | None) -> list[str]:
+    """Whether an unfinished run's dense model is the one the finished tables in --out-dir started
+    from (the same digest: its stages reproduce those tables' training)."""
+    try:
+        finished = json.loads((args.out_dir / f"{spec.name}_tables.json").read_text()).get("dense_weights_digest")
+    except (OSError, ValueError, AttributeError):
+        finished = None
+    if not digest or not finished:
+        return []
+    verdict = "the same weights" if digest == finished else "other weights: this run's figures will not be those tables' figures"
+    return [f"The kept dense weights' digest is `{digest}`; the finished tables' dense model (`{spec.name}_tables.json`) has `{finished}`: {verdict}.", ""]
 
 
 def _write_tables(spec: NetworkSpec, args: argparse.Namespace, lines: list[str], payload: dict[str, Any], lacking: list[str]) -> Path:

@@ -584,7 +584,12 @@ def test_stage_archive_outlives_work_and_is_set_aside_for_other_dense_weights(tm
     path = report(other)
     assert path.name == "resnet18_tables_pending.md"
     pending = path.read_text()
+    assert "digest is `d2`; the finished tables' dense model (`resnet18_tables.json`) has `d1`: other weights" in pending
     assert "Set aside from the stage archive: joint" in pending and "This report lacks Tables A and B that `resnet18_tables.md` holds" in pending
     assert json.loads((out / "resnet18_tables.json").read_text())["compression_ratio"] == 30.0  # the finished tables stay
     assert json.loads((out / "resnet18_tables_pending.json").read_text())["status"] == "unfinished"
     assert not (out / "resnet18_stages" / "joint.json").exists() and json.loads((out / "resnet18_stages" / "dense.json").read_text())["weights_digest"] == "d2"
+    again = tmp_path / "work4"  # the finished tables' dense weights once more: said so, while their stages run again
+    again.mkdir()
+    (again / "dense.json").write_text(json.dumps(dense))
+    assert "has `d1`: the same weights." in report(again).read_text()
