@@ -793,6 +793,12 @@ def _dense_digest(work: Path, stage: str = "dense") -> str | None:
     return _state_digest(torch.load(path, map_location="cpu", weights_only=True)) if path.is_file() else None
 
 
+def _kept_digest(dense: dict[str, Any], args: argparse.Namespace) -> str | None:
+    """The kept dense weights' digest: the record's, else (a record from before records kept it)
+    computed from WORK's weights."""
+    return dense.get("weights_digest") or _dense_digest(args.work_dir)
+
+
 def stage_archive(spec: NetworkSpec, args: argparse.Namespace) -> Path:
     """Where finished stages' records and invocation lists are copied, beside the results."""
     return args.out_dir / f"{spec.name}_stages"
@@ -842,14 +848,17 @@ def load_stage_files(spec: NetworkSpec, args: argparse.Namespace) -> StageFiles:
     started from the old ones (``dense``: all of them; ``highres-dense``: the highres ones)."""
     archive = stage_archive(spec, args)
 
-    def read(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-        records = {stage: json.loads((directory / f"{stage}.json").read_text()) for stage in STAGES if (directory / f"{stage}.json").is_file()}
-        started = {stage: json.loads((directory / f"{stage}.started.json").read_text()) for stage in STAGES
-                   if (directory / f"{stage}.started.json").is_file()}
-        return records, started
+    def texts(directory: Path) -> dict[str, dict[str, str]]:
+        return {suffix: {stage: (directory / f"{stage}{suffix}").read_text() for stage in STAGES if (directory / f"{stage}{suffix}").is_file()}
+                for suffix in (".json", ".started.json")}
 
-    work_records, work_started = read(args.work_dir)
-    old_records, old_started = read(archive) if archive.resolve() != args.work_dir.resolve() else ({}, {})
+    def parsed(by_stage: dict[str, str]) -> dict[str, Any]:
+        return {stage: json.loads(text) for stage, text in by_stage.items()}
+
+    work_texts = texts(args.work_dir)
+    old_texts = texts(archive) if archive.resolve() != args.work_dir.resolve() else {".json": {}, ".started.json": {}}
+    work_records, work_started = parsed(work_texts[".json"]), parsed(work_texts[".started.json"])
+    old_records, old_started = parsed(old_texts[".json"]), parsed(old_texts[".started.json"])
     set_aside: list[str] = []
     for base, descendants in (("dense", STAGES), ("highres-dense", HIGHRES_STAGES)):
         if base in work_records and base in old_records and not _same_weights(work_records[base], old_records[base]):
@@ -861,10 +870,9 @@ def load_stage_files(spec: NetworkSpec, args: argparse.Namespace) -> StageFiles:
         for stage in set_aside:
             (archive / f"{stage}.json").unlink(missing_ok=True)  # git history keeps them; the archive is WORK's lineage
             (archive / f"{stage}.started.json").unlink(missing_ok=True)
-        for stage, record in work_records.items():
-            _archive_text(archive / f"{stage}.json", (args.work_dir / f"{stage}.json").read_text())
-        for stage in work_started:
-            _archive_text(archive / f"{stage}.started.json", (args.work_dir / f"{stage}.started.json").read_text())
+        for suffix, by_stage in work_texts.items():
+            for stage, text in by_stage.items():
+                _archive_text(archive / f"{stage}{suffix}", text)
     records = {stage: work_records.get(stage, old_records.get(stage)) for stage in STAGES if stage in work_records or stage in old_records}
     started = {stage: work_started.get(stage, old_started.get(stage)) for stage in STAGES if stage in work_started or stage in old_started}
     from_archive = [stage for stage in records if stage not in work_records]
@@ -1439,7 +1447,7 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, files: StageFil
               "epochs and the dense model kept, on validation; the compression stages and the control score their epochs on validation. "
               + spec.recipe_note, ""]
     if dense:
-        lines += _dense_lines(dense) + _same_dense_lines(spec, args, dense.get("weights_digest") or _dense_digest(args.work_dir))
+        lines += _dense_lines(dense) + _same_dense_lines(spec, args, _kept_digest(dense, args))
     else:
         seconds = sum(point["seconds"] for point in curve)
         lines += [f"Dense baseline, **unfinished**: {len(curve)} epoch(s) done in {seconds:.0f} s of wall time (validation after each), read from the "
@@ -1556,7 +1564,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
               "The compression ratio is 32-bit dense bytes of every parameter (the 10-class head and BatchNorm included) over the file's size on disk; "
               "weights only is the compressed layers' dense bytes over their coded streams and codebooks.", ""]
     lines += ["## Baselines", ""] + _dense_lines(dense)
-    digest = dense.get("weights_digest") or _dense_digest(args.work_dir)
+    digest = _kept_digest(dense, args)
     if digest:
         lines += [f"The kept dense weights' digest is `{digest}` (sha256 over the state dict's names and bytes, first 16 hex digits; "
                   "`dense_weights_digest` in the JSON). WORK is not kept, so a later sitting that trains the dense model again with the "
@@ -1660,20 +1668,23 @@ def _holds(payload: dict[str, Any], key: str) -> bool:
 def _lacking(spec: NetworkSpec, args: argparse.Namespace, holds: set[str]) -> list[str]:
     """What the finished tables in --out-dir hold (of :data:`REPORT_RESULTS`) that a report
     holding ``holds`` lacks."""
+    finished = _finished_tables(spec, args)
+    return [label for key, label in REPORT_RESULTS.items() if _holds(finished, key) and key not in holds]
+
+
+def _finished_tables(spec: NetworkSpec, args: argparse.Namespace) -> dict[str, Any]:
+    """The JSON of the tables in --out-dir ({} if there are none or they do not parse)."""
     try:
         finished = json.loads((args.out_dir / f"{spec.name}_tables.json").read_text())
     except (OSError, ValueError):
-        return []
-    return [label for key, label in REPORT_RESULTS.items() if isinstance(finished, dict) and _holds(finished, key) and key not in holds]
+        return {}
+    return finished if isinstance(finished, dict) else {}
 
 
 def _same_dense_lines(spec: NetworkSpec, args: argparse.Namespace, digest: str | None) -> list[str]:
     """Whether an unfinished run's dense model is the one the finished tables in --out-dir started
     from (the same digest: its stages reproduce those tables' training)."""
-    try:
-        finished = json.loads((args.out_dir / f"{spec.name}_tables.json").read_text()).get("dense_weights_digest")
-    except (OSError, ValueError, AttributeError):
-        finished = None
+    finished = _finished_tables(spec, args).get("dense_weights_digest")
     if not digest or not finished:
         return []
     verdict = "the same weights" if digest == finished else "other weights: this run's figures will not be those tables' figures"
