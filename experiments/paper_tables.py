@@ -1162,6 +1162,9 @@ def _ablation_lines(args: argparse.Namespace, spec: NetworkSpec, records: dict[s
                          "so the drops overstate what each mode loses at equal training; they compare the modes.")
             base = control["top1"]
     else:
+        carried = _carried_ablation(spec, args, records)
+        if carried is not None:
+            return carried
         earlier = args.out_dir / f"{spec.name}_ablation_earlier.json"
         if not earlier.is_file():
             return [], None
@@ -1184,6 +1187,58 @@ def _ablation_lines(args: argparse.Namespace, spec: NetworkSpec, records: dict[s
     if "ablation" not in records:
         payload = {"source": "earlier run (not re-run)", "date": abl.get("date"), "modes": payload}
     return lines, payload
+
+
+TABLE_C_HEADING = "## Table C: regularization ablation"
+CARRIED_MARK = "**Carried over from the finished tables"
+
+
+def _carried_ablation(spec: NetworkSpec, args: argparse.Namespace, records: dict[str, Any]) -> tuple[list[str], dict[str, Any]] | None:
+    """The finished tables' Table C, for a run whose WORK and stage archive lack the ablation
+    record (a lost WORK): only when those tables started from the same dense weights (digest)
+    and measured the same dense and control top-1, so their rows and drops are this run's baseline's.
+    Their section is shown verbatim under a label naming its date and invocations; a section that
+    was itself carried keeps its first label. None when it cannot be carried."""
+    finished = _finished_tables(spec, args)
+    dense, control = records.get("dense"), records.get("control")
+    if not (_holds(finished, "ablation") and dense and control) or not finished.get("dense_weights_digest"):
+        return None
+    if (finished["dense_weights_digest"] != _kept_digest(dense, args) or finished.get("top1_dense") != dense["top1"]
+            or finished.get("dense_control_top1") != control["top1"]):
+        return None
+    try:
+        text = (args.out_dir / f"{spec.name}_tables.md").read_text().splitlines()
+    except OSError:
+        return None
+    if TABLE_C_HEADING not in text:
+        return None
+    start = text.index(TABLE_C_HEADING) + 1
+    end = next((i for i in range(start, len(text)) if text[i].startswith("## ")), len(text))
+    section = text[start:end]
+    while section and not section[-1].strip():
+        section.pop()
+    payload = finished["ablation"]
+    rows = payload.get("modes", payload)
+    shown = [f"| {mode} | {_pct(row.get('top1_spatial'))} | {_pct(row.get('top1_winograd'))} |" for mode, row in rows.items() if isinstance(row, dict)]
+    if not shown or len(shown) != len(rows) or not all(any(line.startswith(cells) for line in section) for cells in shown):
+        return None  # the report's Table C is not the JSON's (an edited file): nothing to vouch for
+    if not any(line.startswith(CARRIED_MARK) for line in section):
+        produced = _produced_by(text, "ablation")
+        label = (f"{CARRIED_MARK} of {finished.get('date')}, not re-run in this sitting:** their dense model has this run's weights "
+                 f"(digest `{finished['dense_weights_digest']}`), dense top-1 ({dense['top1']:.2f}%) and control top-1 ({control['top1']:.2f}%), "
+                 "and training here is deterministic (the dense and control stages, trained again with the same commands, got the same weights and "
+                 "top-1), so these rows stand for this run's. They were produced by:")
+        section = ["", label, "", "```", *produced, "```"] + (["", MODIFIED_NOTE] if any("+modified" in line for line in produced) else []) + section
+        payload = {"source": f"carried over from the finished tables of {finished.get('date')} (same dense weights)", "date": finished.get("date"),
+                   "dense_weights_digest": finished["dense_weights_digest"], "commands": produced, "modes": payload}
+    return ["", TABLE_C_HEADING, *section], payload
+
+
+def _produced_by(report: list[str], stage: str) -> list[str]:
+    """A report's header lines (its "Produced by" block) for one stage."""
+    fences = [i for i, line in enumerate(report) if line.startswith("```")][:2]
+    block = report[fences[0] + 1:fences[1]] if len(fences) == 2 else []
+    return [line for line in block if re.search(rf"    # {re.escape(stage)}\b", line)]
 
 
 def _highres_pending(spec: NetworkSpec, records: dict[str, Any], started_stages: dict[str, Any], resolution: int) -> dict[str, Any] | None:
@@ -1469,7 +1524,7 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, files: StageFil
     pending = ([] if dense else [f"dense {dense_left[0]}-{dense_left[1]} more epoch(s)"]) + ([] if control else [f"the control {extra:.2f}"]) \
         + [f"the joint stage {extra:.2f} epochs of training (regularized retraining runs slower than dense) plus evaluations"]
     lines += [f"Remaining, at this run's pace of {pace:.0f} s per dense epoch: {', '.join(pending)}: at least {todo * pace / 3600:.1f} h of one core.", ""]
-    ablation_lines, _ = _ablation_lines(args, spec, records)
+    ablation_lines, ablation_payload = _ablation_lines(args, spec, records)
     tuning, tuning_payload = _tuning_section(spec, args, None)
     lines += ablation_lines + tuning
     payload = {key: None for key in ("compression_ratio", "weights_only_ratio", "macs_reduction_spatial", "macs_reduction_winograd",
@@ -1480,7 +1535,9 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, files: StageFil
                    train_images=dense["train_images"] if dense else _train_images(args), machine=machine_summary())
     if tuning_payload is not None:
         payload["tuning"] = tuning_payload
-    return _write_tables(spec, args, lines, payload, _lacking(spec, args, set()))
+    if ablation_payload is not None:
+        payload["ablation"] = ablation_payload
+    return _write_tables(spec, args, lines, payload, _lacking(spec, args, {"ablation"} if _holds(payload, "ablation") else set()))
 
 
 def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
@@ -1494,7 +1551,10 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
             records[stage]["dense_control_top1"] = records[control_stage]["top1"] if control_stage in records else None
     if "highres" in records and "settings" not in records["highres"]:
         del records["highres"]  # the capped, adapted row of the earlier code: the highres stage runs it again
-    holds = {"compression_ratio"} | {key for key, stage in (("deep_compression", "deepcomp"), ("ablation", "ablation"), ("highres", "highres")) if stage in records}
+    ablation_lines, ablation_payload = _ablation_lines(args, spec, records)
+    holds = {"compression_ratio"} | {key for key, stage in (("deep_compression", "deepcomp"), ("highres", "highres")) if stage in records}
+    if _holds({"ablation": ablation_payload}, "ablation"):
+        holds.add("ablation")
     lacking = _lacking(spec, args, holds)
     name = f"{spec.name}_tables" + ("_pending" if lacking else "")  # the finished tables, and their file, stay until a report holds all they hold
     joint["committed_file"] = commit_file(joint, args.out_dir / f"{name}.jsz")
@@ -1544,6 +1604,8 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
             lines.append(f"- {stage}: " + _times(records[stage]["seconds"], records[stage].get("reused")))
     if "ablation" in records:
         lines.append("- ablation: " + "; ".join(f"{mode} {_times(row['seconds'], row.get('reused'))}" for mode, row in records["ablation"]["modes"].items()))
+    elif "ablation" in holds:
+        lines.append("- ablation: not run in this sitting (Table C is carried over from the finished tables, below)")
     if joint["committed_file"]:
         lines += ["", f"The joint run's file is committed as `{joint['committed_file']}` ({joint['file_bytes']:,} bytes): "
                   f"`jointsparse info {joint['committed_file']}`, `decode` and `bench` run on it without retraining."]
@@ -1629,7 +1691,6 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
         lines += _accuracy_miss_lines(spec, records, stage, label)
     deepcomp_lines, deepcomp_payload = _deepcomp_lines(spec, records)
     lines += deepcomp_lines
-    ablation_lines, ablation_payload = _ablation_lines(args, spec, records)
     tuning, tuning_payload = _tuning_section(spec, args, joint.get("settings"))
     lines += ablation_lines + tuning
     payload = {**summary(joint), "targets_met": targets_met(spec, joint), "resolution": resolution,

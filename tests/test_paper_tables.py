@@ -593,3 +593,56 @@ def test_stage_archive_outlives_work_and_is_set_aside_for_other_dense_weights(tm
     again.mkdir()
     (again / "dense.json").write_text(json.dumps(dense))
     assert "has `d1`: the same weights." in report(again).read_text()
+
+
+def test_table_c_is_carried_over_from_finished_tables_of_the_same_dense_weights(tmp_path):
+    """A lost WORK whose dense and control stages trained again to the same weights and top-1: the
+    report shows the finished tables' Table C, labelled with its date and invocations, rather than
+    lacking it; other dense or control figures leave it to be run again."""
+    from alexnet_tables import SPEC
+
+    out = tmp_path / "out"
+    dense = {"command": "python x.py --stages dense", "date": "2026-12-02", "code": "aaa", "seconds": 30.0, "top1": 90.0, "val_top1": 90.6, "kept_epoch": 3,
+             "curve": [_point("first schedule", 88.0), _point("first schedule", 90.0), _point("cycle 1", 90.6)], "epochs": 2, "epochs_total": 3,
+             "converged": False, "max_epochs": 3, "min_gain": 0.1, "lr": 0.05, "polish_lr": 0.025, "train_images": 1340, "weights_digest": "d1"}
+    control = {"command": "python x.py --stages control", "date": "2026-12-02", "code": "aaa", "seconds": 20.0, "top1": 90.4, "val_top1": 90.7,
+               "steps": 30, "epochs": 3.28}
+    row = {"top1_spatial": 88.0, "top1_winograd": 87.0, "density": 0.06, "winograd_density": 0.2, "compression_ratio": 60.0, "test_images": 5,
+           "seconds": {"compress": 1.0}, "date": "2026-12-02", "code": "bbb"}
+    ablation = {"steps": 211, "batch_size": 128, "finetune": "as the full run", "top1_dense": 90.0, "command": "python x.py --stages ablation",
+                "date": "2026-12-02", "code": "bbb",
+                "modes": {mode: {**row, "command": f"python x.py --stages ablation --ablation-modes {mode}"} for mode in ("spatial", "joint")}}
+
+    def work(name: str, **records: dict) -> Path:
+        directory = tmp_path / name
+        directory.mkdir()
+        for stage, record in records.items():
+            (directory / f"{stage}.json").write_text(json.dumps(record))
+        return directory
+
+    def report(directory: Path) -> Path:
+        return paper_tables.write_report(SPEC, paper_tables.parse_args(SPEC, ["--work-dir", str(directory), "--out-dir", str(out)]))
+
+    joint = _record(50.0, (89.5, 89.2), (4.0, 6.0))
+    assert report(work("first", dense=dense, control=control, joint=joint, ablation=ablation)).name == "alexnet_tables.md"
+    for stage in ("ablation", "joint"):  # the archive went with the machine too
+        (out / "alexnet_stages" / f"{stage}.json").unlink()
+    lost = work("lost", dense={**dense, "date": "2026-12-04"}, control=control, joint=joint)
+    path = report(lost)
+    assert path.name == "alexnet_tables.md"
+    md = path.read_text()
+    assert "**Carried over from the finished tables of 2026-12-01, not re-run in this sitting:** their dense model has this run's weights (digest `d1`)" in md
+    assert "python x.py --stages ablation --ablation-modes joint    # ablation joint: 2026-12-02, code bbb" in md
+    assert "| joint | 88.00 | 87.00 | 2.40 | 3.40 | 0.060 | 0.200 | 60.0x |" in md  # drops from the control, as the finished tables had them
+    assert "- ablation: not run in this sitting (Table C is carried over" in md
+    carried = json.loads((out / "alexnet_tables.json").read_text())["ablation"]
+    assert carried["source"].startswith("carried over") and carried["dense_weights_digest"] == "d1" and set(carried["modes"]) == {"spatial", "joint"}
+    assert report(lost).read_text() == md  # carried again from its own carried copy: one label, the first one
+    assert json.loads((out / "alexnet_tables.json").read_text())["ablation"] == carried
+    # a control with another top-1 (so other drops), or other dense weights: not carried, the finished tables stay
+    for name, records in (("other-control", {"dense": dense, "control": {**control, "top1": 90.5}}),
+                          ("other-dense", {"dense": {**dense, "weights_digest": "d2"}, "control": control})):
+        path = report(work(name, joint=joint, **records))
+        assert path.name == "alexnet_tables_pending.md" and "Table C that `alexnet_tables.md` holds" in path.read_text()
+        assert "Carried over" not in path.read_text()
+        (out / "alexnet_stages").rename(tmp_path / f"archive-{name}")  # each case starts from an archive of its own
