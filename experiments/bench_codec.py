@@ -71,7 +71,6 @@ from jointsparse.codecs import load, quantize_weight, save  # noqa: E402
 from jointsparse.codecs.context import context_entropy_bytes  # noqa: E402
 from jointsparse.codecs.entropy import bitmap_entropy_bytes  # noqa: E402
 from jointsparse.codecs import index_context  # noqa: E402
-from jointsparse.codecs.index_context import encode_context_indices, supports as supports_index_contexts  # noqa: E402
 from jointsparse.utils import atomic_write_text  # noqa: E402
 from jointsparse.provenance import machine_summary  # noqa: E402
 
@@ -178,9 +177,9 @@ def _index_bound(stored) -> float:
     """The indices' conditional empirical entropy under the contexts the ctx index coder picks
     (bytes; their order-0 bound where it cannot run)."""
     q = stored.quantized
-    if not supports_index_contexts(len(q.codebook), q.nnz):
+    if not index_context.supports(len(q.codebook), q.nnz):
         return stored.indices.entropy_bytes
-    return encode_context_indices(q.indices, q.positions, q.shape, len(q.codebook))[2]
+    return index_context.encode_context_indices(q.indices, q.positions, q.shape, len(q.codebook))[2]
 
 
 VARIANTS = (("ans+ctx", "ans", True), ("ans order-0", "ans", False), ("zstd", "zstd", False))
