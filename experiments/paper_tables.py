@@ -1765,6 +1765,9 @@ def _write_tables(spec: NetworkSpec, args: argparse.Namespace, lines: list[str],
     md = args.out_dir / f"{name}.md"
     atomic_write_text(md, "\n".join(lines) + "\n")
     atomic_write_text(args.out_dir / f"{name}.json", json.dumps(payload, indent=2) + "\n")
+    if not lacking:  # these tables hold all the pending ones did: a stale pending report would contradict them
+        for suffix in (".md", ".json", ".jsz"):
+            (args.out_dir / f"{spec.name}_tables_pending{suffix}").unlink(missing_ok=True)
     return md
 
 

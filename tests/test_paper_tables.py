@@ -646,3 +646,11 @@ def test_table_c_is_carried_over_from_finished_tables_of_the_same_dense_weights(
         assert path.name == "alexnet_tables_pending.md" and "Table C that `alexnet_tables.md` holds" in path.read_text()
         assert "Carried over" not in path.read_text()
         (out / "alexnet_stages").rename(tmp_path / f"archive-{name}")  # each case starts from an archive of its own
+    # the tables again in full: the pending report, its JSON and its file go, so nothing contradicts them
+    (tmp_path / "lost" / "joint.jsz").write_bytes(b"JSZ" * 10)
+    (tmp_path / "lost" / "joint.json").write_text(json.dumps({**joint, "file": str(tmp_path / "lost" / "joint.jsz")}))
+    assert report(work("other-dense-2", joint={**joint, "file": str(tmp_path / "lost" / "joint.jsz")},
+                       dense={**dense, "weights_digest": "d2"}, control=control)).name == "alexnet_tables_pending.md"
+    assert {path.name for path in out.glob("alexnet_tables_pending.*")} == {"alexnet_tables_pending.md", "alexnet_tables_pending.json", "alexnet_tables_pending.jsz"}
+    (out / "alexnet_stages").rename(tmp_path / "archive-last")
+    assert report(lost).name == "alexnet_tables.md" and not list(out.glob("alexnet_tables_pending.*"))
