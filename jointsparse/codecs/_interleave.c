@@ -60,7 +60,7 @@ static PyObject *interleave(PyObject *self, PyObject *args) {
         goto done;
     }
     for (Py_ssize_t c = 0; c < contexts; c++) {
-        if (bounds[0] != 0 || bounds[c + 1] < bounds[c] || bounds[contexts] != n) {
+        if (bounds[c + 1] < bounds[c] || (c == 0 && (bounds[0] != 0 || bounds[contexts] != n))) {
             PyErr_SetString(PyExc_ValueError, "interleave: context bounds are not an ascending split of the symbols");
             goto done;
         }
