@@ -60,6 +60,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -593,10 +594,8 @@ class Run:
     def _ablation_key(self, steps: int) -> dict[str, Any]:
         """What makes Table C rows comparable: their retraining steps, the recipe, the dense net they
         start from and the data they see. Rows recorded under another key are run again."""
-        if getattr(self, "_dense_digest_cache", None) is None:
-            self._dense_digest_cache = _dense_digest(self.args.work_dir)
         a = self.args
-        return {"steps": steps, "settings": self.recipe.to_dict(), "dense_weights_digest": self._dense_digest_cache,
+        return {"steps": steps, "settings": self.recipe.to_dict(), "dense_weights_digest": _dense_digest(a.work_dir),
                 "data": {"seed": a.seed, "subset": a.subset, "validation": a.validation, "resolution": a.resolution, "test_subset": a.test_subset}}
 
     def _ablation_record(self, steps: int) -> dict[str, Any]:
@@ -790,7 +789,17 @@ def _dense_digest(work: Path, stage: str = "dense") -> str | None:
     """The kept dense weights' digest, which the results record: the work directory is not kept,
     so a later sitting that trains the dense model again can tell whether it got the same one."""
     path = work / f"{stage}.pt"
-    return _state_digest(torch.load(path, map_location="cpu", weights_only=True)) if path.is_file() else None
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return _weights_file_digest(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_file_digest(path: Path, mtime_ns: int, size: int) -> str:
+    """One weights file's digest, read once per version of the file (keyed by its stat): a report
+    asks for the dense digest in several sections, and AlexNet's weights are 228 MB."""
+    return _state_digest(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def _kept_digest(dense: dict[str, Any], args: argparse.Namespace) -> str | None:
