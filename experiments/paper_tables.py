@@ -50,7 +50,9 @@ are all the report needs, so a later sitting with a fresh WORK reports the stage
 finished, as long as its dense model is the same (same weights digest; a different one sets the
 archived stages aside, since they started from other weights). A report that lacks results
 the finished tables in ``--out-dir`` hold (Tables A/B, Table C, the Deep Compression or the
-high-resolution row) goes to ``<net>_tables_pending.md`` / ``.json`` instead.
+high-resolution row) goes to ``<net>_tables_pending.md`` / ``.json`` instead, unless its Table C
+or Deep Compression row can be carried over from those tables: same dense weights, same dense
+and control top-1 and, for the Deep Compression row, the same recipe; labelled as carried.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ from jointsparse.recipe import Recipe, RegularizerConfig, SparsityConfig, load_r
 from jointsparse.train import CheckpointError, TrainConfig, evaluate, get_rank, init_distributed, is_rank0, seed_everything, train
 from jointsparse.utils import atomic_torch_save, atomic_write_text
 
-from tuning import TUNE, already_tried, load_records, record_path, reuse_trained_stages, tuning_lines, write_record  # a sibling script: its directory is on sys.path
+from tuning import TUNE, already_tried, load_records, recipe_digest, record_path, reuse_trained_stages, tuning_lines, write_record  # a sibling script: its directory is on sys.path
 
 #: What a "+modified" code stamp means; the stamp cannot say which edits they were.
 MODIFIED_NOTE = ("`+modified`: the invocation started with uncommitted edits to the code it runs (jointsparse/ and "
@@ -1202,23 +1204,39 @@ TABLE_C_HEADING = "## Table C: regularization ablation"
 CARRIED_MARK = "**Carried over from the finished tables"
 
 
-def _carried_ablation(spec: NetworkSpec, args: argparse.Namespace, records: dict[str, Any]) -> tuple[list[str], dict[str, Any]] | None:
-    """The finished tables' Table C, for a run whose WORK and stage archive lack the ablation
-    record (a lost WORK): only when those tables started from the same dense weights (digest)
-    and measured the same dense and control top-1, so their rows and drops are this run's baseline's.
-    Their section is shown verbatim under a label naming its date and invocations; a section that
-    was itself carried keeps its first label. None when it cannot be carried."""
+def _finished_with_this_baseline(spec: NetworkSpec, args: argparse.Namespace, records: dict[str, Any]) -> tuple[dict[str, Any], list[str]] | None:
+    """The finished tables' JSON and report lines, when they started from this run's dense weights
+    (digest) and measured this run's dense and control top-1, so their rows and drops share this
+    run's baseline and can stand for rows a lost WORK took. None otherwise."""
     finished = _finished_tables(spec, args)
     dense, control = records.get("dense"), records.get("control")
-    if not (_holds(finished, "ablation") and dense and control) or not finished.get("dense_weights_digest"):
+    if not (dense and control and finished.get("dense_weights_digest")):
         return None
     if (finished["dense_weights_digest"] != _kept_digest(dense, args) or finished.get("top1_dense") != dense["top1"]
             or finished.get("dense_control_top1") != control["top1"]):
         return None
     try:
-        text = (args.out_dir / f"{spec.name}_tables.md").read_text().splitlines()
+        return finished, (args.out_dir / f"{spec.name}_tables.md").read_text().splitlines()
     except OSError:
         return None
+
+
+def _carried_label(finished: dict[str, Any], records: dict[str, Any]) -> str:
+    return (f"{CARRIED_MARK} of {finished.get('date')}, not re-run in this sitting:** their dense model has this run's weights "
+            f"(digest `{finished['dense_weights_digest']}`), dense top-1 ({records['dense']['top1']:.2f}%) and control top-1 ({records['control']['top1']:.2f}%), "
+            "and training here is deterministic (the dense and control stages, trained again with the same commands, got the same weights and "
+            "top-1), so their figures stand for this run's. They were produced by:")
+
+
+def _carried_ablation(spec: NetworkSpec, args: argparse.Namespace, records: dict[str, Any]) -> tuple[list[str], dict[str, Any]] | None:
+    """The finished tables' Table C, for a run whose WORK and stage archive lack the ablation
+    record (a lost WORK), when those tables share this run's baseline. Their section is shown
+    verbatim under a label naming its date and invocations; a section that was itself carried
+    keeps its first label. None when it cannot be carried."""
+    same = _finished_with_this_baseline(spec, args, records)
+    if same is None or not _holds(same[0], "ablation"):
+        return None
+    finished, text = same
     if TABLE_C_HEADING not in text:
         return None
     start = text.index(TABLE_C_HEADING) + 1
@@ -1233,14 +1251,47 @@ def _carried_ablation(spec: NetworkSpec, args: argparse.Namespace, records: dict
         return None  # the report's Table C is not the JSON's (an edited file): nothing to vouch for
     if not any(line.startswith(CARRIED_MARK) for line in section):
         produced = _produced_by(text, "ablation")
-        label = (f"{CARRIED_MARK} of {finished.get('date')}, not re-run in this sitting:** their dense model has this run's weights "
-                 f"(digest `{finished['dense_weights_digest']}`), dense top-1 ({dense['top1']:.2f}%) and control top-1 ({control['top1']:.2f}%), "
-                 "and training here is deterministic (the dense and control stages, trained again with the same commands, got the same weights and "
-                 "top-1), so these rows stand for this run's. They were produced by:")
-        section = ["", label, "", "```", *produced, "```"] + (["", MODIFIED_NOTE] if any("+modified" in line for line in produced) else []) + section
+        section = ["", _carried_label(finished, records), "", "```", *produced, "```"] \
+            + (["", MODIFIED_NOTE] if any("+modified" in line for line in produced) else []) + section
         payload = {"source": f"carried over from the finished tables of {finished.get('date')} (same dense weights)", "date": finished.get("date"),
                    "dense_weights_digest": finished["dense_weights_digest"], "commands": produced, "modes": payload}
     return ["", TABLE_C_HEADING, *section], payload
+
+
+def _joint_recipe_digest(finished: dict[str, Any], text: list[str]) -> str | None:
+    """The recipe (settings digest) the finished tables' joint row was compressed with: their JSON's
+    ``recipe_digest``, or, in tables written before it was kept, the tuning candidate their report
+    marks as the joint run's."""
+    if finished.get("recipe_digest"):
+        return finished["recipe_digest"]
+    marked = [m.group(1) for line in text for m in [re.search(r"\(([0-9a-f]{8})\) \*\*= joint\*\*", line)] if m]
+    return marked[0] if len(set(marked)) == 1 else None
+
+
+def _carried_deepcomp(spec: NetworkSpec, args: argparse.Namespace, records: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished tables' Deep Compression row, as a record, for a run whose WORK and stage
+    archive lack it (a lost WORK): only when those tables share this run's baseline and compressed
+    with this run's recipe (the row's retraining and fine-tuning are the recipe's), and their report
+    shows the JSON's row. None when it cannot be carried."""
+    same = _finished_with_this_baseline(spec, args, records)
+    joint = records.get("joint") or {}
+    if same is None or not _holds(same[0], "deep_compression") or "settings" not in joint:
+        return None
+    finished, text = same
+    if _joint_recipe_digest(finished, text) != recipe_digest(joint["settings"]):
+        return None
+    dc = finished["deep_compression"]
+    row = f"| Deep Compression | {_density(dc.get('density'))} | {_pct(dc.get('top1_spatial'))} |"
+    if not any(line.startswith(row) for line in text):
+        return None  # the report's row is not the JSON's (an edited file): nothing to vouch for
+    carried = {key: dc[key] for key in ("source", "date", "commands") if key in dc}  # carried again: its first label
+    if not carried:
+        carried = {"source": f"carried over from the finished tables of {finished.get('date')} (same dense weights, same recipe)",
+                   "date": finished.get("date"), "commands": _produced_by(text, "deepcomp")}
+    return {"top1_spatial": dc["top1_spatial"], "density": dc["density"], "densities": dc["densities"], "han_bytes": dc["han_bytes"],
+            "han_ratio": dc["han_ratio"], "file_bytes": dc["jsz_bytes"], "compression_ratio": dc["jsz_ratio"],
+            "top1_dense": records["dense"]["top1"], "dense_control_top1": records["control"]["top1"], "carried": carried,
+            "label": _carried_label({**finished, "date": carried["date"]}, records)}
 
 
 def _produced_by(report: list[str], stage: str) -> list[str]:
@@ -1299,7 +1350,12 @@ def _deepcomp_lines(spec: NetworkSpec, records: dict[str, Any]) -> tuple[list[st
         return [], None
     base = baseline_top1(dc)
     densities = ", ".join(f"{name} {kept:.2f}" for name, kept in dc["densities"].items())
-    lines = ["", "## Deep Compression on the same proxy", "",
+    carried = dc.get("carried")
+    lines = ["", "## Deep Compression on the same proxy", ""]
+    if carried:
+        lines += [dc["label"], "", "```", *carried["commands"], "```", ""] + ([MODIFIED_NOTE, ""] if any("+modified" in c for c in carried["commands"]) else [])
+        lines += ["Its `.jsz` bytes are that run's coding (not coded again here); our ratio over its ratio, below, is this run's file's ratio over that row's.", ""]
+    lines += [
              f"Han et al.'s method run through the same pipeline from the same dense model: iterative magnitude pruning in 3 rounds over the recipe's "
              f"retraining, to the kept fractions Han et al. report for AlexNet at no loss ({densities}; {spec.deep_compression_source}), no Winograd "
              f"pruning, k-means with {DEEP_COMPRESSION_BITS['conv']} bits (conv) / {DEEP_COMPRESSION_BITS['linear']} bits (FC), the recipe's masked and "
@@ -1317,7 +1373,7 @@ def _deepcomp_lines(spec: NetworkSpec, records: dict[str, Any]) -> tuple[list[st
              + f" Like for like (both spatial deployments): {dc['top1_spatial']:.2f}% vs {joint['top1_spatial']:.2f}%, {dc['top1_spatial'] - joint['top1_spatial']:+.2f} pt for Deep Compression."]
     payload = {"top1_spatial": dc["top1_spatial"], "density": dc["density"], "densities": dc["densities"], "han_bytes": dc["han_bytes"],
                "han_ratio": dc["han_ratio"], "jsz_bytes": dc["file_bytes"], "jsz_ratio": dc["compression_ratio"],
-               "ours_over_deep_compression": joint["compression_ratio"] / dc["han_ratio"]}
+               "ours_over_deep_compression": joint["compression_ratio"] / dc["han_ratio"], **(carried or {})}
     return lines, payload
 
 
@@ -1561,7 +1617,9 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     if "highres" in records and "settings" not in records["highres"]:
         del records["highres"]  # the capped, adapted row of the earlier code: the highres stage runs it again
     ablation_lines, ablation_payload = _ablation_lines(args, spec, records)
-    holds = {"compression_ratio"} | {key for key, stage in (("deep_compression", "deepcomp"), ("highres", "highres")) if stage in records}
+    carried_deepcomp = None if "deepcomp" in records else _carried_deepcomp(spec, args, records)
+    with_deepcomp = records if carried_deepcomp is None else {**records, "deepcomp": carried_deepcomp}  # the sections that show its row
+    holds = {"compression_ratio"} | {key for key, stage in (("deep_compression", "deepcomp"), ("highres", "highres")) if stage in with_deepcomp}
     if _holds({"ablation": ablation_payload}, "ablation"):
         holds.add("ablation")
     lacking = _lacking(spec, args, holds)
@@ -1615,6 +1673,8 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
         lines.append("- ablation: " + "; ".join(f"{mode} {_times(row['seconds'], row.get('reused'))}" for mode, row in records["ablation"]["modes"].items()))
     elif "ablation" in holds:
         lines.append("- ablation: not run in this sitting (Table C is carried over from the finished tables, below)")
+    if carried_deepcomp is not None:
+        lines.append("- deepcomp: not run in this sitting (the Deep Compression row is carried over from the finished tables, below)")
     if joint["committed_file"]:
         lines += ["", f"The joint run's file is committed as `{joint['committed_file']}` ({joint['file_bytes']:,} bytes): "
                   f"`jointsparse info {joint['committed_file']}`, `decode` and `bench` run on it without retraining."]
@@ -1697,8 +1757,8 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
                      + (f" ({spec.accuracy_caveat})" if spec.accuracy_caveat and met["accuracy"] else ""))
     lines += _stage_lines(records, [stage for stage, _ in runs])
     for stage, label in runs:
-        lines += _accuracy_miss_lines(spec, records, stage, label)
-    deepcomp_lines, deepcomp_payload = _deepcomp_lines(spec, records)
+        lines += _accuracy_miss_lines(spec, with_deepcomp, stage, label)
+    deepcomp_lines, deepcomp_payload = _deepcomp_lines(spec, with_deepcomp)
     lines += deepcomp_lines
     tuning, tuning_payload = _tuning_section(spec, args, joint.get("settings"))
     lines += ablation_lines + tuning
@@ -1706,6 +1766,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
                "dense_epochs": dense.get("epochs_total"), "dense_converged": dense.get("converged"), "dense_val_top1": dense.get("val_top1"),
                "dense_curve_val_top1": [point["val_top1"] for point in dense.get("curve", [])],
                "dense_control_epochs": control["epochs"] if control else None, "dense_weights_digest": digest,
+               "recipe_digest": recipe_digest(joint["settings"]) if "settings" in joint else None,
                "command": "; ".join(command for command, _, _ in invocations), "date": joint["date"], "machine": machine_summary()}
     if pending_highres:
         payload["highres"] = {key: value for key, value in pending_highres.items() if key != "text"}

@@ -595,6 +595,31 @@ def test_stage_archive_outlives_work_and_is_set_aside_for_other_dense_weights(tm
     assert "has `d1`: the same weights." in report(again).read_text()
 
 
+def _dense_and_control_of_the_finished_tables() -> tuple[dict, dict]:
+    dense = {"command": "python x.py --stages dense", "date": "2026-12-02", "code": "aaa", "seconds": 30.0, "top1": 90.0, "val_top1": 90.6, "kept_epoch": 3,
+             "curve": [_point("first schedule", 88.0), _point("first schedule", 90.0), _point("cycle 1", 90.6)], "epochs": 2, "epochs_total": 3,
+             "converged": False, "max_epochs": 3, "min_gain": 0.1, "lr": 0.05, "polish_lr": 0.025, "train_images": 1340, "weights_digest": "d1"}
+    control = {"command": "python x.py --stages control", "date": "2026-12-02", "code": "aaa", "seconds": 20.0, "top1": 90.4, "val_top1": 90.7,
+               "steps": 30, "epochs": 3.28}
+    return dense, control
+
+
+def _stage_writer(tmp_path: Path):
+    """A function that makes a work directory holding the given stage records."""
+    def work(name: str, **records: dict) -> Path:
+        directory = tmp_path / name
+        directory.mkdir()
+        for stage, record in records.items():
+            (directory / f"{stage}.json").write_text(json.dumps(record))
+        return directory
+    return work
+
+
+def _reporter(spec, out: Path):
+    """A function that writes the report of a work directory into ``out``."""
+    return lambda directory: paper_tables.write_report(spec, paper_tables.parse_args(spec, ["--work-dir", str(directory), "--out-dir", str(out)]))
+
+
 def test_table_c_is_carried_over_from_finished_tables_of_the_same_dense_weights(tmp_path):
     """A lost WORK whose dense and control stages trained again to the same weights and top-1: the
     report shows the finished tables' Table C, labelled with its date and invocations, rather than
@@ -602,26 +627,14 @@ def test_table_c_is_carried_over_from_finished_tables_of_the_same_dense_weights(
     from alexnet_tables import SPEC
 
     out = tmp_path / "out"
-    dense = {"command": "python x.py --stages dense", "date": "2026-12-02", "code": "aaa", "seconds": 30.0, "top1": 90.0, "val_top1": 90.6, "kept_epoch": 3,
-             "curve": [_point("first schedule", 88.0), _point("first schedule", 90.0), _point("cycle 1", 90.6)], "epochs": 2, "epochs_total": 3,
-             "converged": False, "max_epochs": 3, "min_gain": 0.1, "lr": 0.05, "polish_lr": 0.025, "train_images": 1340, "weights_digest": "d1"}
-    control = {"command": "python x.py --stages control", "date": "2026-12-02", "code": "aaa", "seconds": 20.0, "top1": 90.4, "val_top1": 90.7,
-               "steps": 30, "epochs": 3.28}
+    dense, control = _dense_and_control_of_the_finished_tables()
     row = {"top1_spatial": 88.0, "top1_winograd": 87.0, "density": 0.06, "winograd_density": 0.2, "compression_ratio": 60.0, "test_images": 5,
            "seconds": {"compress": 1.0}, "date": "2026-12-02", "code": "bbb"}
     ablation = {"steps": 211, "batch_size": 128, "finetune": "as the full run", "top1_dense": 90.0, "command": "python x.py --stages ablation",
                 "date": "2026-12-02", "code": "bbb",
                 "modes": {mode: {**row, "command": f"python x.py --stages ablation --ablation-modes {mode}"} for mode in ("spatial", "joint")}}
 
-    def work(name: str, **records: dict) -> Path:
-        directory = tmp_path / name
-        directory.mkdir()
-        for stage, record in records.items():
-            (directory / f"{stage}.json").write_text(json.dumps(record))
-        return directory
-
-    def report(directory: Path) -> Path:
-        return paper_tables.write_report(SPEC, paper_tables.parse_args(SPEC, ["--work-dir", str(directory), "--out-dir", str(out)]))
+    work, report = _stage_writer(tmp_path), _reporter(SPEC, out)
 
     joint = _record(50.0, (89.5, 89.2), (4.0, 6.0))
     assert report(work("first", dense=dense, control=control, joint=joint, ablation=ablation)).name == "alexnet_tables.md"
@@ -654,3 +667,47 @@ def test_table_c_is_carried_over_from_finished_tables_of_the_same_dense_weights(
     assert {path.name for path in out.glob("alexnet_tables_pending.*")} == {"alexnet_tables_pending.md", "alexnet_tables_pending.json", "alexnet_tables_pending.jsz"}
     (out / "alexnet_stages").rename(tmp_path / "archive-last")
     assert report(lost).name == "alexnet_tables.md" and not list(out.glob("alexnet_tables_pending.*"))
+
+
+def test_deep_compression_row_is_carried_over_from_finished_tables_of_the_same_dense_weights_and_recipe(tmp_path):
+    """A lost WORK whose dense and control stages trained again to the same weights and top-1, and
+    whose joint row used the finished tables' recipe: the report shows the finished Deep Compression
+    row, labelled, with our ratio over its ratio taken from this run's file; another recipe or other
+    dense weights leave it to be run again."""
+    from alexnet_tables import SPEC
+
+    out = tmp_path / "out"
+    dense, control = _dense_and_control_of_the_finished_tables()
+    settings = {"retrain": {"epochs": 2}, "finetune": {"epochs": 4}}
+    joint = {**_record(50.0, (89.5, 89.2), (4.0, 6.0)), "settings": settings}
+    deepcomp = {**_record(25.0, (89.8, 89.8), (3.0, 3.0)), "command": "python x.py --stages deepcomp", "date": "2026-12-02", "code": "ccc",
+                "density": 0.102, "han_bytes": 2000, "han_ratio": 20.0, "densities": {"conv1": 0.84, "fc6": 0.09}}
+
+    work, report = _stage_writer(tmp_path), _reporter(SPEC, out)
+
+    assert report(work("first", dense=dense, control=control, joint=joint, deepcomp=deepcomp)).name == "alexnet_tables.md"
+    finished = json.loads((out / "alexnet_tables.json").read_text())
+    assert finished["recipe_digest"] == paper_tables.recipe_digest(settings) and finished["deep_compression"]["ours_over_deep_compression"] == 2.5
+    for stage in ("deepcomp", "joint"):  # the archive went with the machine too
+        (out / "alexnet_stages" / f"{stage}.json").unlink()
+    lost = work("lost", dense={**dense, "date": "2026-12-04"}, control=control, joint={**joint, "compression_ratio": 60.0, "date": "2026-12-04"})
+    path = report(lost)
+    assert path.name == "alexnet_tables.md"
+    md = path.read_text()
+    assert "**Carried over from the finished tables of 2026-12-01, not re-run in this sitting:** their dense model has this run's weights (digest `d1`)" in md
+    assert "python x.py --stages deepcomp    # deepcomp: 2026-12-02, code ccc" in md
+    assert "| Deep Compression | 0.102 | 89.80 | 0.60 | 2,000 | 20.0x | 1,234 | 25.0x |" in md  # its drop from the same control
+    assert "Our ratio over Deep Compression's: **3.00x**" in md  # this run's 60.0x over its 20.0x
+    assert "- deepcomp: not run in this sitting (the Deep Compression row is carried over" in md
+    assert "Deep Compression, from the same dense model at density 0.102" in md  # the accuracy note weighs it too
+    carried = json.loads((out / "alexnet_tables.json").read_text())["deep_compression"]
+    assert carried["source"].startswith("carried over") and carried["commands"] == ["python x.py --stages deepcomp    # deepcomp: 2026-12-02, code ccc"]
+    assert carried["ours_over_deep_compression"] == 3.0 and carried["jsz_bytes"] == 1234
+    assert report(lost).read_text() == md  # carried again from its own carried copy: the same label and commands
+    # another recipe, or other dense weights: not carried, the finished tables stay
+    for name, records in (("other-recipe", {"dense": dense, "joint": {**joint, "settings": {**settings, "finetune": {"epochs": 2}}}}),
+                          ("other-dense", {"dense": {**dense, "weights_digest": "d2"}, "joint": joint})):
+        path = report(work(name, control=control, **records))
+        assert path.name == "alexnet_tables_pending.md" and "the Deep Compression row that `alexnet_tables.md` holds" in path.read_text()
+        assert "Carried over" not in path.read_text()
+        (out / "alexnet_stages").rename(tmp_path / f"archive-{name}")  # each case starts from an archive of its own
