@@ -87,7 +87,7 @@ from jointsparse.models import get_model
 from jointsparse.provenance import ROOT, code_version, command_line, machine_summary
 from jointsparse.recipe import Recipe, RegularizerConfig, SparsityConfig, load_recipe
 from jointsparse.train import CheckpointError, TrainConfig, evaluate, get_rank, init_distributed, is_rank0, seed_everything, train
-from jointsparse.utils import atomic_torch_save, atomic_write_text
+from jointsparse.utils import atomic_torch_save, atomic_write_bytes, atomic_write_text
 
 from tuning import TUNE, already_tried, load_records, recipe_digest, record_path, reuse_trained_stages, tuning_lines, write_record  # a sibling script: its directory is on sys.path
 
@@ -491,7 +491,7 @@ class Run:
         payload = info_payload(str(out), count_size)
         total = payload["report"]["total"]
         return {
-            "file": str(out), "file_bytes": total["file_bytes"], "compression_ratio": total["compression_ratio"],
+            "file": str(out), "file_bytes": total["file_bytes"], "file_sha256": _file_sha256(out), "compression_ratio": total["compression_ratio"],
             "weights_only_ratio": total["weights_only_ratio"], "density": total["density"], "winograd_density": total["winograd_density"],
             **_position_figures(total),
             "macs_reduction_spatial": payload["macs"]["reduction_spatial"], "macs_reduction_winograd": payload["macs"]["reduction_winograd"],
@@ -1044,17 +1044,31 @@ def targets_met(spec: NetworkSpec, record: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def commit_file(record: dict[str, Any], target: Path) -> str | None:
-    """Copy a stage's ``.jsz`` to ``target`` (in the results, to be committed) unless it is there
-    already; the path to cite: relative to the repository root when inside it."""
-    source = Path(record.get("file") or "")
-    if source.is_file() and not (target.is_file() and target.read_bytes() == source.read_bytes()):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-    if not target.is_file():
+def commit_file(record: dict[str, Any], target: Path, copies: tuple[Path, ...] = ()) -> str | None:
+    """Put the stage's ``.jsz`` at ``target`` (in the results, to be committed); the path to cite:
+    relative to the repository root when inside it. The file is the record's own, or, once WORK is
+    gone, a copy committed earlier (``target`` or ``copies``) that is byte for byte the record's
+    file: its size and, where the record kept it, its sha256. A file at ``target`` that is not the
+    record's (an earlier run's) is removed, and None is returned when no copy is found: a report
+    never cites another run's file as its own."""
+    source = next((path for path in (Path(record.get("file") or ""), target, *copies) if _is_records_file(path, record)), None)
+    if source is None:
+        target.unlink(missing_ok=True)
         return None
+    if source != target:
+        atomic_write_bytes(target, source.read_bytes())
     resolved = target.resolve()
     return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
+
+
+def _is_records_file(path: Path, record: dict[str, Any]) -> bool:
+    if not path.is_file() or path.stat().st_size != record["file_bytes"]:
+        return False
+    return record.get("file_sha256") in (None, _file_sha256(path))
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _curve_table(curve: list[dict[str, Any]], kept: int | None = None) -> list[str]:
@@ -1624,12 +1638,14 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
         holds.add("ablation")
     lacking = _lacking(spec, args, holds)
     name = f"{spec.name}_tables" + ("_pending" if lacking else "")  # the finished tables, and their file, stay until a report holds all they hold
-    joint["committed_file"] = commit_file(joint, args.out_dir / f"{name}.jsz")
+    # once WORK is gone, the stage's file is the copy an earlier report committed, finished or pending
+    committed_copies = lambda suffix: tuple(args.out_dir / f"{spec.name}_tables{pending}{suffix}.jsz" for pending in ("", "_pending"))  # noqa: E731
+    joint["committed_file"] = commit_file(joint, args.out_dir / f"{name}.jsz", committed_copies(""))
     for stage in ("joint", "highres", "deepcomp"):
         if stage in records:
             _fill_position_figures(records[stage], (3, spec.count_resolution, spec.count_resolution))
     if "highres" in records:
-        records["highres"]["committed_file"] = commit_file(records["highres"], args.out_dir / f"{name}_highres.jsz")
+        records["highres"]["committed_file"] = commit_file(records["highres"], args.out_dir / f"{name}_highres.jsz", committed_copies("_highres"))
     resolution = joint["resolution"][0]
     lines = [f"# {spec.title}: the paper's compression tables, reproduced on {'ImageNet' if args.data.startswith('imagefolder:') else 'a CPU proxy'}", ""]
     lines += ["Produced by (stage by stage, in this order; each stage resumes and is reused by the next):", "", "```"]
@@ -1836,7 +1852,7 @@ def _write_tables(spec: NetworkSpec, args: argparse.Namespace, lines: list[str],
     atomic_write_text(md, "\n".join(lines) + "\n")
     atomic_write_text(args.out_dir / f"{name}.json", json.dumps(payload, indent=2) + "\n")
     if not lacking:  # these tables hold all the pending ones did: a stale pending report would contradict them
-        for suffix in (".md", ".json", ".jsz"):
+        for suffix in (".md", ".json", ".jsz", "_highres.jsz"):
             (args.out_dir / f"{spec.name}_tables_pending{suffix}").unlink(missing_ok=True)
     return md
 

@@ -51,12 +51,15 @@ def test_later_stage_without_dense_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "the deepcomp stage is AlexNet's" in result.stderr
 
 
+_FAKE_JSZ = (b"JSZ" * 412)[:1234]  # a stage's file, as big as _record says
+
+
 def _record(ratio: float, top1: tuple[float, float], macs: tuple[float, float]) -> dict:
     layer = {"name": "conv2", "params": 100, "density": 0.2, "winograd_density": 0.25, "bits": 6, "coded_bytes": 40,
              "dense_macs": 1e6, "sparse_spatial_macs": 2e5, "sparse_winograd_macs": 1e5}
     return {"command": "python x.py", "date": "2026-12-01", "code": "abc", "resolution": [67, 67], "train_images": 10, "test_images": 5,
             "layers": [layer], "macs": {"dense": 1e6, "spatial": 2e5, "winograd": 1e5, "winograd_with_transforms": 1.6e5, "input_size": [3, 227, 227]},
-            "density": 0.2, "winograd_density": 0.25, "file_bytes": 1234, "compression_ratio": ratio, "weights_only_ratio": ratio + 1,
+            "density": 0.2, "winograd_density": 0.25, "file_bytes": len(_FAKE_JSZ), "compression_ratio": ratio, "weights_only_ratio": ratio + 1,
             "macs_reduction_spatial": macs[0], "macs_reduction_winograd": macs[1], "macs_reduction_winograd_with_transforms": 6.25, "top1_dense": 90.0,
             "top1_spatial": top1[0], "top1_winograd": top1[1], "seconds": {"compress": 1.0}}
 
@@ -237,7 +240,7 @@ def test_report_measures_drops_against_the_better_of_dense_and_control(tmp_path)
     joint.update(validation_images=6, file=str(work / "joint.jsz"),
                  val_top1_stages={"dense": 90.6, "retrain": 89.0, "pruned": 88.5, "finetune": 90.1, "quantized": 89.9, "codebook": 89.7, "kept": 89.9})
     (work / "joint.json").write_text(json.dumps(joint))
-    (work / "joint.jsz").write_bytes(b"JSZ" * 10)
+    (work / "joint.jsz").write_bytes(_FAKE_JSZ)
     args = paper_tables.parse_args(SPEC, ["--work-dir", str(work), "--out-dir", str(out)])
     md = paper_tables.write_report(SPEC, args).read_text()
     assert "**not converged**: the cap of 3 epochs was hit while the last 2 epochs still raised the best validation top-1 by +2.60 pt" in md
@@ -257,7 +260,7 @@ def test_report_measures_drops_against_the_better_of_dense_and_control(tmp_path)
     payload = json.loads((out / "resnet18_tables.json").read_text())
     assert {"dense_control_top1", "validation_images", "train_images", "file", "file_bytes", "macs_reduction_winograd_with_transforms"} <= set(payload)
     assert payload["dense_control_top1"] == 90.4 and payload["top1_baseline"] == 90.4 and payload["validation_images"] == 6
-    assert (out / "resnet18_tables.jsz").read_bytes() == b"JSZ" * 10 and payload["file"].endswith("resnet18_tables.jsz")
+    assert (out / "resnet18_tables.jsz").read_bytes() == _FAKE_JSZ and payload["file"].endswith("resnet18_tables.jsz")
     assert payload["dense_converged"] is False and payload["dense_curve_val_top1"] == [88.0, 90.0, 90.6]
     assert "## Table C" not in md  # no ablation record and no earlier table in this out dir
     assert payload["dense_weights_digest"] is None and "digest" not in md  # no dense.pt in WORK
@@ -279,10 +282,10 @@ def test_report_measures_drops_against_the_better_of_dense_and_control(tmp_path)
     finished = json.loads((out / "resnet18_tables.json").read_text())
     (out / "resnet18_tables.json").write_text(json.dumps({**finished, "ablation": {"modes": {}}}))
     committed = (out / "resnet18_tables.jsz").read_bytes()
-    (work / "joint.jsz").write_bytes(b"NEW" * 10)
+    (work / "joint.jsz").write_bytes((b"NEW" * 412)[:len(_FAKE_JSZ)])
     path = paper_tables.write_report(SPEC, args)
     assert path.name == "resnet18_tables_pending.md" and "This report lacks Table C that `resnet18_tables.md` holds" in path.read_text()
-    assert (out / "resnet18_tables.jsz").read_bytes() == committed and (out / "resnet18_tables_pending.jsz").read_bytes() == b"NEW" * 10
+    assert (out / "resnet18_tables.jsz").read_bytes() == committed and (out / "resnet18_tables_pending.jsz").read_bytes() == (b"NEW" * 412)[:len(_FAKE_JSZ)]
 
 
 def test_unfinished_run_reports_its_logged_dense_epochs_and_how_to_resume(tmp_path):
@@ -660,7 +663,7 @@ def test_table_c_is_carried_over_from_finished_tables_of_the_same_dense_weights(
         assert "Carried over" not in path.read_text()
         (out / "alexnet_stages").rename(tmp_path / f"archive-{name}")  # each case starts from an archive of its own
     # the tables again in full: the pending report, its JSON and its file go, so nothing contradicts them
-    (tmp_path / "lost" / "joint.jsz").write_bytes(b"JSZ" * 10)
+    (tmp_path / "lost" / "joint.jsz").write_bytes(_FAKE_JSZ)
     (tmp_path / "lost" / "joint.json").write_text(json.dumps({**joint, "file": str(tmp_path / "lost" / "joint.jsz")}))
     assert report(work("other-dense-2", joint={**joint, "file": str(tmp_path / "lost" / "joint.jsz")},
                        dense={**dense, "weights_digest": "d2"}, control=control)).name == "alexnet_tables_pending.md"
@@ -711,3 +714,26 @@ def test_deep_compression_row_is_carried_over_from_finished_tables_of_the_same_d
         assert path.name == "alexnet_tables_pending.md" and "the Deep Compression row that `alexnet_tables.md` holds" in path.read_text()
         assert "Carried over" not in path.read_text()
         (out / "alexnet_stages").rename(tmp_path / f"archive-{name}")  # each case starts from an archive of its own
+
+
+def test_a_report_commits_its_own_file_never_an_earlier_runs(tmp_path):
+    """Once WORK is gone, the file a report commits is a copy of the record's own file (its size
+    and sha256), found where an earlier report committed it; an earlier run's file at the target
+    is replaced, or removed when no copy of the record's own is left."""
+    import hashlib
+
+    ours, theirs = b"OURS" * 4, b"THEM" * 4
+    record = {"file": str(tmp_path / "work" / "joint.jsz"), "file_bytes": len(ours), "file_sha256": hashlib.sha256(ours).hexdigest()}
+    target, pending = tmp_path / "alexnet_tables.jsz", tmp_path / "alexnet_tables_pending.jsz"
+    target.write_bytes(theirs)  # the same size: only the digest tells them apart
+    pending.write_bytes(ours)
+    assert paper_tables.commit_file(record, target, (target, pending)) == str(target.resolve()) and target.read_bytes() == ours
+    target.write_bytes(theirs)
+    assert paper_tables.commit_file(record, target, (target,)) is None and not target.exists()
+    unhashed = {key: value for key, value in record.items() if key != "file_sha256"}  # a record from before they kept it: the size decides
+    target.write_bytes(theirs + b"!")
+    assert paper_tables.commit_file(unhashed, target, (pending,)) == str(target.resolve()) and target.read_bytes() == ours
+    (tmp_path / "work").mkdir()
+    Path(record["file"]).write_bytes(ours)  # WORK's own file first
+    pending.write_bytes(theirs)
+    assert paper_tables.commit_file(record, pending, (target,)) == str(pending.resolve()) and pending.read_bytes() == ours
