@@ -1666,9 +1666,15 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
             codes = ", ".join(dict.fromkeys(entry["code"] for entry in history))
             lines.append(f"The {stage} stage ran over {len(history)} invocations ({history[0]['date']} to {history[-1]['date']}; code {codes}), each resuming "
                          f"from the last one's per-epoch checkpoints; the line above is the one that finished it (`WORK/{stage}.started.json` and its copy in the stage archive list them all).")
-    in_progress = [stage for stage in STAGES if stage not in records and stage in files.started]
-    if in_progress:  # started in some sitting, not finished: their per-epoch checkpoints wait in WORK
-        lines.append(f"Started, not finished (each resumes from its checkpoints when its `--stages` command is run again): {', '.join(in_progress)}.")
+    carried = {"ablation"} if "ablation" in holds and "ablation" not in records else set()
+    carried |= {"deepcomp"} if carried_deepcomp is not None else set()
+    in_progress = [stage for stage in STAGES if stage not in records and stage not in carried and stage in files.started]
+    resumable = [stage for stage in in_progress if (args.work_dir / f"{stage}.started.json").is_file()]
+    if resumable:  # started in this WORK, not finished: their per-epoch checkpoints wait there
+        lines.append(f"Started, not finished (each resumes from its checkpoints in WORK when its `--stages` command is run again): {', '.join(resumable)}.")
+    if len(resumable) < len(in_progress):  # known only from the stage archive: their checkpoints went with that WORK
+        lines.append(f"Started in a sitting whose WORK is gone, not finished (their checkpoints went with it; run again, they start over): "
+                     f"{', '.join(stage for stage in in_progress if stage not in resumable)}.")
     lines += [""] + files.lines(stage_archive(spec, args))
     lines += ["", "WORK: any scratch directory (checkpoints and stage records; the same one for every stage).", "",
               f"Machine: {_machine()}, {_torch_threads([r['command'] for r in records.values()], args.threads)}. Recipe: `{os.path.relpath(args.recipe)}`.", ""]

@@ -128,7 +128,11 @@ def test_report_flags_each_missed_target(tmp_path):
     assert "Started, not finished" not in md
     (work / "ablation.started.json").write_text(json.dumps([{"command": "python x.py --stages ablation", "date": "2026-12-01", "code": "abc"}]))
     md = paper_tables.write_report(SPEC, args).read_text()
-    assert "Started, not finished (each resumes from its checkpoints when its `--stages` command is run again): ablation." in md
+    assert "Started, not finished (each resumes from its checkpoints in WORK when its `--stages` command is run again): ablation." in md
+    (work / "ablation.started.json").unlink()  # WORK lost it; the stage archive keeps the invocation
+    md = paper_tables.write_report(SPEC, args).read_text()
+    assert "Started, not finished" not in md
+    assert "Started in a sitting whose WORK is gone, not finished (their checkpoints went with it; run again, they start over): ablation." in md
 
 
 def test_a_missed_accuracy_target_says_where_the_points_went(tmp_path):
