@@ -45,7 +45,6 @@ import dataclasses
 import datetime
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -67,7 +66,7 @@ from jointsparse.provenance import ROOT, code_version, command_line, machine_sum
 from jointsparse.recipe import Recipe, load_recipe
 from jointsparse.tasks import SUPER_RESOLUTION
 from jointsparse.train import TrainConfig, evaluate, seed_everything, train
-from jointsparse.utils import atomic_torch_save, atomic_write_text
+from jointsparse.utils import atomic_torch_save, atomic_write_bytes, atomic_write_text
 
 STAGES = ("dense", "control", "joint", "ablation")
 RECIPE = Path(__file__).resolve().parent / "recipes" / "ctsrcnn.toml"
@@ -309,7 +308,7 @@ class Run:
         path = str(final.resolve().relative_to(ROOT)) if final.resolve().is_relative_to(ROOT) else str(final)
         if record.get("file") == path and final.is_file() and final.read_bytes() == (self.work / "joint.jsz").read_bytes():
             return False
-        shutil.copyfile(self.work / "joint.jsz", final)
+        atomic_write_bytes(final, (self.work / "joint.jsz").read_bytes())  # a kill mid-copy must not leave a torn committed file
         record["file"] = path
         return True
 
