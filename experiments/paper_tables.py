@@ -68,7 +68,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass
