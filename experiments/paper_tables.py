@@ -1238,7 +1238,8 @@ def _carried_label(finished: dict[str, Any], records: dict[str, Any]) -> str:
     return (f"{CARRIED_MARK} of {finished.get('date')}, not re-run in this sitting:** their dense model has this run's weights "
             f"(digest `{finished['dense_weights_digest']}`), dense top-1 ({records['dense']['top1']:.2f}%) and control top-1 ({records['control']['top1']:.2f}%), "
             "and training here is deterministic (the dense and control stages, trained again with the same commands, got the same weights and "
-            "top-1), so their figures stand for this run's. They were produced by:")
+            "top-1), so their figures stand for this run's. Their files were coded by that run's code (the stamps below), not coded again here. "
+            "They were produced by:")
 
 
 def _carried_ablation(spec: NetworkSpec, args: argparse.Namespace, records: dict[str, Any]) -> tuple[list[str], dict[str, Any]] | None:
@@ -1367,7 +1368,7 @@ def _deepcomp_lines(spec: NetworkSpec, records: dict[str, Any]) -> tuple[list[st
     lines = ["", "## Deep Compression on the same proxy", ""]
     if carried:
         lines += [dc["label"], "", "```", *carried["commands"], "```", ""] + ([MODIFIED_NOTE, ""] if any("+modified" in c for c in carried["commands"]) else [])
-        lines += ["Its `.jsz` bytes are that run's coding (not coded again here); our ratio over its ratio, below, is this run's file's ratio over that row's.", ""]
+        lines += ["Our ratio over its ratio, below, is this run's file's ratio over that row's.", ""]
     lines += [
              f"Han et al.'s method run through the same pipeline from the same dense model: iterative magnitude pruning in 3 rounds over the recipe's "
              f"retraining, to the kept fractions Han et al. report for AlexNet at no loss ({densities}; {spec.deep_compression_source}), no Winograd "
