@@ -1242,6 +1242,12 @@ def _carried_label(finished: dict[str, Any], records: dict[str, Any]) -> str:
             "They were produced by:")
 
 
+def _carried_block(label: str, commands: list[str]) -> list[str]:
+    """A carried-over section's head: its label, the invocations that produced it, and what a
+    ``+modified`` stamp among them means."""
+    return [label, "", "```", *commands, "```"] + (["", MODIFIED_NOTE] if any("+modified" in command for command in commands) else [])
+
+
 def _carried_ablation(spec: NetworkSpec, args: argparse.Namespace, records: dict[str, Any]) -> tuple[list[str], dict[str, Any]] | None:
     """The finished tables' Table C, for a run whose WORK and stage archive lack the ablation
     record (a lost WORK), when those tables share this run's baseline. Their section is shown
@@ -1265,8 +1271,7 @@ def _carried_ablation(spec: NetworkSpec, args: argparse.Namespace, records: dict
         return None  # the report's Table C is not the JSON's (an edited file): nothing to vouch for
     if not any(line.startswith(CARRIED_MARK) for line in section):
         produced = _produced_by(text, "ablation")
-        section = ["", _carried_label(finished, records), "", "```", *produced, "```"] \
-            + (["", MODIFIED_NOTE] if any("+modified" in line for line in produced) else []) + section
+        section = ["", *_carried_block(_carried_label(finished, records), produced)] + section
         payload = {"source": f"carried over from the finished tables of {finished.get('date')} (same dense weights)", "date": finished.get("date"),
                    "dense_weights_digest": finished["dense_weights_digest"], "commands": produced, "modes": payload}
     return ["", TABLE_C_HEADING, *section], payload
@@ -1367,8 +1372,7 @@ def _deepcomp_lines(spec: NetworkSpec, records: dict[str, Any]) -> tuple[list[st
     carried = dc.get("carried")
     lines = ["", "## Deep Compression on the same proxy", ""]
     if carried:
-        lines += [dc["label"], "", "```", *carried["commands"], "```", ""] + ([MODIFIED_NOTE, ""] if any("+modified" in c for c in carried["commands"]) else [])
-        lines += ["Our ratio over its ratio, below, is this run's file's ratio over that row's.", ""]
+        lines += _carried_block(dc["label"], carried["commands"]) + ["", "Our ratio over its ratio, below, is this run's file's ratio over that row's.", ""]
     lines += [
              f"Han et al.'s method run through the same pipeline from the same dense model: iterative magnitude pruning in 3 rounds over the recipe's "
              f"retraining, to the kept fractions Han et al. report for AlexNet at no loss ({densities}; {spec.deep_compression_source}), no Winograd "
