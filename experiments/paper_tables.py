@@ -803,10 +803,10 @@ def _weights_file_digest(path: Path, mtime_ns: int, size: int) -> str:
     return _state_digest(torch.load(path, map_location="cpu", weights_only=True))
 
 
-def _kept_digest(dense: dict[str, Any], args: argparse.Namespace) -> str | None:
-    """The kept dense weights' digest: the record's, else (a record from before records kept it)
-    computed from WORK's weights."""
-    return dense.get("weights_digest") or _dense_digest(args.work_dir)
+def _kept_digest(dense: dict[str, Any] | None, args: argparse.Namespace) -> str | None:
+    """The kept dense weights' digest: the record's (which the stage archive keeps when WORK is
+    gone), else (no record yet, or one from before records kept it) computed from WORK's weights."""
+    return (dense or {}).get("weights_digest") or _dense_digest(args.work_dir)
 
 
 def stage_archive(spec: NetworkSpec, args: argparse.Namespace) -> Path:
@@ -1531,12 +1531,14 @@ def tuning_dir(spec: NetworkSpec) -> str:
     return f"{spec.name}_tuning"
 
 
-def _tuning_section(spec: NetworkSpec, args: argparse.Namespace, chosen: dict[str, Any] | None) -> tuple[list[str], list[dict[str, Any]] | None]:
-    """The candidates tried on validation (``--stages tune``): the report's lines and the JSON's list."""
+def _tuning_section(spec: NetworkSpec, args: argparse.Namespace, chosen: dict[str, Any] | None,
+                    dense_digest: str | None) -> tuple[list[str], list[dict[str, Any]] | None]:
+    """The candidates tried on validation (``--stages tune``): the report's lines and the JSON's list.
+    ``dense_digest``: the report's dense model, which each candidate's is compared with."""
     tried = load_records(args.out_dir / tuning_dir(spec))
     if not tried:
         return [], None
-    lines = [""] + tuning_lines(tried, chosen, _dense_digest(args.work_dir), directory=tuning_dir(spec), score="top-1 (%)",
+    lines = [""] + tuning_lines(tried, chosen, dense_digest, directory=tuning_dir(spec), score="top-1 (%)",
                                 decoded_key="val_top1_decoded", stages_key="val_top1_stages", fmt=_pct, stage_table=stage_table)
     payload = [{"recipe_file": r["recipe_file"], "recipe_digest": r["recipe_digest"], "val_top1_decoded": r.get("val_top1_decoded"),
                 **{k: r[k] for k in ("compression_ratio", "macs_reduction_winograd", "macs_reduction_winograd_with_transforms", "dense_weights_digest", "date")}}
@@ -1608,7 +1610,7 @@ def _pending_report(spec: NetworkSpec, args: argparse.Namespace, files: StageFil
         + [f"the joint stage {extra:.2f} epochs of training (regularized retraining runs slower than dense) plus evaluations"]
     lines += [f"Remaining, at this run's pace of {pace:.0f} s per dense epoch: {', '.join(pending)}: at least {todo * pace / 3600:.1f} h of one core.", ""]
     ablation_lines, ablation_payload = _ablation_lines(args, spec, records)
-    tuning, tuning_payload = _tuning_section(spec, args, None)
+    tuning, tuning_payload = _tuning_section(spec, args, None, _kept_digest(dense, args))
     lines += ablation_lines + tuning
     payload = {key: None for key in ("compression_ratio", "weights_only_ratio", "macs_reduction_spatial", "macs_reduction_winograd",
                                      "macs_reduction_winograd_with_transforms", "top1_spatial", "top1_winograd", "file", "file_bytes")}
@@ -1786,7 +1788,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
         lines += _accuracy_miss_lines(spec, with_deepcomp, stage, label)
     deepcomp_lines, deepcomp_payload = _deepcomp_lines(spec, with_deepcomp)
     lines += deepcomp_lines
-    tuning, tuning_payload = _tuning_section(spec, args, joint.get("settings"))
+    tuning, tuning_payload = _tuning_section(spec, args, joint.get("settings"), digest)
     lines += ablation_lines + tuning
     payload = {**summary(joint), "targets_met": targets_met(spec, joint), "resolution": resolution,
                "dense_epochs": dense.get("epochs_total"), "dense_converged": dense.get("converged"), "dense_val_top1": dense.get("val_top1"),

@@ -602,6 +602,27 @@ def test_stage_archive_outlives_work_and_is_set_aside_for_other_dense_weights(tm
     assert "has `d1`: the same weights." in report(again).read_text()
 
 
+
+def test_tuning_candidates_are_compared_with_the_recorded_dense_digest_when_work_has_no_weights(tmp_path):
+    """A fresh WORK (or the stage archive) holds the dense record but not its 228 MB weights: the
+    candidates tried from that dense net are still "this one", not compared with a digest of None."""
+    from resnet18_tables import SPEC
+
+    out = tmp_path / "out"
+    dense, control = _dense_and_control_of_the_finished_tables()
+    candidate = {"recipe_file": "a.toml", "recipe_digest": "aaaaaaaa", "date": "2026-12-03", "file_bytes": 1234, "compression_ratio": 40.0,
+                 "macs_reduction_winograd": 5.5, "macs_reduction_winograd_with_transforms": 5.0, "density": 0.1, "winograd_density": 0.2,
+                 "val_top1_decoded": {"spatial": 88.0, "winograd": 87.5}, "val_top1_stages": {"dense": 90.0}, "dense_weights_digest": "d1"}
+    (out / "resnet18_tuning").mkdir(parents=True)
+    (out / "resnet18_tuning" / "a-aaaaaaaa.json").write_text(json.dumps(candidate))
+    (out / "resnet18_tuning" / "b-bbbbbbbb.json").write_text(json.dumps({**candidate, "recipe_file": "b.toml", "recipe_digest": "bbbbbbbb",
+                                                                            "dense_weights_digest": "d0"}))
+    work = _stage_writer(tmp_path)("work", dense=dense, control=control)
+    md = _reporter(SPEC, out)(work).read_text()
+    assert "(dense weights digest d1)" in md and "None" not in md.split("## Recipes tried on validation")[1]
+    assert "| 88.00 | 87.50 | this one |" in next(line for line in md.splitlines() if line.startswith("| a.toml"))
+    assert next(line for line in md.splitlines() if line.startswith("| b.toml")).endswith("| d0 |")
+
 def _dense_and_control_of_the_finished_tables() -> tuple[dict, dict]:
     dense = {"command": "python x.py --stages dense", "date": "2026-12-02", "code": "aaa", "seconds": 30.0, "top1": 90.0, "val_top1": 90.6, "kept_epoch": 3,
              "curve": [_point("first schedule", 88.0), _point("first schedule", 90.0), _point("cycle 1", 90.6)], "epochs": 2, "epochs_total": 3,
