@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from tuning import TUNE, already_tried, load_records, record_path, reuse_trained_stages, tuning_lines, write_record  # siblings: the directory of the running script is on sys.path
-from paper_tables import _dense_digest, _density_spread, _density, _layer_rows, _met, _shown, _times, _torch_threads, _weights_digest, control_settings, stage_table, train_control  # a sibling script: its directory is on sys.path
+from paper_tables import _dense_digest, _density_spread, _density, _layer_rows, _met, _shown, _times, _torch_threads, _weights_digest, code_changed_note, control_settings, stage_table, train_control  # a sibling script: its directory is on sys.path
 
 from jointsparse import superres
 from jointsparse.info import info_payload
@@ -572,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
             args.recipe = RECIPE  # the report is the committed recipe's; the candidate's record lists its own
         path = write_report(args)
         run.log(f"wrote {path}" if path else "no report yet (the dense stage has not run)")
+        note = None if args.report_only else code_changed_note(run.code, code_version())
+        if note and path:
+            run.log(note)
         return 0
     except (TablesError, ValueError, FileNotFoundError) as error:
         print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)

@@ -1869,6 +1869,15 @@ def _write_tables(spec: NetworkSpec, args: argparse.Namespace, lines: list[str],
     return md
 
 
+def code_changed_note(started: str, now: str) -> str | None:
+    """A stage runs for hours while the checkout may move on: its report is written by the code
+    the process loaded at its start, so a wording fixed since then is missing from it."""
+    if started == now:
+        return None
+    return (f"note: the code changed while this run went on ({started} -> {now}); the report above was written by the code it "
+            "started with: the same command with --report-only rewrites it with the current code")
+
+
 def main(spec: NetworkSpec, argv: list[str] | None = None) -> int:
     try:
         args = parse_args(spec, argv)
@@ -1884,6 +1893,9 @@ def main(spec: NetworkSpec, argv: list[str] | None = None) -> int:
             with lock:  # read the records and write their report after any merge in flight
                 path = write_report(spec, args)
             run.log(f"wrote {path}" if path else "no table yet (no dense epoch has finished)")
+            note = None if args.report_only else code_changed_note(run.code, code_version())
+            if note and path:
+                run.log(note)
         return 0
     except (TablesError, ValueError, FileNotFoundError) as error:
         print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)

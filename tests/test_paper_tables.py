@@ -762,3 +762,9 @@ def test_a_report_commits_its_own_file_never_an_earlier_runs(tmp_path):
     Path(record["file"]).write_bytes(ours)  # WORK's own file first
     pending.write_bytes(theirs)
     assert paper_tables.commit_file(record, pending, (target,)) == str(pending.resolve()) and pending.read_bytes() == ours
+
+
+def test_a_run_whose_code_moved_on_says_how_to_rewrite_its_report():
+    assert paper_tables.code_changed_note("c472037", "c472037") is None
+    note = paper_tables.code_changed_note("c472037", "ee7f6a1")
+    assert "(c472037 -> ee7f6a1)" in note and "--report-only" in note
