@@ -572,8 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             args.recipe = RECIPE  # the report is the committed recipe's; the candidate's record lists its own
         path = write_report(args)
         run.log(f"wrote {path}" if path else "no report yet (the dense stage has not run)")
-        note = None if args.report_only else code_changed_note(run.code, code_version())
-        if note and path:
+        if path and not args.report_only and (note := code_changed_note(run.code, code_version())):
             run.log(note)
         return 0
     except (TablesError, ValueError, FileNotFoundError) as error:

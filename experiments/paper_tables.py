@@ -1893,8 +1893,7 @@ def main(spec: NetworkSpec, argv: list[str] | None = None) -> int:
             with lock:  # read the records and write their report after any merge in flight
                 path = write_report(spec, args)
             run.log(f"wrote {path}" if path else "no table yet (no dense epoch has finished)")
-            note = None if args.report_only else code_changed_note(run.code, code_version())
-            if note and path:
+            if path and not args.report_only and (note := code_changed_note(run.code, code_version())):
                 run.log(note)
         return 0
     except (TablesError, ValueError, FileNotFoundError) as error:

@@ -602,7 +602,6 @@ def test_stage_archive_outlives_work_and_is_set_aside_for_other_dense_weights(tm
     assert "has `d1`: the same weights." in report(again).read_text()
 
 
-
 def test_tuning_candidates_are_compared_with_the_recorded_dense_digest_when_work_has_no_weights(tmp_path):
     """A fresh WORK (or the stage archive) holds the dense record but not its 228 MB weights: the
     candidates tried from that dense net are still "this one", not compared with a digest of None."""
@@ -622,6 +621,7 @@ def test_tuning_candidates_are_compared_with_the_recorded_dense_digest_when_work
     assert "(dense weights digest d1)" in md and "None" not in md.split("## Recipes tried on validation")[1]
     assert "| 88.00 | 87.50 | this one |" in next(line for line in md.splitlines() if line.startswith("| a.toml"))
     assert next(line for line in md.splitlines() if line.startswith("| b.toml")).endswith("| d0 |")
+
 
 def _dense_and_control_of_the_finished_tables() -> tuple[dict, dict]:
     dense = {"command": "python x.py --stages dense", "date": "2026-12-02", "code": "aaa", "seconds": 30.0, "top1": 90.0, "val_top1": 90.6, "kept_epoch": 3,
