@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from tuning import TUNE, already_tried, load_records, record_path, reuse_trained_stages, tuning_lines, write_record  # siblings: the directory of the running script is on sys.path
-from paper_tables import _dense_digest, _density_spread, _density, _layer_rows, _met, _shown, _times, _torch_threads, _weights_digest, code_changed_note, control_settings, stage_table, train_control  # a sibling script: its directory is on sys.path
+from paper_tables import SECONDS_COVER, _dense_digest, _density_spread, _density, _layer_rows, _met, _shown, _times, _torch_threads, _weights_digest, code_changed_note, control_settings, run_seconds, stage_table, train_control  # a sibling script: its directory is on sys.path
 
 from jointsparse import superres
 from jointsparse.info import info_payload
@@ -273,7 +273,7 @@ class Run:
         decoded = {domain: evaluate(decode(out, domain=domain), self.val_loader, task=TASK)["metric"] for domain in ("spatial", "winograd")}
         return out, {**file_figures(out, self.args.count_size), "val_psnr_stages": result.scores, "val_psnr_decoded": decoded,
                      **({"reused": reused} if reused else {}),
-                     "seconds": {"compress": time.perf_counter() - start, **result.seconds}}
+                     "seconds": run_seconds(time.perf_counter() - start, result, reused), SECONDS_COVER: True}
 
     def compress_and_deploy(self, tag: str, recipe: Recipe) -> dict[str, Any]:
         out, record = self.compress_only(tag, recipe)

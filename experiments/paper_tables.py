@@ -486,7 +486,7 @@ class Run:
         result = compress(model, train_loader, val_loader, recipe, out, workdir=self.work / f"{tag}.work", resume=self.args.resume,
                           device=self.args.device, seed=self.args.seed, progress=self.progress, log=self.log, eval_name="validation",
                           fingerprint=fingerprint, provenance={"data": {"name": self.args.data, "input_size": [3, *info.input_size]}})
-        seconds = {"compress": time.perf_counter() - start, **result.seconds}
+        seconds = run_seconds(time.perf_counter() - start, result, reused)
         payload = info_payload(str(out), count_size)
         total = payload["report"]["total"]
         return {
@@ -497,7 +497,7 @@ class Run:
             "macs_reduction_winograd_with_transforms": payload["macs"]["reduction_winograd_with_transforms"],
             "macs": {k: payload["macs"][k] for k in ("dense", "spatial", "winograd", "winograd_with_transforms", "input_size")},
             "val_top1_stages": {k: 100 * v for k, v in result.accuracy.items()},
-            "layers": _layer_rows(payload), "seconds": seconds, "resolution": info.input_size,
+            "layers": _layer_rows(payload), "seconds": seconds, SECONDS_COVER: True, "resolution": info.input_size,
             "train_images": info.train_size, "validation_images": len(val_loader.dataset), "test_images": info.test_size,
             **({"reused": reused} if reused else {}),
         }
@@ -992,6 +992,20 @@ def baseline_top1(record: dict[str, Any]) -> float:
 def top1_drop(record: dict[str, Any]) -> float:
     """Points lost from the better of dense and control, in the worse of the two deployed domains."""
     return baseline_top1(record) - min(record["top1_spatial"], record["top1_winograd"])
+
+
+#: A compress record's key saying its ``seconds`` count every invocation that resumed the run;
+#: records without it hold the last invocation's time alone.
+SECONDS_COVER = "seconds_cover_every_invocation"
+
+
+def run_seconds(invocation: float, result: Any, reused: dict[str, Any] | None) -> dict[str, float]:
+    """A compress run's wall times: ``compress``, the whole run's over every invocation that
+    resumed it (``invocation`` is this one's), then each stage's. Stages taken from another run
+    (``reused``) took no time in this one, so they are left out of both."""
+    seconds = dict(result.seconds)
+    taken = sum(seconds.pop(stage, 0.0) for stage in (reused or {}).get("stages", ()))
+    return {"compress": invocation + result.earlier_seconds - taken, **seconds}
 
 
 def _times(seconds: dict[str, float], reused: dict[str, Any] | None = None) -> str:
@@ -1696,7 +1710,10 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
             lines.append(f"- {stage}: {records[stage]['seconds']:.0f}")
     for stage in ("joint", "deepcomp", "highres"):
         if stage in records:
-            lines.append(f"- {stage}: " + _times(records[stage]["seconds"], records[stage].get("reused")))
+            partial = len(files.started.get(stage, [])) > 1 and not records[stage].get(SECONDS_COVER)
+            lines.append(f"- {stage}: " + _times(records[stage]["seconds"], records[stage].get("reused"))
+                         + (f" (the last of its invocations alone: its record predates counting the earlier ones; the epochs of each are in "
+                            f"`WORK/{stage}.work/*.jsonl`)" if partial else ""))
     if "ablation" in records:
         lines.append("- ablation: " + "; ".join(f"{mode} {_times(row['seconds'], row.get('reused'))}" for mode, row in records["ablation"]["modes"].items()))
     elif "ablation" in holds:

@@ -49,6 +49,10 @@ class CompressResult:
     densities: dict[str, dict[str, float | None]] = field(default_factory=dict)
     metric: str = "accuracy"
     regularization: dict[str, Any] = field(default_factory=dict)  # e.g. {"a": {"spatial": ..., "winograd": ...}}
+    #: the part of ``seconds`` spent before this call: stages an earlier, interrupted call (or a
+    #: run whose ``.done`` files were copied in) finished, and the epochs it trained of a stage
+    #: this call resumed. A caller timing the call adds it to get the whole run's wall time.
+    earlier_seconds: float = 0.0
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -199,6 +203,7 @@ def compress(
     stages = _Stages(Path(workdir or f"{out_path}.work"), resume, run_fingerprint(recipe, fingerprint), log)
     scores: dict[str, float] = {}
     seconds: dict[str, float] = {}
+    earlier: list[float] = []  # stage seconds spent before this call (see CompressResult.earlier_seconds)
     regularization: dict[str, Any] = {}  # values resolved at run time ("auto" a), kept in the file's provenance
     arch = getattr(model, "jointsparse_arch", None)
     model.to(device)
@@ -214,8 +219,12 @@ def compress(
             for hook, state in zip(hooks, done["hooks"]):
                 hook.load_state_dict(state)
             scores[stage] = done["score"] if "score" in done else done["accuracy"]  # markers written before tasks existed
+            if "seconds" in done:  # markers written before stage times were kept say nothing of theirs
+                seconds[stage] = done["seconds"]
+                earlier.append(done["seconds"])
             log(f"[{stage}] already done ({eval_name} {task.metric} {task.format(scores[stage])})")
             return
+        resumed_epochs = 0.0
         if config.epochs > 0:
             log(f"[{stage}] {title}: {config.epochs} epoch(s), lr {config.lr}")
             if resume and stages.checkpoint(stage).is_file():
@@ -227,11 +236,15 @@ def compress(
                 log_path=stages.workdir / f"{stage}.jsonl", stage=stage, task=task, eval_name=eval_name,
             )
             scores[stage] = result.test_metric
+            # the epochs an earlier call trained before it was stopped count in the stage's time
+            resumed_epochs = sum(record.get("seconds", 0.0) for record in result.history[:result.resumed_from_epoch or 0])
         else:
             log(f"[{stage}] skipped (0 epochs)")
             scores[stage] = test_score()
-        stages.finish(stage, {"model": model.state_dict(), "hooks": [h.state_dict() for h in hooks], "score": scores[stage]})
-        seconds[stage] = time.perf_counter() - start
+        seconds[stage] = time.perf_counter() - start + resumed_epochs
+        earlier.append(resumed_epochs)
+        stages.finish(stage, {"model": model.state_dict(), "hooks": [h.state_dict() for h in hooks], "score": scores[stage],
+                              "seconds": seconds[stage]})
 
     scores["dense"] = test_score()
     log(f"[dense] {eval_name} {task.metric} {task.format(scores['dense'])}")
@@ -295,7 +308,7 @@ def compress(
     densities = {
         row["name"].removesuffix(".weight"): {"spatial": row["density"], "winograd": row["winograd_density"]} for row in report["layers"]
     }
-    return CompressResult(out_path, report, scores, seconds, densities, task.metric, regularization)
+    return CompressResult(out_path, report, scores, seconds, densities, task.metric, regularization, earlier_seconds=sum(earlier))
 
 
 def _load_dequantized(model: nn.Module, quantized: dict[str, Any]) -> None:

@@ -79,6 +79,24 @@ def test_a_change_the_retraining_reads_is_refused(tmp_path, changes):
         _run(tmp_path, changes, resume=True)
 
 
+def test_stage_times_of_a_resumed_run_count_the_earlier_calls(tmp_path):
+    settings = parse_recipe({**BASE, "finetune": {"epochs": 2, "optimizer": "adam", "lr": 1e-3}})
+    run = lambda: compress(get_model("lenet5"), _loader(), _loader(), settings, tmp_path / "m.jsz", workdir=tmp_path / "work",  # noqa: E731
+                           resume=True, progress=False, log=lambda line: None)
+    first = run()
+    assert first.earlier_seconds == 0.0 and {"retrain", "finetune", "codebook"} <= set(first.seconds)
+    # stopped after their last epochs, before their .done files: the next call resumes them from the checkpoints
+    trained = {}
+    for stage in ("finetune", "codebook"):
+        (tmp_path / "work" / f"{stage}.done").unlink()
+        epochs = [json.loads(line) for line in (tmp_path / "work" / f"{stage}.jsonl").read_text().splitlines()]
+        trained[stage] = sum(record["seconds"] for record in epochs if record["kind"] == "epoch")
+    again = run()
+    assert again.seconds["retrain"] == first.seconds["retrain"]  # read from its .done
+    assert again.seconds["finetune"] >= trained["finetune"] > 0 and again.seconds["codebook"] >= trained["codebook"] > 0
+    assert again.earlier_seconds == pytest.approx(first.seconds["retrain"] + sum(trained.values()))
+
+
 def test_without_resume_the_work_directory_starts_over(tmp_path):
     _run(tmp_path, {}, resume=False)
     lines, _ = _run(tmp_path, {"retrain": {"lr": 5e-4}}, resume=False)

@@ -546,6 +546,15 @@ def test_wall_times_name_the_run_reused_stages_came_from():
     assert line.startswith("compress 120, quantize 1, encode 3 (") and "retrain, finetune, codebook stage(s) taken from `tune-d5ddbbd2.work`" in line
 
 
+def test_run_seconds_count_earlier_invocations_and_leave_out_reused_stages():
+    from types import SimpleNamespace
+
+    result = SimpleNamespace(seconds={"retrain": 50.0, "finetune": 70.0, "quantize": 1.0}, earlier_seconds=90.0)
+    assert paper_tables.run_seconds(40.0, result, None) == {"compress": 130.0, "retrain": 50.0, "finetune": 70.0, "quantize": 1.0}
+    # retraining copied in from another run: its time is that run's, not this one's
+    assert paper_tables.run_seconds(40.0, result, {"stages": ["retrain"], "from": "joint.work"}) == {"compress": 80.0, "finetune": 70.0, "quantize": 1.0}
+
+
 def test_table_c_names_rows_still_to_run(tmp_path):
     from types import SimpleNamespace
 
@@ -583,6 +592,9 @@ def test_stage_archive_outlives_work_and_is_set_aside_for_other_dense_weights(tm
     (same / "dense.json").write_text(json.dumps({**dense, "date": "2026-12-04", "code": "ccc"}))
     md = report(same).read_text()
     assert "Read from the stage archive" in md and ": joint." in md and "The joint stage ran over 2 invocations" in md
+    assert "- joint: compress 1 (the last of its invocations alone: its record predates counting the earlier ones" in md
+    (out / "resnet18_stages" / "joint.json").write_text(json.dumps({**_record(30.0, (89.9, 89.5), (8.0, 8.5)), paper_tables.SECONDS_COVER: True}))
+    assert "- joint: compress 1\n" in report(same).read_text()  # a record that counts every invocation needs no caveat
     assert json.loads((out / "resnet18_tables.json").read_text())["compression_ratio"] == 30.0
 
     other = tmp_path / "work3"  # one whose dense stage got other weights: its joint is still to run
