@@ -1712,8 +1712,8 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
         if stage in records:
             partial = len(files.started.get(stage, [])) > 1 and not records[stage].get(SECONDS_COVER)
             lines.append(f"- {stage}: " + _times(records[stage]["seconds"], records[stage].get("reused"))
-                         + (f" (the last of its invocations alone: its record predates counting the earlier ones; the epochs of each are in "
-                            f"`WORK/{stage}.work/*.jsonl`)" if partial else ""))
+                         + (f" (the last invocation's time: the record predates counting what earlier invocations trained, which the epochs "
+                            f"in `WORK/{stage}.work/*.jsonl` show while that WORK lasts)" if partial else ""))
     if "ablation" in records:
         lines.append("- ablation: " + "; ".join(f"{mode} {_times(row['seconds'], row.get('reused'))}" for mode, row in records["ablation"]["modes"].items()))
     elif "ablation" in holds:

@@ -592,7 +592,7 @@ def test_stage_archive_outlives_work_and_is_set_aside_for_other_dense_weights(tm
     (same / "dense.json").write_text(json.dumps({**dense, "date": "2026-12-04", "code": "ccc"}))
     md = report(same).read_text()
     assert "Read from the stage archive" in md and ": joint." in md and "The joint stage ran over 2 invocations" in md
-    assert "- joint: compress 1 (the last of its invocations alone: its record predates counting the earlier ones" in md
+    assert "- joint: compress 1 (the last invocation's time: the record predates counting what earlier invocations trained" in md
     (out / "resnet18_stages" / "joint.json").write_text(json.dumps({**_record(30.0, (89.9, 89.5), (8.0, 8.5)), paper_tables.SECONDS_COVER: True}))
     assert "- joint: compress 1\n" in report(same).read_text()  # a record that counts every invocation needs no caveat
     assert json.loads((out / "resnet18_tables.json").read_text())["compression_ratio"] == 30.0
