@@ -80,7 +80,7 @@ from jointsparse.baselines import DEEP_COMPRESSION_BITS, deep_compression_bytes
 from jointsparse.codecs import decode, load
 from jointsparse.compress import compress, run_fingerprint
 from jointsparse.cost import WINOGRAD_PRODUCTS_CONVENTION, WINOGRAD_TRANSFORMS_CONVENTION
-from jointsparse.data import ShardSampler, TensorImageDataset, data_loader, get_dataset, make_loaders
+from jointsparse.data import DataError, ShardSampler, TensorImageDataset, data_loader, get_dataset, make_loaders, select_subset
 from jointsparse.info import info_payload
 from jointsparse.models import get_model
 from jointsparse.provenance import ROOT, code_version, command_line, machine_summary
@@ -662,6 +662,7 @@ class Run:
         before = 100 * evaluate(model, loaders[1], self.args.device)["accuracy"]  # on validation: a diagnostic
         record = self.train_dense("highres-dense", model, loaders, self.args.highres_dense_epochs, self.args.highres_dense_max_epochs)
         record["val_top1_before"] = before
+        record["validation_seen_by_start"] = highres_validation_seen(self.args)
         self.save_record("highres-dense", record)
 
     def run_highres_control(self) -> None:
@@ -696,6 +697,33 @@ def carve_validation(dataset: Any, validation: int, seed: int) -> tuple[_Carved,
         raise TablesError(f"--validation must be between 1 and the training images - 1 ({len(dataset) - 1}), got {validation}")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     return _Carved(dataset, order[validation:].sort().values), _Carved(dataset, order[:validation].sort().values)
+
+
+def validation_seen_by_start(images: int, seed: int, subset: int | None, validation: int, highres_subset: int | None,
+                             highres_validation: int) -> int:
+    """How many of the highres stages' validation images are in the main run's training part: the
+    model the highres dense stage starts from trained on them (at the main resolution), so the
+    highres row's validation figures are not all on unseen images. Both splits are drawn as
+    ``Tables.loaders`` draws them from the ``images`` training images (the seeded subset, then
+    ``carve_validation``)."""
+    def split(size: int | None, held_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+        kept = select_subset(images, size, seed)
+        ids = torch.arange(images) if kept is None else kept
+        train_part, validation_part = carve_validation(ids, held_out, seed)
+        return ids[train_part.indices], ids[validation_part.indices]
+
+    main_train, _ = split(subset, validation)
+    _, highres_validation_ids = split(highres_subset, highres_validation)
+    return int(torch.isin(highres_validation_ids, main_train).sum())
+
+
+def highres_validation_seen(args: argparse.Namespace) -> int | None:
+    """``validation_seen_by_start`` for the splits ``args`` ask for; None when the data cannot be read."""
+    try:
+        images = len(get_dataset(args.data, "train"))
+    except (DataError, OSError):
+        return None
+    return validation_seen_by_start(images, args.seed, args.subset, args.validation, args.highres_subset, args.highres_validation)
 
 
 CONTROL_STAGES = ("retrain", "finetune", "codebook")
@@ -1347,8 +1375,9 @@ def _highres_pending(spec: NetworkSpec, records: dict[str, Any], started_stages:
     return {"status": "pending", "resolution": spec.highres_resolution, "stages_finished": done, "stages_started": started, "text": text}
 
 
-def _highres_lines(records: dict[str, Any], resolution: int) -> list[str]:
-    """How the no-copying row's dense model, control and compression were made."""
+def _highres_lines(records: dict[str, Any], resolution: int, seen: int | None = None) -> list[str]:
+    """How the no-copying row's dense model, control and compression were made; ``seen``: how
+    many of its validation images the start model trained on, for a record that predates keeping it."""
     dense, control, high = records.get("highres-dense"), records.get("highres-control"), records.get("highres")
     if dense is None:
         return []
@@ -1360,6 +1389,12 @@ def _highres_lines(records: dict[str, Any], resolution: int) -> list[str]:
         lines[0] += "It is compressed with the full recipe, as the main row is, and its drops count against the same targets."
     else:
         lines[0] += "Its compression is pending."
+    seen = dense.get("validation_seen_by_start", seen)
+    if seen:
+        lines[0] += (f" Of its {dense['validation_images']:,} validation images, {seen:,} are among the {resolution} px run's training images "
+                     f"(the {side} px split is drawn from its own subset, without regard to that run's): the model it starts from trained on them "
+                     f"at {resolution} px, so this row's validation figures (the kept dense epoch, every stage's score) are partly on seen images. "
+                     f"Its test figures are not: the test set is apart and was scored once per figure.")
     lines += [""] + _dense_lines(dense)
     if control:
         lines += _control_lines(control, dense)
@@ -1749,7 +1784,11 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
         lines += _control_lines(control, dense)
     else:
         lines += ["Equal-epoch dense control: **pending** (its stage has not run); drops below are from the dense model alone.", ""]
-    lines += _highres_lines(records, resolution)
+    high_dense = records.get("highres-dense") or {}
+    # a record from before the count was kept: the count of this invocation's splits, if they are the record's sizes
+    same_splits = (high_dense.get("validation_images") == args.highres_validation
+                   and high_dense.get("train_images", 0) + args.highres_validation == args.highres_subset)
+    lines += _highres_lines(records, resolution, highres_validation_seen(args) if same_splits and "validation_seen_by_start" not in high_dense else None)
 
     lines += ["## Table A: per layer (the joint run's file)", "",
               "| layer | weights | spatial density | Winograd density | bits | coded bytes | dense MACs | spatial-sparse MACs | Winograd-sparse MACs |",

@@ -327,7 +327,7 @@ def _prepared(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The split's images and labels, cut to the subset first, then resized once."""
     images, labels = _load_digits_splits()[split] if name == "digits" else _load_idx_split(name, split, root)
-    keep = _select_subset(len(labels), subset, subset_seed)
+    keep = select_subset(len(labels), subset, subset_seed)
     if keep is not None:
         images, labels = images[keep], labels[keep]
     if resize is not None:
@@ -335,7 +335,9 @@ def _prepared(
     return images, labels
 
 
-def _select_subset(n: int, subset: int | None, subset_seed: int | None) -> torch.Tensor | None:
+def select_subset(n: int, subset: int | None, subset_seed: int | None) -> torch.Tensor | None:
+    """The indices (sorted) of the ``subset`` images a split of ``n`` keeps: the first ones, or a
+    random draw seeded by ``subset_seed``; None when it keeps them all."""
     if subset is None or subset >= n:
         return None
     if subset_seed is None:
@@ -596,7 +598,7 @@ def get_dataset(
         side = resize or 224
         dataset: Dataset = ImageFolderDataset(folder, side, out_channels, split == "train", *norm)
         num_classes = len(dataset.classes)
-        keep = _select_subset(len(dataset), subset, subset_seed)
+        keep = select_subset(len(dataset), subset, subset_seed)
         if keep is not None:
             dataset = torch.utils.data.Subset(dataset, keep.tolist())
         dataset.info = DataInfo(name, num_classes, out_channels, (side, side), -1, -1, *norm)  # sizes unknown per split
@@ -609,7 +611,7 @@ def get_dataset(
             raise NoTestSplitError(f"{path!r} has no x_test/y_test: a training split only")
         images, labels = splits[split]
         num_classes = int(max(int(y.max()) if len(y) else 0 for _, y in splits.values())) + 1
-        keep = _select_subset(len(labels), subset, subset_seed)
+        keep = select_subset(len(labels), subset, subset_seed)
         if keep is not None:
             images, labels = images[keep], labels[keep]
         if resize is not None:

@@ -78,7 +78,7 @@ def test_report_flags_each_missed_target(tmp_path):
     (work / "highres-dense.json").write_text(json.dumps({
         "command": "python x.py", "date": "2026-12-01", "code": "abc", "seconds": 9.0, "top1": 81.0, "val_top1": 80.05, "kept_epoch": 3, "curve": curve,
         "epochs": 1, "epochs_total": 4, "converged": True, "max_epochs": 10, "min_gain": 0.1, "lr": 0.01, "polish_lr": 0.005, "resolution": [211, 211],
-        "train_images": 19500, "validation_images": 500, "test_images": 10000, "val_top1_before": 40.0}))
+        "train_images": 19500, "validation_images": 500, "test_images": 10000, "val_top1_before": 40.0, "validation_seen_by_start": 361}))
     (work / "highres-control.json").write_text(json.dumps({"command": "python x.py", "date": "2026-12-01", "code": "abc", "seconds": 5.0, "top1": 80.9,
                                                             "steps": 10, "epochs": 4.2}))
     dc = _record(35.0, (89.8, 80.0), (4.0, 4.0))
@@ -96,6 +96,7 @@ def test_report_flags_each_missed_target(tmp_path):
     assert f"Counting {WINOGRAD_TRANSFORMS_CONVENTION}, the Winograd deployment needs 0.2M (6.25x fewer than dense)" in md
     assert "| 5.00x | 6.25x |" in md
     assert "validation top-1 40.00% at 211 px before training" in md and "19,500 training images" in md
+    assert "Of its 500 validation images, 361 are among the 67 px run's training images" in md and "Its test figures are not" in md
     assert "4 epoch(s) in all, met the stopping rule: epochs 3 and 4 raised the best validation top-1 of the epochs before them by +0.05 pt" in md and "compressed with the full recipe" in md
     assert "| 211 px, no copying (10 training images) | 81.00 | 80.90 | 80.00 | 80.50 | 1.00 | 0.50 |" in md
     assert "| Deep Compression | 0.200 | 89.80 | 0.20 | 2,000 | 20.0x | 1,234 | 35.0x |" in md and "conv1 0.84, fc6 0.09" in md
@@ -544,6 +545,18 @@ def test_wall_times_name_the_run_reused_stages_came_from():
     assert paper_tables._times(seconds) == "compress 120, quantize 1, encode 3"
     line = paper_tables._times(seconds, {"stages": ["retrain", "finetune", "codebook"], "from": "tune-d5ddbbd2.work"})
     assert line.startswith("compress 120, quantize 1, encode 3 (") and "retrain, finetune, codebook stage(s) taken from `tune-d5ddbbd2.work`" in line
+
+
+def test_validation_seen_by_start_counts_the_highres_validation_images_the_main_run_trained_on():
+    # the same split both times: its validation images are the main run's, none of them trained on
+    assert paper_tables.validation_seen_by_start(600, 0, None, 60, None, 60) == 0
+    # more validation images than the main run held out: the excess at least was trained on
+    seen = paper_tables.validation_seen_by_start(600, 0, None, 60, 210, 100)
+    assert 40 <= seen <= 100
+    # the main run held out everything but 10 images: at most 10 of any validation were trained on
+    assert paper_tables.validation_seen_by_start(600, 0, None, 590, 210, 100) <= 10
+    # the tables' defaults (60,000 Fashion-MNIST training images, seed 0): most of the 211 px row's 1,000
+    assert paper_tables.validation_seen_by_start(60000, 0, None, 6000, 21000, 1000) == 722
 
 
 def test_run_seconds_count_earlier_invocations_and_leave_out_reused_stages():
