@@ -1065,8 +1065,11 @@ def _accuracy_miss_lines(spec: NetworkSpec, records: dict[str, Any], stage: str,
     stages = r.get("val_top1_stages") or {}
     if control.get("val_top1") is not None and "finetune" in stages:
         text += (f" On validation the control reaches {control['val_top1']:.2f}% and the pipeline {stages.get('kept', stages.get('codebook', stages['finetune'])):.2f}% "
-                 f"(the table above: retraining and pruning cost {stages['dense'] - stages['pruned']:.2f} pt, masked fine-tuning wins back "
-                 f"{stages['finetune'] - stages['pruned']:.2f}).")
+                 f"(the table above: retraining and pruning cost {stages['dense'] - stages['pruned']:.2f} pt"
+                 + (f" (retraining {stages['retrain'] - stages['dense']:+.2f}, pruning {stages['pruned'] - stages['retrain']:+.2f})" if "retrain" in stages else "")
+                 + f", masked fine-tuning wins back {stages['finetune'] - stages['pruned']:.2f}"
+                 + (f"; one standard error of a validation top-1 here is {_standard_error_points(stages['finetune'], r['validation_images']):.2f} pt"
+                    if r.get("validation_images") else "") + ").")
     dc = records.get("deepcomp") if stage == "joint" else None
     if dc is not None and "density" in dc:
         text += (f" Deep Compression, from the same dense model at density {dc['density']:.3f} (ours {r['density']:.3f}), is "
@@ -1134,8 +1137,10 @@ def _dense_lines(dense: dict[str, Any]) -> list[str]:
     total, cap = dense["epochs_total"], dense["max_epochs"]
     last = dense["curve"][-1]["val_top1"] - dense["curve"][-2]["val_top1"] if total > 1 else float("nan")
     if dense["converged"] and converged(dense["curve"], dense["min_gain"]):
-        verdict = (f"met the stopping rule: epochs {total - 1} and {total} raised the best validation top-1 of the epochs before them by {_gain(dense['curve']):+.2f} pt, "
-                   f"under the {dense['min_gain']:g} pt rule")
+        gain = _gain(dense["curve"])
+        moved = (f"raised the best validation top-1 of the epochs before them by {gain:+.2f} pt" if gain >= 0
+                 else f"stayed {-gain:.2f} pt below the best validation top-1 of the epochs before them")
+        verdict = f"met the stopping rule: epochs {total - 1} and {total} {moved}, under the {dense['min_gain']:g} pt rule"
     elif dense["converged"]:  # judged by the rule's earlier form: the last epoch's own gain, and no float tolerance
         images = round(last / 100 * dense["validation_images"]) if dense.get("validation_images") else None
         verdict = (f"stopped at epoch {total} by the rule's earlier form (the last epoch's own gain under the bound), on a gain of {last:+.2f} pt"
@@ -1159,8 +1164,8 @@ def _rule_resolution(dense: dict[str, Any]) -> str:
     if not images:
         return ""
     return (f" The rule's {dense['min_gain']:g} pt is {dense['min_gain'] / 100 * images:.0f} of the {images:,} validation images; one standard error of "
-            f"a validation top-1 near {dense['val_top1']:.0f}% is {_standard_error_points(dense['val_top1'], images):.2f} pt, so the rule stops on a flat curve, "
-            "not on a proven optimum; the equal-epoch control below measures what more training gives.")
+            f"a validation top-1 near {dense['val_top1']:.0f}% is {_standard_error_points(dense['val_top1'], images):.2f} pt, so the rule stops where the curve no longer rises "
+            "by more than that noise, not on a proven optimum; the equal-epoch control below measures what more training gives.")
 
 
 def _control_lines(control: dict[str, Any], dense: dict[str, Any] | None = None) -> list[str]:
@@ -1384,9 +1389,13 @@ def _highres_lines(records: dict[str, Any], resolution: int, seen: int | None = 
     side = dense["resolution"][0]
     lines = [f"The highres row ({side} px, where the last pool copies nothing): its dense model starts from the {resolution} px one "
              f"(validation top-1 {dense['val_top1_before']:.2f}% at {side} px before training) and trains at {side} px on {dense['train_images']:,} "
-             f"training images (validation {dense['validation_images']:,}, test {dense['test_images']:,}) under the same convergence rule. "]
+             f"training images (validation {dense['validation_images']:,}, test {dense['test_images']:,}) under the same convergence rule (cap {dense['max_epochs']} epochs). "]
     if high is not None:
         lines[0] += "It is compressed with the full recipe, as the main row is, and its drops count against the same targets."
+        main_control = records.get("control") or {}
+        if control and "steps" in control and "steps" in main_control:
+            lines[0] += (f" The same settings and epochs on fewer images make fewer steps: its control (as long as its compression) "
+                         f"trained {control['steps']:,} steps, the main row's {main_control['steps']:,}.")
     else:
         lines[0] += "Its compression is pending."
     seen = dense.get("validation_seen_by_start", seen)
@@ -1740,9 +1749,11 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
         lines.append(f"- dense: {dense['seconds']:.0f}")
     if control:
         lines.append(f"- control: {control['seconds']:.0f} ({control['epochs']:.2f} epochs)")
-    for stage in ("highres-dense", "highres-control"):
-        if stage in records:
-            lines.append(f"- {stage}: {records[stage]['seconds']:.0f}")
+    if "highres-dense" in records:
+        lines.append(f"- highres-dense: {records['highres-dense']['seconds']:.0f}"
+                     + (f" ({records['highres-dense']['epochs_total']} epoch(s))" if "epochs_total" in records["highres-dense"] else ""))
+    if "highres-control" in records:
+        lines.append(f"- highres-control: {records['highres-control']['seconds']:.0f} ({records['highres-control']['epochs']:.2f} epochs)")
     for stage in ("joint", "deepcomp", "highres"):
         if stage in records:
             partial = len(files.started.get(stage, [])) > 1 and not records[stage].get(SECONDS_COVER)
@@ -1758,6 +1769,9 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     if joint["committed_file"]:
         lines += ["", f"The joint run's file is committed as `{joint['committed_file']}` ({joint['file_bytes']:,} bytes): "
                   f"`jointsparse info {joint['committed_file']}`, `decode` and `bench` run on it without retraining."]
+    if records.get("highres", {}).get("committed_file"):
+        high = records["highres"]
+        lines.append(f"The {high['resolution'][0]} px row's file is committed as `{high['committed_file']}` ({high['file_bytes']:,} bytes).")
 
     validation = joint.get("validation_images")
     lines += ["", "## The proxy, the data splits and what was tuned on what", "", spec.describe_proxy(resolution)]
@@ -1771,7 +1785,7 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     else:
         lines.append(f"Training images {joint['train_images']:,}, test images {joint['test_images']:,}, input {resolution} px, 3 replicated grey channels "
                      "(a run from before the validation split: its settings were chosen on the test set).")
-    lines += ["", f"MACs are counted at {spec.count_resolution}x{spec.count_resolution} (the paper's input), with each layer's measured densities. "
+    lines += ["", f"MACs are counted at {spec.count_resolution}x{spec.count_resolution} (the paper's input) for every row, with each layer's measured densities. "
               "The compression ratio is 32-bit dense bytes of every parameter (the 10-class head and BatchNorm included) over the file's size on disk; "
               "weights only is the compressed layers' dense bytes over their coded streams and codebooks.", ""]
     lines += ["## Baselines", ""] + _dense_lines(dense)
