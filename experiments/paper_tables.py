@@ -1066,7 +1066,7 @@ def _accuracy_miss_lines(spec: NetworkSpec, records: dict[str, Any], stage: str,
     if control.get("val_top1") is not None and "finetune" in stages:
         text += (f" On validation the control reaches {control['val_top1']:.2f}% and the pipeline {stages.get('kept', stages.get('codebook', stages['finetune'])):.2f}% "
                  f"(the table above: retraining and pruning cost {stages['dense'] - stages['pruned']:.2f} pt"
-                 + (f" (retraining {stages['retrain'] - stages['dense']:+.2f}, pruning {stages['pruned'] - stages['retrain']:+.2f})" if "retrain" in stages else "")
+                 + (f" [retraining {stages['retrain'] - stages['dense']:+.2f}, pruning {stages['pruned'] - stages['retrain']:+.2f}]" if "retrain" in stages else "")
                  + f", masked fine-tuning wins back {stages['finetune'] - stages['pruned']:.2f}"
                  + (f"; one standard error of a validation top-1 here is {_standard_error_points(stages['finetune'], r['validation_images']):.2f} pt"
                     if r.get("validation_images") else "") + ").")
