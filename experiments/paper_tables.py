@@ -301,16 +301,18 @@ class Run:
         if is_rank0():
             print(f"[{self.spec.name}] {text}", flush=True)
 
-    def loaders(self, resolution: int | None, subset: int | None, test_subset: int | None, validation: int) -> tuple:
+    def loaders(self, resolution: int | None, subset: int | None, test_subset: int | None, validation: int,
+                within: torch.Tensor | None = None) -> tuple:
         """(train, validation, test) loaders and the data's info: ``validation`` images drawn from
-        the (subset of the) training images with the fixed seed ``--seed`` are held out of training."""
+        the (subset of the) training images with the fixed seed ``--seed`` are held out of training
+        (drawn among the positions ``within``, when given)."""
         data = self.recipe.data
         full_loader, test_loader, info = make_loaders(
             self.args.data, batch_size=data.batch_size, eval_batch_size=data.eval_batch_size, seed=self.args.seed,
             resize=resolution, channels=3, subset=subset, subset_seed=self.args.seed if subset else None,
             test_subset=test_subset, distributed=self.world > 1,
         )
-        train_set, val_set = carve_validation(full_loader.dataset, validation, self.args.seed)
+        train_set, val_set = carve_validation(full_loader.dataset, validation, self.args.seed, within)
         rank = get_rank()
         sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=self.world, rank=rank, shuffle=True, seed=self.args.seed, drop_last=False)
         train_loader = data_loader(train_set, sampler, data.batch_size, False, 0)
@@ -374,7 +376,9 @@ class Run:
     def highres_loaders(self) -> tuple:
         if getattr(self, "_highres_loaders", None) is None:
             a = self.args
-            self._highres_loaders = self.loaders(a.highres_resolution, a.highres_subset, a.highres_test_subset, a.highres_validation)
+            # validation images the model it starts from never trained on: the main run's validation images
+            within = main_validation_positions(len(get_dataset(a.data, "train")), a.seed, a.subset, a.validation, a.highres_subset)
+            self._highres_loaders = self.loaders(a.highres_resolution, a.highres_subset, a.highres_test_subset, a.highres_validation, within)
         return self._highres_loaders
 
     # -- dense --------------------------------------------------------------------------------
@@ -690,40 +694,61 @@ class _Carved(torch.utils.data.Dataset):
         return self.base[self.indices[torch.as_tensor(index, dtype=torch.long)]]
 
 
-def carve_validation(dataset: Any, validation: int, seed: int) -> tuple[_Carved, _Carved]:
+def carve_validation(dataset: Any, validation: int, seed: int, within: torch.Tensor | None = None) -> tuple[_Carved, _Carved]:
     """(training, validation) parts of ``dataset``: ``validation`` images drawn at random with
-    the fixed ``seed``, the rest for training; both in the dataset's order."""
+    the fixed ``seed``, the rest for training; both in the dataset's order. ``within``: positions
+    to draw from first (the rest only when they are too few)."""
     if not 0 < validation < len(dataset):
         raise TablesError(f"--validation must be between 1 and the training images - 1 ({len(dataset) - 1}), got {validation}")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    if within is None:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+        return _Carved(dataset, order[validation:].sort().values), _Carved(dataset, order[:validation].sort().values)
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.zeros(len(dataset), dtype=torch.bool)
+    first[within] = True
+    # a random order of the ``within`` positions, then of the others
+    order = torch.cat([positions[torch.randperm(len(positions), generator=generator)] for positions in (torch.nonzero(first).flatten(), torch.nonzero(~first).flatten())])
     return _Carved(dataset, order[validation:].sort().values), _Carved(dataset, order[:validation].sort().values)
 
 
-def validation_seen_by_start(images: int, seed: int, subset: int | None, validation: int, highres_subset: int | None,
-                             highres_validation: int) -> int:
-    """How many of the highres stages' validation images are in the main run's training part: the
-    model the highres dense stage starts from trained on them (at the main resolution), so the
-    highres row's validation figures are not all on unseen images. Both splits are drawn as
-    ``Tables.loaders`` draws them from the ``images`` training images (the seeded subset, then
-    ``carve_validation``)."""
-    def split(size: int | None, held_out: int) -> tuple[torch.Tensor, torch.Tensor]:
-        kept = select_subset(images, size, seed)
-        ids = torch.arange(images) if kept is None else kept
-        train_part, validation_part = carve_validation(ids, held_out, seed)
-        return ids[train_part.indices], ids[validation_part.indices]
+def _split_ids(images: int, seed: int, size: int | None, held_out: int, within: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (training, validation) image ids of the split ``Tables.loaders`` draws from ``images``
+    training images: the seeded subset of ``size``, then ``carve_validation``."""
+    kept = select_subset(images, size, seed)
+    ids = torch.arange(images) if kept is None else kept
+    train_part, validation_part = carve_validation(ids, held_out, seed, within)
+    return ids[train_part.indices], ids[validation_part.indices]
 
-    main_train, _ = split(subset, validation)
-    _, highres_validation_ids = split(highres_subset, highres_validation)
+
+def main_validation_positions(images: int, seed: int, subset: int | None, validation: int, highres_subset: int | None) -> torch.Tensor:
+    """Positions, in the highres subset, of the main run's validation images: the highres stages
+    draw their validation images there, so the model they start from never trained on them."""
+    _, main_validation = _split_ids(images, seed, subset, validation)
+    kept = select_subset(images, highres_subset, seed)
+    ids = torch.arange(images) if kept is None else kept
+    return torch.nonzero(torch.isin(ids, main_validation)).flatten()
+
+
+def validation_seen_by_start(images: int, seed: int, subset: int | None, validation: int, highres_subset: int | None,
+                             highres_validation: int, *, drawn_within_main_validation: bool = True) -> int:
+    """How many of the highres stages' validation images are in the main run's training part (the
+    model the highres dense stage starts from trained on them, at the main resolution). None since
+    their validation is drawn among the main run's validation images; records from before that
+    (``drawn_within_main_validation=False``: drawn from the whole highres subset) have many."""
+    main_train, _ = _split_ids(images, seed, subset, validation)
+    within = main_validation_positions(images, seed, subset, validation, highres_subset) if drawn_within_main_validation else None
+    _, highres_validation_ids = _split_ids(images, seed, highres_subset, highres_validation, within)
     return int(torch.isin(highres_validation_ids, main_train).sum())
 
 
-def highres_validation_seen(args: argparse.Namespace) -> int | None:
+def highres_validation_seen(args: argparse.Namespace, drawn_within_main_validation: bool = True) -> int | None:
     """``validation_seen_by_start`` for the splits ``args`` ask for; None when the data cannot be read."""
     try:
         images = len(get_dataset(args.data, "train"))
     except (DataError, OSError):
         return None
-    return validation_seen_by_start(images, args.seed, args.subset, args.validation, args.highres_subset, args.highres_validation)
+    return validation_seen_by_start(images, args.seed, args.subset, args.validation, args.highres_subset, args.highres_validation,
+                                    drawn_within_main_validation=drawn_within_main_validation)
 
 
 CONTROL_STAGES = ("retrain", "finetune", "codebook")
@@ -1399,9 +1424,12 @@ def _highres_lines(records: dict[str, Any], resolution: int, seen: int | None = 
     else:
         lines[0] += "Its compression is pending."
     seen = dense.get("validation_seen_by_start", seen)
-    if seen:
+    if seen == 0:
+        lines[0] += (f" Its validation images are drawn among the {resolution} px run's validation images, so the model it starts from "
+                     "never trained on any of them.")
+    elif seen:
         lines[0] += (f" Of its {dense['validation_images']:,} validation images, {seen:,} are among the {resolution} px run's training images "
-                     f"(the {side} px split is drawn from its own subset, without regard to that run's): the model it starts from trained on them "
+                     f"(this record's {side} px split was drawn from its own subset, without regard to that run's; the split now draws them among that run's validation images): the model it starts from trained on them "
                      f"at {resolution} px, so this row's validation figures (the kept dense epoch, every stage's score) are partly on seen images. "
                      f"Its test figures are not: the test set is apart and was scored once per figure.")
     lines += [""] + _dense_lines(dense)
@@ -1802,7 +1830,8 @@ def write_report(spec: NetworkSpec, args: argparse.Namespace) -> Path | None:
     # a record from before the count was kept: the count of this invocation's splits, if they are the record's sizes
     same_splits = (high_dense.get("validation_images") == args.highres_validation
                    and high_dense.get("train_images", 0) + args.highres_validation == args.highres_subset)
-    lines += _highres_lines(records, resolution, highres_validation_seen(args) if same_splits and "validation_seen_by_start" not in high_dense else None)
+    lines += _highres_lines(records, resolution, highres_validation_seen(args, drawn_within_main_validation=False)
+                            if same_splits and "validation_seen_by_start" not in high_dense else None)
 
     lines += ["## Table A: per layer (the joint run's file)", "",
               "| layer | weights | spatial density | Winograd density | bits | coded bytes | dense MACs | spatial-sparse MACs | Winograd-sparse MACs |",

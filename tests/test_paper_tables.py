@@ -97,6 +97,10 @@ def test_report_flags_each_missed_target(tmp_path):
     assert "| 5.00x | 6.25x |" in md
     assert "validation top-1 40.00% at 211 px before training" in md and "19,500 training images" in md
     assert "Of its 500 validation images, 361 are among the 67 px run's training images" in md and "Its test figures are not" in md
+    dense = json.loads((work / "highres-dense.json").read_text())
+    (work / "highres-dense.json").write_text(json.dumps({**dense, "validation_seen_by_start": 0}))
+    again = paper_tables.write_report(SPEC, args).read_text()
+    assert "so the model it starts from never trained on any of them" in again and "are among the 67 px run's training images" not in again
     assert "4 epoch(s) in all, met the stopping rule: epochs 3 and 4 raised the best validation top-1 of the epochs before them by +0.05 pt" in md and "compressed with the full recipe" in md
     assert "| 211 px, no copying (10 training images) | 81.00 | 80.90 | 80.00 | 80.50 | 1.00 | 0.50 |" in md
     assert "| Deep Compression | 0.200 | 89.80 | 0.20 | 2,000 | 20.0x | 1,234 | 35.0x |" in md and "conv1 0.84, fc6 0.09" in md
@@ -555,8 +559,22 @@ def test_validation_seen_by_start_counts_the_highres_validation_images_the_main_
     assert 40 <= seen <= 100
     # the main run held out everything but 10 images: at most 10 of any validation were trained on
     assert paper_tables.validation_seen_by_start(600, 0, None, 590, 210, 100) <= 10
-    # the tables' defaults (60,000 Fashion-MNIST training images, seed 0): most of the 211 px row's 1,000
-    assert paper_tables.validation_seen_by_start(60000, 0, None, 6000, 21000, 1000) == 722
+    # the tables' defaults (60,000 Fashion-MNIST training images, seed 0): none; most of the 1,000 before the
+    # highres validation was drawn among the main run's validation images
+    assert paper_tables.validation_seen_by_start(60000, 0, None, 6000, 21000, 1000) == 0
+    assert paper_tables.validation_seen_by_start(60000, 0, None, 6000, 21000, 1000, drawn_within_main_validation=False) == 722
+    # too few of the main run's validation images in the highres subset: the rest come from elsewhere, and are counted
+    assert paper_tables.validation_seen_by_start(600, 0, None, 20, 100, 30) == 10
+
+
+def test_carve_validation_draws_within_the_given_positions_first():
+    data = torch.arange(50)
+    within = torch.tensor([3, 7, 11, 19, 23, 42])
+    train, val = paper_tables.carve_validation(data, 4, seed=0, within=within)
+    assert set(val.indices.tolist()) <= set(within.tolist()) and len(val) == 4
+    assert sorted(train.indices.tolist() + val.indices.tolist()) == list(range(50))
+    train, val = paper_tables.carve_validation(data, 9, seed=0, within=within)
+    assert set(within.tolist()) <= set(val.indices.tolist()) and len(val) == 9 and len(train) == 41
 
 
 def test_run_seconds_count_earlier_invocations_and_leave_out_reused_stages():
