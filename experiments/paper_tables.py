@@ -732,9 +732,10 @@ def main_validation_positions(images: int, seed: int, subset: int | None, valida
 def validation_seen_by_start(images: int, seed: int, subset: int | None, validation: int, highres_subset: int | None,
                              highres_validation: int, *, drawn_within_main_validation: bool = True) -> int:
     """How many of the highres stages' validation images are in the main run's training part (the
-    model the highres dense stage starts from trained on them, at the main resolution). None since
-    their validation is drawn among the main run's validation images; records from before that
-    (``drawn_within_main_validation=False``: drawn from the whole highres subset) have many."""
+    model the highres dense stage starts from trained on them, at the main resolution). Zero when
+    the main run holds out at least as many as the highres stages do, since those are drawn among
+    the main run's validation images; splits from before that (``drawn_within_main_validation=False``:
+    drawn from the whole highres subset) hold many."""
     main_train, _ = _split_ids(images, seed, subset, validation)
     within = main_validation_positions(images, seed, subset, validation, highres_subset) if drawn_within_main_validation else None
     _, highres_validation_ids = _split_ids(images, seed, highres_subset, highres_validation, within)
