@@ -711,11 +711,16 @@ def carve_validation(dataset: Any, validation: int, seed: int, within: torch.Ten
     return _Carved(dataset, order[validation:].sort().values), _Carved(dataset, order[:validation].sort().values)
 
 
+def _subset_ids(images: int, size: int | None, seed: int) -> torch.Tensor:
+    """The image ids of the seeded subset of ``size`` that ``make_loaders`` keeps of ``images``."""
+    kept = select_subset(images, size, seed)
+    return torch.arange(images) if kept is None else kept
+
+
 def _split_ids(images: int, seed: int, size: int | None, held_out: int, within: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The (training, validation) image ids of the split ``Tables.loaders`` draws from ``images``
     training images: the seeded subset of ``size``, then ``carve_validation``."""
-    kept = select_subset(images, size, seed)
-    ids = torch.arange(images) if kept is None else kept
+    ids = _subset_ids(images, size, seed)
     train_part, validation_part = carve_validation(ids, held_out, seed, within)
     return ids[train_part.indices], ids[validation_part.indices]
 
@@ -724,9 +729,7 @@ def main_validation_positions(images: int, seed: int, subset: int | None, valida
     """Positions, in the highres subset, of the main run's validation images: the highres stages
     draw their validation images there, so the model they start from never trained on them."""
     _, main_validation = _split_ids(images, seed, subset, validation)
-    kept = select_subset(images, highres_subset, seed)
-    ids = torch.arange(images) if kept is None else kept
-    return torch.nonzero(torch.isin(ids, main_validation)).flatten()
+    return torch.nonzero(torch.isin(_subset_ids(images, highres_subset, seed), main_validation)).flatten()
 
 
 def validation_seen_by_start(images: int, seed: int, subset: int | None, validation: int, highres_subset: int | None,
